@@ -1,0 +1,26 @@
+"""Errors OpenReel raises for bad input: each says what was wrong and what to do about it.
+
+Nodes prefix the message with their display name (see `nodes/common.py`), so a user reads
+"OpenReel DiT Loader: <what was wrong>. <what to do>".
+"""
+
+
+class OpenReelError(Exception):
+    """Bad input the user can fix; `what` is the problem, `todo` the remedy."""
+
+    def __init__(self, what: str, todo: str = ""):
+        self.what = what
+        self.todo = todo
+        super().__init__(f"{what}. {todo}" if todo else what)
+
+
+class CheckpointError(OpenReelError):
+    """A weights file that cannot be read, is damaged, or is incomplete."""
+
+
+class DetectionError(OpenReelError):
+    """Weights that are not the kind of model the loader expects."""
+
+
+class InputError(OpenReelError):
+    """A node input that does not fit (shapes, frame counts, mismatched models)."""

@@ -1,0 +1,229 @@
+"""The one bridge between OpenReel and ComfyUI.
+
+Every other module asks this one for devices, memory, progress, interrupts and folders; none imports
+ComfyUI. Inside ComfyUI the answers come from `comfy.model_management`, `comfy.utils` and `folder_paths`.
+Standalone (tests, CI, the headless runner) they come from plain torch, tqdm, and a models directory given
+by `set_models_dir`, the `OPENREEL_MODELS` environment variable, or `./models`.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+try:  # pragma: no cover - exercised only inside a ComfyUI process
+    import comfy.model_management as _mm
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+
+    IN_COMFYUI = True
+except ImportError:
+    _mm = _comfy_utils = _folder_paths = None
+    IN_COMFYUI = False
+
+# ComfyUI's folder names, and the legacy folder names it also searches.
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras")
+_LEGACY_FOLDERS = {"diffusion_models": ("unet",), "text_encoders": ("clip",)}
+_MODEL_EXTENSIONS = (".safetensors", ".sft", ".pth", ".pt", ".ckpt", ".bin")
+
+
+class Interrupted(Exception):
+    """Raised between model calls when the user asked to stop (standalone runs)."""
+
+
+class _Settings:
+    """Standalone settings; unused inside ComfyUI. Set once by the runner or tests, read per call."""
+
+    def __init__(self):
+        self.models_dir: Path | None = None
+        self.output_dir: Path | None = None
+        self.device: torch.device | None = None
+        self.interrupt = threading.Event()
+
+
+_settings = _Settings()
+
+
+# ----------------------------------------------------------------------------------------- devices
+def torch_device() -> torch.device:
+    """The device models compute on."""
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    if _settings.device is not None:
+        return _settings.device
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle model weights wait (host memory unless ComfyUI runs in high-VRAM mode)."""
+    if IN_COMFYUI:
+        return _mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def set_device(device: str | torch.device | None) -> None:
+    """Standalone only: force the compute device (e.g. 'cpu' for tests)."""
+    _settings.device = None if device is None else torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------- memory
+def free_memory(bytes_needed: int, device: torch.device) -> None:
+    """Make room for `bytes_needed` on `device`; inside ComfyUI its own models are unloaded as needed."""
+    if IN_COMFYUI:
+        _mm.free_memory(bytes_needed, device)
+        _mm.soft_empty_cache()
+        return
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def empty_cache() -> None:
+    """Return cached allocator blocks to the driver."""
+    if IN_COMFYUI:
+        _mm.soft_empty_cache()
+        return
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def free_vram(device: torch.device) -> int:
+    """Bytes free for new allocations on `device` (driver free + allocator cache)."""
+    if IN_COMFYUI:
+        return int(_mm.get_free_memory(device))
+    if device.type != "cuda":
+        return 0
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+# ----------------------------------------------------------------------------------------- interrupts
+def throw_if_interrupted() -> None:
+    """Call between model calls: raises ComfyUI's interrupt exception, or `Interrupted` standalone."""
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()
+        return
+    if _settings.interrupt.is_set():
+        _settings.interrupt.clear()
+        raise Interrupted("interrupted by the user")
+
+
+def request_interrupt() -> None:
+    """Standalone only (e.g. the runner's Ctrl-C handler): stop at the next model call."""
+    _settings.interrupt.set()
+
+
+# ----------------------------------------------------------------------------------------- progress
+class Progress:
+    """One bar per node run: ComfyUI's websocket progress inside ComfyUI, tqdm on a terminal otherwise."""
+
+    def __init__(self, total: int, desc: str = "OpenReel"):
+        self.total = int(total)
+        self.value = 0
+        if IN_COMFYUI:
+            self._bar = _comfy_utils.ProgressBar(self.total)
+            self._tqdm = None
+        else:
+            from tqdm.auto import tqdm
+
+            self._bar = None
+            self._tqdm = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1, preview=None) -> None:
+        """Advance by `n`; `preview` is a PIL image shown as the node's live preview inside ComfyUI."""
+        self.value = min(self.total, self.value + n)
+        if self._bar is not None:
+            self._bar.update_absolute(self.value, self.total, ("JPEG", preview, 512) if preview is not None else None)
+        else:
+            self._tqdm.update(n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------- folders
+def set_models_dir(path: str | os.PathLike | None) -> None:
+    """Standalone only: the folder holding diffusion_models/, text_encoders/, vae/, clip_vision/, loras/."""
+    _settings.models_dir = None if path is None else Path(path)
+
+
+def set_output_dir(path: str | os.PathLike | None) -> None:
+    """Standalone only: where saved videos go."""
+    _settings.output_dir = None if path is None else Path(path)
+
+
+def models_dir() -> Path:
+    if IN_COMFYUI:
+        return Path(_folder_paths.models_dir)
+    if _settings.models_dir is not None:
+        return _settings.models_dir
+    return Path(os.environ.get("OPENREEL_MODELS", "models"))
+
+
+def model_folders(kind: str) -> list[Path]:
+    """Every folder searched for models of `kind` (one of MODEL_KINDS)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model folder kind {kind!r}; expected one of {MODEL_KINDS}")
+    if IN_COMFYUI:
+        return [Path(p) for p in _folder_paths.get_folder_paths(kind)]
+    root = models_dir()
+    return [root / kind] + [root / legacy for legacy in _LEGACY_FOLDERS.get(kind, ())]
+
+
+def list_models(kind: str) -> list[str]:
+    """Model files of `kind` as names relative to their folder ('/'-separated), sorted."""
+    if IN_COMFYUI:
+        return sorted(_folder_paths.get_filename_list(kind))
+    names = set()
+    for folder in model_folders(kind):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            if path.is_file() and path.suffix.lower() in _MODEL_EXTENSIONS:
+                names.add(path.relative_to(folder).as_posix())
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> Path:
+    """Full path of model `name` of `kind`; a clear error naming the folders searched if it is absent."""
+    if IN_COMFYUI:
+        full = _folder_paths.get_full_path(kind, name)
+        if full is not None:
+            return Path(full)
+    else:
+        candidate = Path(name)
+        if candidate.is_absolute() and candidate.exists():
+            return candidate
+        for folder in model_folders(kind):
+            if (folder / name).exists():
+                return folder / name
+    searched = ", ".join(str(f) for f in model_folders(kind))
+    raise FileNotFoundError(f"model file {name!r} was not found in the {kind} folders ({searched}); "
+                            f"put it in one of them or pick another file")
+
+
+def output_dir() -> Path:
+    """Folder for saved outputs (created on demand)."""
+    if IN_COMFYUI:
+        path = Path(_folder_paths.get_output_directory())
+    elif _settings.output_dir is not None:
+        path = _settings.output_dir
+    else:
+        path = Path(os.environ.get("OPENREEL_OUTPUT", "output"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
