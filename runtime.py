@@ -3,7 +3,8 @@
 Every other module asks this one for devices, memory, progress, interrupts and folders; none imports
 ComfyUI. Inside ComfyUI the answers come from `comfy.model_management`, `comfy.utils` and `folder_paths`.
 Standalone (tests, CI, the headless runner) they come from plain torch, tqdm, and a models directory given
-by `set_models_dir`, the `OPENREEL_MODELS` environment variable, or `./models`.
+by `set_models_dir`, the `OPENREEL_MODELS` environment variable, the enclosing ComfyUI's `models/` when the
+pack sits in `custom_nodes/`, or `~/openreel-models`.
 """
 from __future__ import annotations
 
@@ -172,7 +173,12 @@ def models_dir() -> Path:
         return Path(_folder_paths.models_dir)
     if _settings.models_dir is not None:
         return _settings.models_dir
-    return Path(os.environ.get("OPENREEL_MODELS", "models"))
+    if os.environ.get("OPENREEL_MODELS"):
+        return Path(os.environ["OPENREEL_MODELS"])
+    pack = Path(__file__).resolve().parent
+    if pack.parent.name == "custom_nodes" and (pack.parent.parent / "models").is_dir():
+        return pack.parent.parent / "models"  # a ComfyUI install's models, used by the headless runner
+    return Path.home() / "openreel-models"
 
 
 def model_folders(kind: str) -> list[Path]:
