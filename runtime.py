@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 try:  # pragma: no cover - exercised only inside a ComfyUI process
     import comfy.model_management as _mm
     import comfy.utils as _comfy_utils
@@ -219,8 +221,8 @@ def model_path(kind: str, name: str) -> Path:
             if (folder / name).exists():
                 return folder / name
     searched = ", ".join(str(f) for f in model_folders(kind))
-    raise FileNotFoundError(f"model file {name!r} was not found in the {kind} folders ({searched}); "
-                            f"put it in one of them or pick another file")
+    raise InputError(f"model file {name!r} was not found in the {kind} folders ({searched})",
+                     "put it in one of them or pick another file")
 
 
 def output_dir() -> Path:

@@ -1,0 +1,178 @@
+"""Build a module on the meta device and fill it straight from a checkpoint in the target dtypes.
+
+Peak host memory is about one copy of the weights: tensors are read (memory-mapped) one at a time, converted,
+and assigned. Three storage roles per parameter (the family's regexes decide):
+- weight: the big linear weights; stored in the chosen weight dtype (fp8 with scales allowed);
+- fp32: norms, modulation, time embeddings; kept in float32 for the official numerics;
+- compute: everything else; stored in the compute dtype.
+ComfyUI `fp8_scaled` files (`scaled_fp8` marker, per-layer `scale_weight`) keep their fp8 weights and scales
+as-is when fp8 storage is asked for; otherwise they are dequantized once at load.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError
+from ..memory.cast_linear import FP8_DTYPES, CastLinear
+from .checkpoint import Checkpoint
+from .families import MARKER_KEYS, QUANT_SUFFIXES
+
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_scaled": torch.float8_e4m3fn}
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return COMPUTE_DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _file_scale(ckpt: Checkpoint, module_name: str) -> torch.Tensor | None:
+    for suffix in (".scale_weight", ".weight_scale"):
+        if module_name + suffix in ckpt:
+            return ckpt.get(module_name + suffix).float()
+    return None
+
+
+def _scale_shape(scale: torch.Tensor, out_features: int) -> torch.Tensor:
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if scale.numel() == out_features:
+        return scale.reshape(out_features, 1)
+    raise CheckpointError(f"a weight scale of shape {tuple(scale.shape)} fits no layer of width {out_features}",
+                          "the fp8 file is damaged or of an unknown quantization layout")
+
+
+def _quantize(w: torch.Tensor, fp8: torch.dtype, scaled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float weight → (fp8 weight, per-tensor scale or None); values beyond the fp8 range are clamped."""
+    w = w.float()
+    limit = FP8_MAX[fp8]
+    scale = None
+    if scaled:
+        scale = (w.abs().amax() / limit).clamp(min=1e-12)
+        w = w / scale
+    return w.clamp(-limit, limit).to(fp8), scale
+
+
+class _Plan:
+    """Decides each parameter's storage dtype."""
+
+    def __init__(self, ckpt: Checkpoint, weight_dtype: str, compute: torch.dtype, weight_re: str, fp32_re: str):
+        self.ckpt, self.weight_dtype, self.compute = ckpt, weight_dtype, compute
+        self.weight_re, self.fp32_re = re.compile(weight_re), re.compile(fp32_re)
+
+    def weight_storage(self, key: str) -> torch.dtype:
+        """Storage dtype of a 'weight' role linear weight."""
+        file_dtype = self.ckpt.dtype(key)
+        if self.weight_dtype == "auto":
+            return file_dtype if file_dtype in FP8_DTYPES else self.compute
+        return WEIGHT_DTYPES[self.weight_dtype]
+
+    def role(self, key: str) -> str:
+        if self.weight_re.fullmatch(key):
+            return "weight"
+        if self.fp32_re.fullmatch(key):
+            return "fp32"
+        return "compute"
+
+
+def _swap_linears(model: nn.Module, plan: _Plan) -> None:
+    """Replace linears whose stored weight differs from the compute dtype by CastLinear (still on meta)."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or plan.role(f"{name}.weight") != "weight":
+            continue
+        key = f"{name}.weight"
+        if key not in plan.ckpt:
+            continue  # reported as missing later, with all the others
+        storage = plan.weight_storage(key)
+        if storage == plan.compute:
+            continue
+        keeps_file_scale = storage in FP8_DTYPES and plan.ckpt.dtype(key) in FP8_DTYPES and \
+            _file_scale(plan.ckpt, name) is not None
+        scaled = keeps_file_scale or plan.weight_dtype == "fp8_e4m3fn_scaled"
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        with torch.device("meta"):
+            setattr(parent, child, CastLinear(module.in_features, module.out_features, module.bias is not None,
+                                              scaled=scaled))
+
+
+def _converted(plan: _Plan, module_name: str, attr: str, module: nn.Module) -> torch.Tensor:
+    key = f"{module_name}.{attr}" if module_name else attr
+    ckpt = plan.ckpt
+    if isinstance(module, CastLinear) and attr in ("weight", "scale_weight"):
+        storage = plan.weight_storage(f"{module_name}.weight")
+        raw = ckpt.get(f"{module_name}.weight")
+        file_scale = _file_scale(ckpt, module_name)
+        if storage in FP8_DTYPES and raw.dtype == storage:
+            weight, scale = raw, file_scale  # taken as-is: no dequantize/requantize round trip
+        else:
+            w = raw.float() * file_scale if file_scale is not None else raw
+            if storage in FP8_DTYPES:
+                weight, scale = _quantize(w, storage, plan.weight_dtype == "fp8_e4m3fn_scaled" or file_scale is not None)
+            else:
+                weight, scale = w.to(storage), None
+        if attr == "weight":
+            return weight
+        return _scale_shape(scale if scale is not None else torch.ones(()), module.out_features)
+    raw = ckpt.get(key)
+    if attr == "weight" and raw.dtype in FP8_DTYPES:
+        scale = _file_scale(ckpt, module_name)
+        raw = raw.float() * scale.reshape(-1, *([1] * (raw.dim() - 1))) if scale is not None else raw.float()
+    target = torch.float32 if plan.role(key) == "fp32" else plan.compute
+    return raw.to(target)
+
+
+def materialize(factory: Callable[[], nn.Module], ckpt: Checkpoint, *, weight_dtype: str, compute_dtype: torch.dtype,
+                device: torch.device, weight_params: str, fp32_params: str) -> nn.Module:
+    """Build `factory()` on meta and load every parameter from `ckpt` (strict: missing or extra keys are errors)."""
+    if weight_dtype != "auto" and weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown weight dtype {weight_dtype!r}")
+    with torch.device("meta"):
+        model = factory()
+    plan = _Plan(ckpt, weight_dtype, compute_dtype, weight_params, fp32_params)
+    _swap_linears(model, plan)
+
+    expected = dict(model.named_parameters())
+    expected.update((n, b) for n, b in model.named_buffers() if b is not None)
+    file_keys = {k for k in ckpt.keys() if k not in MARKER_KEYS and not k.endswith(QUANT_SUFFIXES)}
+    missing = sorted(k for k in expected if k not in file_keys and not k.endswith(QUANT_SUFFIXES))
+    extra = sorted(file_keys - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensors (e.g. {', '.join(extra[:3])})")
+        raise CheckpointError(f"{ckpt.name} does not match the detected model: {'; '.join(parts)}",
+                              "the file is incomplete or a variant OpenReel does not support")
+
+    for full_name in expected:
+        module_name, _, attr = full_name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if full_name.endswith(QUANT_SUFFIXES) and not isinstance(module, CastLinear):
+            continue
+        tensor = _converted(plan, module_name, attr, module)
+        meta = getattr(module, attr)
+        if attr == "weight" or not full_name.endswith(QUANT_SUFFIXES):
+            if tuple(tensor.shape) != tuple(meta.shape):
+                raise CheckpointError(f"{ckpt.name}: tensor {full_name} has shape {tuple(tensor.shape)}, "
+                                      f"the detected model expects {tuple(meta.shape)}",
+                                      "the file does not match its detected variant; it may be damaged")
+        tensor = tensor.to(device)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        else:
+            module._buffers[attr] = tensor
+    model.eval()
+    return model
