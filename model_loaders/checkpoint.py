@@ -8,6 +8,7 @@ that can be re-keyed (prefix stripping, key maps) without touching the data; ten
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import struct
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ class Checkpoint:
             if new in infos:
                 raise CheckpointError(f"{self.name}: two tensors map to the name {new!r}",
                                       "the file mixes two key layouts; re-export it in one layout")
-            infos[new], readers[new] = info, self._readers[key]
+            infos[new] = info
+            if key in self._readers:
+                readers[new] = self._readers[key]
         return Checkpoint(self.files, infos, readers, self.config)
 
     def strip_prefix(self, prefix: str) -> "Checkpoint":
@@ -147,12 +150,16 @@ _STATE_DICT_WRAPPERS = ("state_dict", "module", "model", "model_state_dict", "em
 
 def _open_pickle(path: Path) -> tuple[dict, dict]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-        obj = _load_pickle_plain(path)
-    except Exception as exc:  # weights_only refuses arbitrary pickles: say so plainly
-        raise CheckpointError(f"{path.name} could not be read safely ({type(exc).__name__}: {exc})",
-                              "OpenReel never unpickles code; convert the file to safetensors") from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain containers
+        raise CheckpointError(f"{path.name} holds Python objects other than weights, so it was not read",
+                              "OpenReel never unpickles code; use a safetensors version of the file") from exc
+    except Exception as exc:
+        raise CheckpointError(f"{path.name} could not be read ({type(exc).__name__}: {exc})",
+                              "the file is damaged or not a PyTorch weights file; download it again") from exc
     if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for wrapper in _STATE_DICT_WRAPPERS:  # e.g. HunyuanVideo's {"module": state_dict}
             if isinstance(obj.get(wrapper), dict):
@@ -165,14 +172,6 @@ def _open_pickle(path: Path) -> tuple[dict, dict]:
     infos = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in tensors.items()}
     readers = {k: (lambda v=v: v) for k, v in tensors.items()}
     return infos, readers
-
-
-def _load_pickle_plain(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path.name} could not be read ({type(exc).__name__}: {exc})",
-                              "the file is damaged or not a PyTorch weights file; download it again") from exc
 
 
 # ----------------------------------------------------------------------------------------- layouts

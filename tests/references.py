@@ -31,29 +31,26 @@ def _wan_root() -> Path:
     return Path(importlib.util.find_spec("wan").submodule_search_locations[0])
 
 
+def _package(name: str, path: Path) -> None:
+    """Register an empty package (its __init__ is not run) so submodules import from `path`."""
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(path)]
+        sys.modules[name] = pkg
+
+
 def load_official(module: str):
-    """Load `wan/modules/<module>.py` (e.g. 'model', 'vae2_1', 't5') as `wanref.<module>` without wan/__init__."""
-    name = f"wanref.{module.replace('/', '.')}"
-    if name in sys.modules:
-        return sys.modules[name]
-    root = _wan_root() / "modules"
-    if "wanref" not in sys.modules:
-        pkg = types.ModuleType("wanref")
-        pkg.__path__ = [str(root)]
-        sys.modules["wanref"] = pkg
-        attn = types.ModuleType("wanref.attention")
+    """Import `wan/modules/<module>.py` (e.g. 'model', 'vae2_1', 't5', 'animate/model_animate') as
+    `wanref.modules.<module>`, without running any of wan's package __init__ files."""
+    root = _wan_root()
+    _package("wanref", root)
+    _package("wanref.modules", root / "modules")
+    _package("wanref.distributed", root / "distributed")
+    _package("wanref.utils", root / "utils")
+    _package("wanref.modules.animate", root / "modules" / "animate")
+    if "wanref.modules.attention" not in sys.modules:
+        attn = types.ModuleType("wanref.modules.attention")
         attn.flash_attention = _sdpa_flash_attention
         attn.attention = _sdpa_flash_attention
-        sys.modules["wanref.attention"] = attn
-    parts = module.split("/")
-    for i in range(1, len(parts)):  # intermediate packages, e.g. wanref.animate
-        sub = "wanref." + ".".join(parts[:i])
-        if sub not in sys.modules:
-            pkg = types.ModuleType(sub)
-            pkg.__path__ = [str(root.joinpath(*parts[:i]))]
-            sys.modules[sub] = pkg
-    spec = importlib.util.spec_from_file_location(name, root / f"{module}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+        sys.modules["wanref.modules.attention"] = attn
+    return importlib.import_module("wanref.modules." + module.replace("/", "."))
