@@ -11,7 +11,7 @@ class OpenReelError(Exception):
     def __init__(self, what: str, todo: str = ""):
         self.what = what
         self.todo = todo
-        super().__init__(f"{what}. {todo}" if todo else what)
+        super().__init__(f"{what}. {todo[:1].upper()}{todo[1:]}" if todo else what)
 
 
 class CheckpointError(OpenReelError):

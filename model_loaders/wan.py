@@ -98,8 +98,7 @@ def describe(ckpt: Checkpoint) -> DiTSpec:
         in_dim=in_dim, out_dim=out_dim, text_dim=ckpt.shape("text_embedding.0.weight")[1], patch_size=patch,
         image_dim=ckpt.shape("img_emb.proj.0.weight")[0] if has_img else 1280, image_tokens=image_tokens,
         fps_embedding="fps_embedding.weight" in ckpt)
-    size = _SIZES.get(dim, f"{dim}-wide")
-    return _classify(ckpt.name, config, size)
+    return _classify(ckpt.name, config, _SIZES.get(dim, f"{dim}-wide"))
 
 
 def _classify(name: str, cfg: WanConfig, size: str) -> DiTSpec:
@@ -112,7 +111,9 @@ def _classify(name: str, cfg: WanConfig, size: str) -> DiTSpec:
         if size == "14B":
             return spec("t2v", "a 14B Wan text-to-video model (Wan2.1 T2V-14B, a Wan2.2 T2V-A14B expert, "
                                "or SkyReels-V2 T2V/DF-14B)", "t2v")
-        return spec("t2v", f"a {size} Wan text-to-video model (Wan2.1 T2V-{size} or SkyReels-V2 T2V/DF-{size})", "t2v")
+        if size == "1.3B":
+            return spec("t2v", "a 1.3B Wan text-to-video model (Wan2.1 T2V-1.3B or SkyReels-V2 T2V/DF-1.3B)", "t2v")
+        return spec("t2v", f"a custom {size} Wan text-to-video model", "t2v")
     if cfg.in_dim == 36 and cfg.out_dim == 16:
         if cfg.image_tokens == 514:
             return spec("flf2v", f"Wan2.1 FLF2V-{size} (first-last-frame-to-video)", "flf2v", clip=True)

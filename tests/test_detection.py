@@ -89,7 +89,7 @@ def test_truncated_file(tmp_path):
     path = write(tmp_path, _tiny_wan_state())
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(CheckpointError, match="truncated.*download"):
+    with pytest.raises(CheckpointError, match="truncated.*download the file again"):
         inspect_dit(path)
 
 
@@ -131,7 +131,7 @@ def test_node_errors_name_the_node_and_the_remedy(tmp_path):
     runtime.set_models_dir(tmp_path)
     try:
         with pytest.raises(InputError, match=r"^OpenReel DiT Loader: model file 'nope.safetensors' was not found .*"
-                                             r"put it in one of them"):
+                                             r"Put it in one of them"):
             OpenReelDiTLoader().load("nope.safetensors", "auto", "fp32")
         write(tmp_path / "diffusion_models", {"encoder.conv1.weight": torch.zeros(3), "decoder.conv_in.weight":
                                               torch.zeros(3)}, name="vae.safetensors")
