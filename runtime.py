@@ -43,6 +43,7 @@ class _Settings:
     def __init__(self):
         self.models_dir: Path | None = None
         self.output_dir: Path | None = None
+        self.input_dir: Path | None = None
         self.device: torch.device | None = None
         self.interrupt = threading.Event()
 
@@ -170,6 +171,11 @@ def set_output_dir(path: str | os.PathLike | None) -> None:
     _settings.output_dir = None if path is None else Path(path)
 
 
+def set_input_dir(path: str | os.PathLike | None) -> None:
+    """Standalone only: where input images and videos are read from."""
+    _settings.input_dir = None if path is None else Path(path)
+
+
 def models_dir() -> Path:
     if IN_COMFYUI:
         return Path(_folder_paths.models_dir)
@@ -235,3 +241,12 @@ def output_dir() -> Path:
         path = Path(os.environ.get("OPENREEL_OUTPUT", "output"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def input_dir() -> Path:
+    """Folder of user inputs (images, videos)."""
+    if IN_COMFYUI:
+        return Path(_folder_paths.get_input_directory())
+    if _settings.input_dir is not None:
+        return _settings.input_dir
+    return Path(os.environ.get("OPENREEL_INPUT", "input"))

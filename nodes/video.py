@@ -1,0 +1,111 @@
+"""Video in and out: mp4 files ↔ ComfyUI IMAGE batches [frames, height, width, 3] in 0..1."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import runtime
+from ..errors import InputError
+from ..video_io import PIXEL_FORMATS, comfy_metadata, iter_chunks, read_video, save_mp4
+from .common import OpenReelNode, mappings
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+def _output_folder(prefix: str) -> tuple[Path, str, str]:
+    """(folder, subfolder relative to the output dir, file stem) for a 'sub/dir/name' prefix, kept inside output."""
+    root = runtime.output_dir().resolve()
+    prefix = prefix.strip() or "OpenReel"
+    folder = (root / prefix).parent.resolve()
+    if os.path.commonpath([root, folder]) != str(root):
+        raise InputError(f"filename_prefix {prefix!r} points outside the output folder", "use a relative prefix "
+                         "such as 'OpenReel/video'")
+    return folder, folder.relative_to(root).as_posix() if folder != root else "", Path(prefix).name
+
+
+class OpenReelSaveVideo(OpenReelNode):
+    """Saves frames as an H.264 mp4 in the output folder. Files are numbered and never overwritten; a video is
+    written under a temporary name and appears only when complete. The prompt and workflow are embedded in the
+    file's metadata, as ComfyUI's own video saver does, so dropping the mp4 on ComfyUI restores the graph."""
+
+    NODE_ID = "OpenReelSaveVideo"
+    DISPLAY_NAME = "OpenReel Save Video"
+    CATEGORY = "OpenReel/video"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    DESCRIPTION = __doc__
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The frames, e.g. from OpenReel VAE Decode."}),
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "Frames per second (Wan2.1/2.2 A14B: 16, TI2V-5B and SkyReels-V2: 24)."}),
+                "filename_prefix": ("STRING", {"default": "OpenReel/video",
+                                               "tooltip": "Subfolder and name in the output folder; a number is added."}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 51,
+                                "tooltip": "H.264 quality: lower is better and larger (0 lossless, 17-23 typical)."}),
+                "pix_fmt": (list(PIXEL_FORMATS), {"default": "yuv420p",
+                                                  "tooltip": "yuv420p plays everywhere; yuv444p keeps full colour."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, images, fps, filename_prefix, crf, pix_fmt, prompt=None, extra_pnginfo=None):
+        folder, subfolder, stem = _output_folder(filename_prefix)
+        path, _ = save_mp4(iter_chunks(images), folder, stem, fps, crf=crf, pix_fmt=pix_fmt,
+                           metadata=comfy_metadata(prompt, extra_pnginfo))
+        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
+                       "animated": (True,)}}
+
+
+def _input_videos() -> list[str]:
+    folder = runtime.input_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+class OpenReelLoadVideo(OpenReelNode):
+    """Loads frames and the frame rate from a video in the input folder, with a frame range and stride, for
+    image-to-video and video extension."""
+
+    NODE_ID = "OpenReelLoadVideo"
+    DISPLAY_NAME = "OpenReel Load Video"
+    CATEGORY = "OpenReel/video"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
+    RETURN_NAMES = ("images", "fps", "frame_count")
+    OUTPUT_TOOLTIPS = ("The frames, [frames, height, width, 3] in 0..1.", "The source's frames per second "
+                       "(divided by stride).", "How many frames were loaded.")
+    DESCRIPTION = __doc__
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": (_input_videos(), {"video_upload": True, "tooltip": "A video file in the input folder."}),
+            "start_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "First frame to load (0-based)."}),
+            "frame_count": ("INT", {"default": 0, "min": 0, "max": 100_000,
+                                    "tooltip": "How many frames to load; 0 loads to the end."}),
+            "stride": ("INT", {"default": 1, "min": 1, "max": 100, "tooltip": "Load every n-th frame."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, video, **_):
+        path = runtime.input_dir() / video
+        return f"{path.stat().st_mtime_ns}:{path.stat().st_size}" if path.exists() else ""
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video):
+        if not (runtime.input_dir() / video).is_file():
+            return f"{cls.DISPLAY_NAME}: video {video!r} is not in the input folder. Upload it or pick another file."
+        return True
+
+    def load(self, video, start_frame, frame_count, stride):
+        frames, fps = read_video(runtime.input_dir() / video, start_frame, frame_count, stride)
+        return frames, fps / stride, frames.shape[0]
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelSaveVideo, OpenReelLoadVideo)

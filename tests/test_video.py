@@ -1,0 +1,80 @@
+"""Save/Load Video nodes: playable mp4s with the right frames, size and fps, embedded workflow, no overwrites."""
+import json
+
+import pytest
+import torch
+
+from openreel import runtime
+from openreel.errors import InputError
+from openreel.nodes.video import OpenReelLoadVideo, OpenReelSaveVideo
+from openreel.video_io import read_metadata, read_video
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    runtime.set_output_dir(tmp_path / "output")
+    runtime.set_input_dir(tmp_path / "input")
+    yield tmp_path
+    runtime.set_output_dir(None)
+    runtime.set_input_dir(None)
+
+
+def gradient_video(frames=9, height=32, width=48):
+    t = torch.linspace(0, 1, frames).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 1, height).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, width).view(1, 1, -1, 1)
+    return torch.cat([x.expand(frames, height, width, 1), y.expand(frames, height, width, 1),
+                      t.expand(frames, height, width, 1)], dim=-1)
+
+
+def test_save_reads_back_with_frames_size_fps_and_workflow(dirs):
+    video = gradient_video()
+    workflow = {"nodes": [{"id": i, "type": "OpenReelSaveVideo", "note": "x" * 200} for i in range(1000)]}  # > 128 KiB
+    prompt = {"1": {"class_type": "OpenReelSaveVideo", "inputs": {"fps": 16.0, "text": "a=b; c#d \\ e\nf"}}}
+    result = OpenReelSaveVideo().save(video, 16.0, "OpenReel/clip", 10, "yuv420p", prompt=prompt,
+                                      extra_pnginfo={"workflow": workflow})
+    saved = result["ui"]["images"][0]
+    assert saved["subfolder"] == "OpenReel" and saved["type"] == "output" and result["ui"]["animated"] == (True,)
+    path = dirs / "output" / "OpenReel" / saved["filename"]
+    assert saved["filename"] == "clip_00001_.mp4"
+    frames, fps = read_video(path)
+    assert frames.shape == (9, 32, 48, 3) and fps == pytest.approx(16.0)
+    assert (frames - video).abs().mean() < 0.03  # lossy H.264 at crf 10 on a smooth gradient
+    meta = read_metadata(path)
+    assert json.loads(meta["workflow"]) == workflow
+    assert json.loads(meta["prompt"]) == prompt
+    assert not list((dirs / "output" / "OpenReel").glob(".*partial*"))  # no temporary file left behind
+
+
+def test_saving_twice_keeps_both_files(dirs):
+    node = OpenReelSaveVideo()
+    first = node.save(gradient_video(5), 24.0, "run", 19, "yuv444p")["ui"]["images"][0]["filename"]
+    second = node.save(gradient_video(5), 24.0, "run", 19, "yuv444p")["ui"]["images"][0]["filename"]
+    assert (first, second) == ("run_00001_.mp4", "run_00002_.mp4")
+    assert len(list((dirs / "output").glob("run_*.mp4"))) == 2
+
+
+def test_save_refuses_bad_input(dirs):
+    node = OpenReelSaveVideo()
+    with pytest.raises(InputError, match="^OpenReel Save Video: filename_prefix '../escape' points outside"):
+        node.save(gradient_video(3), 16.0, "../escape", 19, "yuv420p")
+    with pytest.raises(InputError, match="yuv420p needs an even width and height"):
+        node.save(gradient_video(3, 31, 48), 16.0, "odd", 19, "yuv420p")
+    with pytest.raises(InputError, match="not an IMAGE batch"):
+        node.save(torch.zeros(3, 32, 48), 16.0, "bad", 19, "yuv420p")
+    assert not list((dirs / "output").rglob("*.mp4"))
+
+
+def test_load_video_range_and_stride(dirs):
+    OpenReelSaveVideo().save(gradient_video(12), 24.0, "src", 0, "yuv444p")
+    (dirs / "input").mkdir()
+    (dirs / "output" / "src_00001_.mp4").rename(dirs / "input" / "src.mp4")
+    assert OpenReelLoadVideo.INPUT_TYPES()["required"]["video"][0] == ["src.mp4"]
+    assert OpenReelLoadVideo.VALIDATE_INPUTS("src.mp4") is True
+    assert "not in the input folder" in OpenReelLoadVideo.VALIDATE_INPUTS("missing.mp4")
+    frames, fps, count = OpenReelLoadVideo().load("src.mp4", 2, 4, 2)
+    assert count == 4 and frames.shape == (4, 32, 48, 3) and fps == pytest.approx(12.0)
+    full, _ = read_video(dirs / "input" / "src.mp4")
+    assert torch.equal(frames, full[2:10:2])
+    with pytest.raises(InputError, match="no frames from frame 50"):
+        OpenReelLoadVideo().load("src.mp4", 50, 0, 1)
