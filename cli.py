@@ -1,4 +1,4 @@
-"""Command line for standalone use: inspect checkpoints, build the synthetic demo model set."""
+"""Command line for standalone use: run workflows headless, inspect checkpoints, build the synthetic model set."""
 from __future__ import annotations
 
 import argparse
@@ -53,12 +53,25 @@ def _synth(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from .runner import main as run_workflow
+
+    return run_workflow(args.workflow, args.models, args.out, args.set or [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="openreel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="say what model a checkpoint (file, shard, index or folder) holds")
     p.add_argument("path")
     p.set_defaults(run=_inspect)
+    p = sub.add_parser("run", help="run a workflow (API or UI format JSON) with this pack's nodes")
+    p.add_argument("workflow")
+    p.add_argument("--models", help="models folder (diffusion_models/, vae/, text_encoders/, clip_vision/ inside)")
+    p.add_argument("--out", help="output folder for saved videos")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
+                   help="override an input; NODE is a node id, title or class type; VALUE is JSON or text")
+    p.set_defaults(run=_run)
     p = sub.add_parser("synth", help="write the synthetic demo model set and load it through the loader nodes")
     p.add_argument("--models", default="openreel-synthetic-models", help="models folder to write into")
     p.set_defaults(run=_synth)

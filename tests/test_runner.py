@@ -1,0 +1,73 @@
+"""Headless runner and workflow formats: validation, overrides, execution, exit codes, UI ↔ API equivalence."""
+import json
+
+import pytest
+import torch
+
+from openreel import runtime
+from openreel.nodes import NODE_CLASS_MAPPINGS
+from openreel.runner import EXIT_INVALID, EXIT_OK, main, validate
+from openreel.video_io import read_metadata, read_video, save_mp4
+from openreel.workflow_format import api_to_ui, ui_to_api
+
+COPY_VIDEO = {
+    "1": {"class_type": "OpenReelLoadVideo", "inputs": {"video": "clip.mp4", "start_frame": 1, "frame_count": 4,
+                                                         "stride": 1}, "_meta": {"title": "Source"}},
+    "2": {"class_type": "OpenReelSaveVideo", "inputs": {"images": ["1", 0], "fps": ["1", 1], "filename_prefix":
+                                                         "copy", "crf": 19, "pix_fmt": "yuv420p"}},
+}
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    runtime.set_input_dir(tmp_path / "input")
+    save_mp4([torch.rand(6, 32, 32, 3)], tmp_path / "input", "clip", 24.0)
+    (tmp_path / "input" / "clip_00001_.mp4").rename(tmp_path / "input" / "clip.mp4")
+    yield tmp_path
+    runtime.set_input_dir(None)
+    runtime.set_output_dir(None)
+
+
+def test_links_are_type_checked(workspace):
+    assert validate(COPY_VIDEO) == []  # FLOAT fps output → FLOAT fps input
+    bad = json.loads(json.dumps(COPY_VIDEO))
+    bad["2"]["inputs"]["fps"] = ["1", 2]  # the INT frame count into a FLOAT input
+    assert any("expects FLOAT but node 1 gives INT" in p for p in validate(bad))
+
+
+def test_runs_api_workflow_with_override_and_embeds_it(workspace, capsys):
+    path = workspace / "wf.json"
+    path.write_text(json.dumps(COPY_VIDEO))
+    code = main(str(path), None, str(workspace / "out"), ["Source.frame_count=3", "2.filename_prefix=renamed"])
+    assert code == EXIT_OK
+    saved = workspace / "out" / "renamed_00001_.mp4"
+    frames, fps = read_video(saved)
+    assert frames.shape[0] == 3 and fps == pytest.approx(24.0)
+    assert json.loads(read_metadata(saved)["prompt"])["1"]["inputs"]["frame_count"] == 3
+    assert f"saved {saved}" in capsys.readouterr().out
+
+
+def test_ui_workflow_runs_and_equals_its_api_twin(workspace):
+    ui = api_to_ui(COPY_VIDEO, NODE_CLASS_MAPPINGS, notes=["Put clip.mp4 in ComfyUI/input."])
+    assert ui_to_api(ui, NODE_CLASS_MAPPINGS) == COPY_VIDEO
+    path = workspace / "ui.json"
+    path.write_text(json.dumps(ui))
+    assert main(str(path), None, str(workspace / "out"), []) == EXIT_OK
+    saved = next((workspace / "out").glob("copy_*.mp4"))
+    assert json.loads(read_metadata(saved)["workflow"]) == ui
+
+
+def test_invalid_workflows_exit_2_listing_every_problem(workspace, capsys):
+    bad = json.loads(json.dumps(COPY_VIDEO))
+    bad["1"]["inputs"]["video"] = "missing.mp4"
+    bad["2"]["inputs"]["crf"] = 80
+    bad["3"] = {"class_type": "KSampler", "inputs": {}}
+    path = workspace / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(str(path), None, str(workspace / "out"), []) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "video = 'missing.mp4' is not one of the choices" in err
+    assert "crf = 80 is outside 0..51" in err
+    assert "node 3 (KSampler): unknown node type" in err
+    assert not (workspace / "out").exists()  # nothing ran
+    assert main(str(path), None, None, ["nonexistent.x=1"]) == EXIT_INVALID
