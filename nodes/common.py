@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 from ..errors import OpenReelError
 
@@ -17,6 +18,8 @@ class OpenReelNode:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "DESCRIPTION" not in cls.__dict__:
+            cls.DESCRIPTION = inspect.cleandoc(cls.__doc__)  # shown in ComfyUI's node info
         function = getattr(cls, "FUNCTION", None)
         if function and function in cls.__dict__:
             setattr(cls, function, _naming_errors(cls.__dict__[function], cls))

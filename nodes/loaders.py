@@ -24,7 +24,6 @@ class OpenReelDiTLoader(OpenReelNode):
     RETURN_TYPES = ("OPENREEL_DIT",)
     RETURN_NAMES = ("dit",)
     OUTPUT_TOOLTIPS = ("The loaded diffusion transformer, for OpenReel samplers and memory nodes.",)
-    DESCRIPTION = __doc__
 
     @classmethod
     def INPUT_TYPES(cls):

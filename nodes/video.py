@@ -34,7 +34,6 @@ class OpenReelSaveVideo(OpenReelNode):
     FUNCTION = "save"
     OUTPUT_NODE = True
     RETURN_TYPES = ()
-    DESCRIPTION = __doc__
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -80,7 +79,6 @@ class OpenReelLoadVideo(OpenReelNode):
     RETURN_NAMES = ("images", "fps", "frame_count")
     OUTPUT_TOOLTIPS = ("The frames, [frames, height, width, 3] in 0..1.", "The source's frames per second "
                        "(divided by stride).", "How many frames were loaded.")
-    DESCRIPTION = __doc__
 
     @classmethod
     def INPUT_TYPES(cls):
