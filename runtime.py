@@ -109,6 +109,46 @@ def free_vram(device: torch.device) -> int:
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.device:
+    """Put `module` on the compute device for use, with `memory_required` bytes of working memory to spare.
+
+    Inside ComfyUI this goes through its memory manager: other models are unloaded as needed, and ComfyUI may
+    unload (or partly unload) this one later when it needs room, so call this before every use. Returns the device.
+    """
+    device = torch_device()
+    if IN_COMFYUI and _mm.vram_state != _mm.VRAMState.NO_VRAM:
+        patcher = module.__dict__.get("_openreel_patcher")
+        if patcher is None:
+            import comfy.model_patcher
+
+            patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=offload_device(),
+                                                       size=module_bytes(module))
+            module._openreel_patcher = patcher  # ComfyUI holds patchers weakly; the module keeps its own alive
+        _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        return device
+    free_memory(module_bytes(module) + memory_required, device)
+    module.to(device)
+    return device
+
+
+def offload_model(module: torch.nn.Module) -> None:
+    """Move `module` back to the offload device (e.g. the expert that is done), freeing its VRAM."""
+    patcher = module.__dict__.get("_openreel_patcher")
+    if IN_COMFYUI and patcher is not None:
+        for i, loaded in enumerate(_mm.current_loaded_models):
+            if loaded.model is patcher:
+                loaded.model_unload()
+                _mm.current_loaded_models.pop(i)
+                break
+    else:
+        module.to(offload_device())
+    empty_cache()
+
+
 # ----------------------------------------------------------------------------------------- interrupts
 def throw_if_interrupted() -> None:
     """Call between model calls: raises ComfyUI's interrupt exception, or `Interrupted` standalone."""
