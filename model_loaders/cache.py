@@ -1,6 +1,11 @@
-"""A small cache of built modules, keyed by what determines their weights, with explicit eviction."""
+"""A cache of built modules, keyed by what determines their weights, with explicit eviction.
+
+Rebuilding a module means re-reading its file (umT5-XXL: 11 GB), so modules stay cached while host memory allows:
+least recently used ones go first once their total passes `max_bytes` (by default 3/4 of physical memory).
+"""
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from typing import Callable
@@ -8,11 +13,22 @@ from typing import Callable
 import torch.nn as nn
 
 
-class ModuleCache:
-    """Least-recently-used cache of modules; `capacity` counts modules (a Wan2.2 expert pair needs 2)."""
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 64 << 30
 
-    def __init__(self, capacity: int = 2):
-        self.capacity = capacity
+
+def _bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+class ModuleCache:
+    """Least-recently-used cache of modules bounded by their total size."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes if max_bytes is not None else _physical_memory() * 3 // 4
         self._items: OrderedDict[tuple, nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -25,7 +41,7 @@ class ModuleCache:
         with self._lock:
             self._items[key] = module
             self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
+            while len(self._items) > 1 and sum(_bytes(m) for m in self._items.values()) > self.max_bytes:
                 self._items.popitem(last=False)
         return module
 

@@ -39,14 +39,15 @@ def register_family(family: Family) -> None:
     FAMILIES.append(family)
 
 
-# Other model kinds, recognized by a key suffix, so the error can say which loader they belong to.
+# Other model kinds, recognized by a key fragment, so the error can say which loader they belong to. CLIP comes
+# before T5: the official open-clip file also holds a text tower whose keys look like T5's.
 _OTHER_KINDS = (
     (("decoder.upsamples.0.", "decoder.up_blocks.0.", "decoder.conv_in.weight", "post_quant_conv.weight"),
      "a video VAE", "load it with OpenReel VAE Loader (put it in models/vae)"),
-    (("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight", "shared.weight"),
-     "a text encoder (T5 family)", "load it with OpenReel Text Encoder Loader (put it in models/text_encoders)"),
     (("visual.transformer.", "vision_model.encoder.", "visual.patch_embedding.weight"),
      "a CLIP vision encoder", "load it with OpenReel CLIP Vision Loader (put it in models/clip_vision)"),
+    (("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight", "shared.weight"),
+     "a text encoder (T5 family)", "load it with OpenReel Text Encoder Loader (put it in models/text_encoders)"),
     (("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight"),
      "a LoRA", "apply it to a loaded model with a LoRA node instead of loading it as a model"),
 )
@@ -61,7 +62,7 @@ def find_prefix(ckpt: Checkpoint, anchors: tuple[str, ...]) -> str | None:
     return None
 
 
-def _other_kind(ckpt: Checkpoint) -> tuple[str, str] | None:
+def other_kind(ckpt: Checkpoint) -> tuple[str, str] | None:
     keys = ckpt.keys()
     for suffixes, what, todo in _OTHER_KINDS:
         if any(s in k for k in keys for s in suffixes):
@@ -80,7 +81,7 @@ def identify(ckpt: Checkpoint) -> tuple[Family, Checkpoint, DiTSpec]:
             raise DetectionError(f"{ckpt.name} is {spec.description}, which this version of OpenReel recognizes "
                                  f"but cannot run yet", "use a Wan2.1 / Wan2.2 / SkyReels-V2 model for now")
         return family, normalized, spec
-    other = _other_kind(ckpt)
+    other = other_kind(ckpt)
     if other is not None:
         what, todo = other
         raise DetectionError(f"{ckpt.name} is {what}, not a diffusion transformer", todo)
