@@ -189,6 +189,15 @@ class Progress:
         else:
             self._tqdm.update(n)
 
+    def set_total(self, total: int) -> None:
+        """Correct the total once it is known (e.g. after a model was loaded and its call pattern chosen)."""
+        self.total = int(total)
+        if self._bar is not None:
+            self._bar.update_absolute(self.value, self.total)
+        else:
+            self._tqdm.total = self.total
+            self._tqdm.refresh()
+
     def close(self) -> None:
         if self._tqdm is not None:
             self._tqdm.close()

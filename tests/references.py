@@ -6,6 +6,7 @@ exact float32 SDPA equivalent that honours the same key-length semantics.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -54,3 +55,13 @@ def load_official(module: str):
         attn.attention = _sdpa_flash_attention
         sys.modules["wanref.modules.attention"] = attn
     return importlib.import_module("wanref.modules." + module.replace("/", "."))
+
+
+@functools.cache
+def load_official_util(file: str):
+    """`wan/utils/<file>` (e.g. 'fm_solvers_unipc.py'): the schedulers import only numpy, torch and diffusers."""
+    path = _wan_root() / "utils" / file
+    spec = importlib.util.spec_from_file_location("wanref_util_" + path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

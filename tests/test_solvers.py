@@ -3,10 +3,6 @@
 The official scheduler files import only numpy, torch and diffusers, so they are loaded by file path without
 running wan's package __init__ (which pulls in every pipeline).
 """
-import functools
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,24 +10,16 @@ from openreel.errors import InputError
 from openreel.samplers.schedules import (FlowSchedule, add_noise, linear_schedule, shift_sigmas,
                                          wan_unipc_schedule)
 from openreel.samplers.solvers import SOLVERS, DPMPP2M, Euler, FlowUniPC, sample
+from references import load_official_util
 
 # Parity trajectories are float32 with |x| ~ 1: the bound is on the max abs difference.
 PARITY_ATOL = 1e-6
 CASES = [(50, 5.0), (40, 12.0), (30, 8.0), (4, 5.0), (1, 3.0)]
 
 
-@functools.cache
-def _official(file: str):
-    path = Path(importlib.util.find_spec("wan").submodule_search_locations[0]) / "utils" / file
-    spec = importlib.util.spec_from_file_location("wanref_" + path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def official_unipc(steps=None, shift=None, sigmas=None):
     """Wan's sampler as text2video.py sets it up for sample_solver='unipc' (or with explicit float64 sigmas)."""
-    sched = _official("fm_solvers_unipc.py").FlowUniPCMultistepScheduler(
+    sched = load_official_util("fm_solvers_unipc.py").FlowUniPCMultistepScheduler(
         num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
     sched.set_timesteps(steps, shift=shift, sigmas=sigmas)
     return sched
@@ -39,7 +27,7 @@ def official_unipc(steps=None, shift=None, sigmas=None):
 
 def official_dpm(steps, shift):
     """Wan's sampler as text2video.py sets it up for sample_solver='dpm++'."""
-    mod = _official("fm_solvers.py")
+    mod = load_official_util("fm_solvers.py")
     sched = mod.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
     mod.retrieve_timesteps(sched, sigmas=mod.get_sampling_sigmas(steps, shift))
     return sched
