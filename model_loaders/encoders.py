@@ -251,15 +251,16 @@ def text_encoder_module(handle: TextEncoderHandle) -> UMT5TextEncoder:
                                 lambda: _build_text(inspect_text_encoder(handle.files[0])[1], handle))
 
 
-def encode_text(handle: TextEncoderHandle, prompts: Sequence[str],
-                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts → (context [B, 512, d_model] with rows past each prompt zeroed, lengths [B]) on `device`."""
+def encode_text(handle: TextEncoderHandle, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts → (context [B, 512, d_model] with rows past each prompt zeroed, lengths [B]), on the CPU.
+
+    The encoder is on the GPU only for the call."""
     ids, mask = load_tokenizer(handle.tokenizer)(prompts, TEXT_LENGTH)
     module = text_encoder_module(handle)
-    device = device or runtime.torch_device()
     runtime.throw_if_interrupted()
-    with _placed(module, device):
-        return module.encode(ids.to(device), mask.to(device))
+    with _placed(module) as device:
+        context, lengths = module.encode(ids.to(device), mask.to(device))
+        return context.cpu(), lengths.cpu()
 
 
 def _build_text(ckpt: Checkpoint, handle: TextEncoderHandle) -> UMT5TextEncoder:
@@ -363,14 +364,12 @@ def clip_vision_module(handle: ClipVisionHandle) -> CLIPVisionEncoder:
                                 lambda: _build_clip(inspect_clip_vision(handle.files[0])[0], handle))
 
 
-def encode_image(handle: ClipVisionHandle, images: torch.Tensor,
-                 device: torch.device | None = None) -> torch.Tensor:
-    """IMAGE [B, H, W, C] in 0..1 → Wan's CLIP tokens [B, 257, 1280] (ViT-H/14) on `device`, one set per image."""
+def encode_image(handle: ClipVisionHandle, images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, C] in 0..1 → Wan's CLIP tokens [B, 257, 1280] (ViT-H/14) on the CPU, one set per image."""
     module = clip_vision_module(handle)
-    device = device or runtime.torch_device()
     runtime.throw_if_interrupted()
-    with _placed(module, device):
-        return module.encode(images)
+    with _placed(module) as device:
+        return module.encode(images.to(device)).cpu()
 
 
 def _build_clip(ckpt: Checkpoint, handle: ClipVisionHandle) -> CLIPVisionEncoder:
@@ -396,16 +395,10 @@ def _stamps(ckpt: Checkpoint) -> tuple[tuple[int, int], ...]:
 
 
 @contextmanager
-def _placed(module: nn.Module, device: torch.device):
-    """Run a block with `module` on `device`, then put it back where it was kept."""
-    home = next(module.parameters()).device
-    if home == device:
-        yield
-        return
-    runtime.free_memory(sum(p.numel() * p.element_size() for p in module.parameters()), device)
-    module.to(device)
+def _placed(module: nn.Module):
+    """Run a block with `module` on the compute device (through the memory manager), then offload it."""
+    device = runtime.load_model(module)
     try:
-        yield
+        yield device
     finally:
-        module.to(home)
-        runtime.empty_cache()
+        runtime.offload_model(module)
