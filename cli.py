@@ -56,7 +56,13 @@ def _synth(args) -> int:
 def _run(args) -> int:
     from .runner import main as run_workflow
 
-    return run_workflow(args.workflow, args.models, args.out, args.set or [])
+    synthetic = None
+    if args.synthetic:
+        import tempfile
+
+        synthetic = args.models or str(Path(tempfile.gettempdir()) / "openreel-synthetic")
+    return run_workflow(args.workflow, None if synthetic else args.models, args.out, args.set or [],
+                        synthetic_dir=synthetic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder for saved videos")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
                    help="override an input; NODE is a node id, title or class type; VALUE is JSON or text")
+    p.add_argument("--synthetic", action="store_true",
+                   help="run on the built-in synthetic model set (tiny random weights in the real file layouts, "
+                        "written to --models or a temp folder) with small sizes: checks the graph on any machine")
     p.set_defaults(run=_run)
     p = sub.add_parser("synth", help="write the synthetic demo model set and load it through the loader nodes")
     p.add_argument("--models", default="openreel-synthetic-models", help="models folder to write into")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 
 @dataclass(frozen=True)
 class DiTSpec:
@@ -44,3 +46,11 @@ class DiTHandle:
     def weights_key(self) -> tuple:
         """Identity of the weights in memory (patches that change no weight are not part of it)."""
         return ("dit", self.files, self.file_stamp, self.weight_dtype, self.compute_dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class TextEmbeds:
+    """OPENREEL_EMBEDS: encoded positive and negative prompts, real tokens only (the DiT pads to its text length)."""
+    positive: torch.Tensor   # [1, L, width]
+    negative: torch.Tensor   # [1, L', width]
+    encoder: str             # what made them (e.g. "umt5-xxl"), for messages

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -97,3 +98,110 @@ def dequantized(path: Path, prefix: str = COMFY_PREFIX) -> dict[str, torch.Tenso
         scale = raw.get(key.removesuffix("weight") + "scale_weight")
         out[key] = value.float() * (scale if scale is not None else 1.0)
     return out
+
+
+# ----------------------------------------------------------------------------------------- the demo model set
+SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
+TINY_TEXT_DIM = 64
+TINY_CLIP_DIM = 64
+
+# File names as ComfyUI's repackaged releases name them (SkyReels-V2: the official 1.3B folders).
+DIFFUSION_MODELS = {
+    "wan2.1_t2v_1.3B_fp16.safetensors": dict(),
+    "wan2.1_i2v_480p_14B_fp16.safetensors": dict(in_dim=36, image_tokens=257),
+    "wan2.1_flf2v_720p_14B_fp16.safetensors": dict(in_dim=36, image_tokens=514),
+    "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": dict(),
+    "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": dict(),
+    "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors": dict(in_dim=36),
+    "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors": dict(in_dim=36),
+    "wan2.2_ti2v_5B_fp16.safetensors": dict(in_dim=48, out_dim=48),
+    "SkyReels-V2-DF-1.3B-540P/model.safetensors": dict(fps_embedding=True),
+    "SkyReels-V2-I2V-1.3B-540P/model.safetensors": dict(in_dim=36, image_tokens=257),
+}
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+CLIP_VISION = "clip_vision_h.safetensors"
+VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22"}
+INPUT_IMAGES = ("openreel_start.png", "openreel_end.png")
+
+
+def _random(shapes: dict, seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=gen) * (scale if len(s) > 1 else 0.5) for k, s in shapes.items()}
+
+
+def tiny_spiece(folder: Path) -> bytes:
+    """A tiny SentencePiece model with umT5's special ids (pad 0, eos 1, bos 2, unk 3), trained on the spot."""
+    import random
+
+    import sentencepiece
+
+    rng = random.Random(0)
+    syllables = ["ka", "to", "ri", "mu", "se", "na", "po", "li", "ve", "da", "zo", "ba", "ne", "hi", "ku"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+    words += "a cat dog the red video sea ship sunset city street walks runs".split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.txt").write_text("\n".join(lines), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"), model_prefix=str(folder / "spiece"), vocab_size=250, model_type="unigram",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
+    return (folder / "spiece.model").read_bytes()
+
+
+def write_model_set(models: Path, inputs: Path | None = None) -> None:
+    """Every model kind the workflows use, tiny and random, under the file names the workflows name."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .models.text.umt5 import UMT5Spec, UMT5TextEncoder
+    from .models.wan.vae import WAN21, WAN22, WanVAE
+
+    for i, (name, extra) in enumerate(DIFFUSION_MODELS.items()):
+        image = {"image_dim": TINY_CLIP_DIM} if extra.get("image_tokens") else {}
+        cfg = WanConfig(**{**TINY_WAN.__dict__, "text_dim": TINY_TEXT_DIM, **extra, **image})
+        path = models / "diffusion_models" / name
+        state = wan_state_dict(cfg, seed=i)
+        if "fp8_scaled" in name:
+            save_fp8(state, path, scaled=True)
+        else:
+            save_single(state, path, prefix="" if name.startswith("SkyReels") else COMFY_PREFIX)
+
+    spec = UMT5Spec(vocab_size=640, d_model=TINY_TEXT_DIM, d_kv=32, d_ff=128, num_heads=2, num_layers=2)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in UMT5TextEncoder(spec).state_dict().items()}
+    text = _random(shapes, seed=100)
+    text = {k: v.to(torch.float8_e4m3fn) if v.dim() == 2 and "embed" not in k and "shared" not in k
+            and "relative_attention_bias" not in k else v for k, v in text.items()}
+    text.update({k.removesuffix("weight") + "scale_weight": torch.ones(1) for k, v in text.items()
+                 if v.dtype == torch.float8_e4m3fn})
+    text["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    with tempfile.TemporaryDirectory() as scratch:
+        text["spiece_model"] = torch.frombuffer(bytearray(tiny_spiece(Path(scratch))), dtype=torch.uint8)
+    (models / "text_encoders").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in text.items()}, str(models / "text_encoders" / TEXT_ENCODER))
+
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=TINY_CLIP_DIM, intermediate_size=128, num_hidden_layers=3, num_attention_heads=1,
+        image_size=224, patch_size=14, projection_dim=32))
+    clip_state = {("" if k.startswith(("vision_model.", "visual_projection")) else "vision_model.") + k: v
+                  for k, v in clip.state_dict().items()}
+    clip_state = {k: (v if "position_ids" in k else _random({k: v.shape}, seed=200)[k]) for k, v in clip_state.items()}
+    (models / "clip_vision").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clip_state.items()}, str(models / "clip_vision" / CLIP_VISION))
+
+    from dataclasses import replace
+
+    for name, kind in VAES.items():
+        cfg = replace(WAN21, dim=8, dec_dim=8) if kind == "wan21" else replace(WAN22, dim=8, dec_dim=12)
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in WanVAE(cfg).state_dict().items()}
+        (models / "vae").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in _random(shapes, seed=300, scale=0.05).items()},
+                  str(models / "vae" / name))
+
+    if inputs is not None:
+        from PIL import Image
+
+        inputs.mkdir(parents=True, exist_ok=True)
+        for seed, name in enumerate(INPUT_IMAGES):
+            pixels = torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(seed))
+            Image.fromarray((pixels * 255).byte().numpy()).save(inputs / name)

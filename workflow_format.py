@@ -25,14 +25,19 @@ def is_widget(input_spec: tuple) -> bool:
     return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
 
 
-def _has_seed_control(name: str, input_spec: tuple) -> bool:
+def _extra_widget(name: str, input_spec: tuple) -> str | None:
+    """The editor's own value stored after this widget, if any: a seed's "fixed"/"randomize", an upload button's."""
     opts = input_spec[1] if len(input_spec) > 1 else {}
-    return input_spec[0] == "INT" and (opts.get("control_after_generate") or name in _SEED_NAMES)
+    if input_spec[0] == "INT" and (opts.get("control_after_generate") or name in _SEED_NAMES):
+        return "fixed"
+    if opts.get("image_upload"):
+        return "image"
+    return None
 
 
-def widget_names(node_class) -> list[tuple[str, bool]]:
-    """(widget input name, followed by a seed-control value?) in the order UI `widgets_values` stores them."""
-    return [(name, _has_seed_control(name, spec)) for name, spec in _input_items(node_class) if is_widget(spec)]
+def widget_names(node_class) -> list[tuple[str, str | None]]:
+    """(widget input name, the editor value stored after it or None) in the order of UI `widgets_values`."""
+    return [(name, _extra_widget(name, spec)) for name, spec in _input_items(node_class) if is_widget(spec)]
 
 
 def is_ui_format(workflow: dict) -> bool:
@@ -50,11 +55,11 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
             raise KeyError(f"node {node['id']} is of unknown type {node['type']!r}")
         inputs: dict[str, Any] = {}
         values = list(node.get("widgets_values") or [])
-        for name, seed_control in widget_names(node_classes[node["type"]]):
+        for name, extra in widget_names(node_classes[node["type"]]):
             if values:
                 inputs[name] = values.pop(0)
-            if seed_control and values:
-                values.pop(0)  # "fixed" / "randomize": the editor's, not the node's
+            if extra and values:
+                values.pop(0)  # the editor's own value ("fixed", "randomize", "image"), not the node's
         for slot in node.get("inputs", []):
             if slot.get("link") is not None:
                 link = links[slot["link"]]
@@ -94,9 +99,9 @@ def api_to_ui(prompt: dict, node_classes: dict, notes: list[str] = (), column_wi
             value = entry["inputs"].get(name)
             linked = isinstance(value, list)
             if is_widget(spec):
-                widgets.append(value if not linked else _default(spec))
-                if _has_seed_control(name, spec):
-                    widgets.append("fixed")
+                widgets.append(_default(spec) if linked or value is None else value)
+                if _extra_widget(name, spec):
+                    widgets.append(_extra_widget(name, spec))
             if linked or not is_widget(spec):
                 slot = {"name": name, "type": _socket_type(spec), "link": None}
                 if linked:

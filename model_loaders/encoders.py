@@ -12,6 +12,7 @@ Anything else is a DetectionError that says what the file is and which loader ta
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from .. import runtime
 from ..errors import CheckpointError, DetectionError
+from ..handles import TextEmbeds
 from ..models.text import clip_vision, umt5
 from ..models.text.clip_vision import CLIPVisionEncoder, CLIPVisionSpec
 from ..models.text.tokenizer import TEXT_LENGTH, TokenizerSource, find_tokenizer, load_tokenizer
@@ -261,6 +263,27 @@ def encode_text(handle: TextEncoderHandle, prompts: Sequence[str]) -> tuple[torc
     with _placed(module) as device:
         context, lengths = module.encode(ids.to(device), mask.to(device))
         return context.cpu(), lengths.cpu()
+
+
+_PROMPT_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_PROMPT_CACHE_SIZE = 64
+
+
+def encode_prompts(handle: TextEncoderHandle, positive: str, negative: str) -> TextEmbeds:
+    """Both prompts → TextEmbeds. Encodings are cached per (encoder weights, prompt): re-running a graph or
+    changing only the seed costs no encoder run."""
+    wanted = [p for p in (positive, negative) if (handle.weights_key, p) not in _PROMPT_CACHE]
+    if wanted:
+        context, lengths = encode_text(handle, wanted)
+        for prompt, row, length in zip(wanted, context, lengths):
+            _PROMPT_CACHE[(handle.weights_key, prompt)] = row[: int(length)].unsqueeze(0).clone()
+    embeds = []
+    for prompt in (positive, negative):
+        _PROMPT_CACHE.move_to_end((handle.weights_key, prompt))
+        embeds.append(_PROMPT_CACHE[(handle.weights_key, prompt)])
+    while len(_PROMPT_CACHE) > _PROMPT_CACHE_SIZE:
+        _PROMPT_CACHE.popitem(last=False)
+    return TextEmbeds(embeds[0], embeds[1], "umt5")
 
 
 def _build_text(ckpt: Checkpoint, handle: TextEncoderHandle) -> UMT5TextEncoder:

@@ -1,8 +1,8 @@
 """ComfyUI node classes of every module in this folder, gathered into the two mappings ComfyUI reads."""
-from . import loaders, video
+from . import encode, loaders, sample, video
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (loaders, video):
+for _module in (loaders, encode, sample, video):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

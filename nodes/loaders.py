@@ -4,6 +4,10 @@ from __future__ import annotations
 from .. import runtime
 from ..model_loaders.checkpoint import is_secondary_shard
 from ..model_loaders.dit import COMPUTE_DTYPE_CHOICES, WEIGHT_DTYPE_CHOICES, load_dit
+from ..model_loaders.encoders import DTYPE_CHOICES as ENCODER_DTYPE_CHOICES
+from ..model_loaders.encoders import load_clip_vision, load_text_encoder
+from ..model_loaders.vae import DTYPE_CHOICES as VAE_DTYPE_CHOICES
+from ..model_loaders.vae import load_vae
 from .common import OpenReelNode, mappings
 
 
@@ -47,4 +51,78 @@ class OpenReelDiTLoader(OpenReelNode):
         return (load_dit(path, weight_dtype, compute_dtype),)
 
 
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiTLoader)
+_ENCODER_DTYPE_TOOLTIP = ("Storage of the encoder's large weights. auto: fp8 files stay fp8, others bf16 on GPUs "
+                          "(fp32 on CPU); fp8 halves memory at a small precision cost.")
+
+
+class OpenReelTextEncoderLoader(OpenReelNode):
+    """Loads the umT5-XXL text encoder Wan and SkyReels-V2 use, from models/text_encoders: the official
+    models_t5_umt5-xxl-enc-bf16.pth, ComfyUI's umt5_xxl files (bf16, fp8_e4m3fn, fp8_e4m3fn_scaled) or an HF folder.
+    The tokenizer comes from the file itself (ComfyUI's files carry it), from beside it, or from
+    models/text_encoders/tokenizers/umt5-xxl/."""
+
+    NODE_ID = "OpenReelTextEncoderLoader"
+    DISPLAY_NAME = "OpenReel Text Encoder Loader"
+    CATEGORY = "OpenReel/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("OPENREEL_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (_model_choices("text_encoders"), {"tooltip": "umT5-XXL weights in models/text_encoders."}),
+            "dtype": (list(ENCODER_DTYPE_CHOICES), {"default": "auto", "tooltip": _ENCODER_DTYPE_TOOLTIP}),
+        }}
+
+    def load(self, model_name: str, dtype: str):
+        return (load_text_encoder(runtime.model_path("text_encoders", model_name), dtype),)
+
+
+class OpenReelCLIPVisionLoader(OpenReelNode):
+    """Loads the CLIP ViT-H/14 image encoder that Wan2.1 / SkyReels-V2 image-to-video and FLF2V models need, from
+    models/clip_vision: ComfyUI's clip_vision_h.safetensors or the official open-clip .pth."""
+
+    NODE_ID = "OpenReelCLIPVisionLoader"
+    DISPLAY_NAME = "OpenReel CLIP Vision Loader"
+    CATEGORY = "OpenReel/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("OPENREEL_CLIP_VISION",)
+    RETURN_NAMES = ("clip_vision",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (_model_choices("clip_vision"), {"tooltip": "CLIP ViT-H/14 weights in models/clip_vision."}),
+            "dtype": (list(ENCODER_DTYPE_CHOICES), {"default": "auto", "tooltip": _ENCODER_DTYPE_TOOLTIP}),
+        }}
+
+    def load(self, model_name: str, dtype: str):
+        return (load_clip_vision(runtime.model_path("clip_vision", model_name), dtype),)
+
+
+class OpenReelVAELoader(OpenReelNode):
+    """Loads a Wan VAE from models/vae: the Wan2.1 VAE (16-channel latents: Wan2.1, Wan2.2 A14B, SkyReels-V2) or
+    the Wan2.2 VAE (48-channel: TI2V-5B only), official .pth or ComfyUI / diffusers safetensors."""
+
+    NODE_ID = "OpenReelVAELoader"
+    DISPLAY_NAME = "OpenReel VAE Loader"
+    CATEGORY = "OpenReel/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("OPENREEL_VAE",)
+    RETURN_NAMES = ("vae",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (_model_choices("vae"), {"tooltip": "A Wan VAE in models/vae."}),
+            "dtype": (list(VAE_DTYPE_CHOICES), {"default": "auto",
+                                                "tooltip": "auto: bf16 on GPUs that support it, else fp32."}),
+        }}
+
+    def load(self, model_name: str, dtype: str):
+        return (load_vae(runtime.model_path("vae", model_name), dtype),)
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiTLoader, OpenReelTextEncoderLoader,
+                                                           OpenReelCLIPVisionLoader, OpenReelVAELoader)

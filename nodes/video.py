@@ -6,8 +6,10 @@ from pathlib import Path
 
 from .. import runtime
 from ..errors import InputError
+from ..model_loaders.vae import decode_video
 from ..video_io import PIXEL_FORMATS, comfy_metadata, iter_chunks, read_video, save_mp4
 from .common import OpenReelNode, mappings
+from .encode import check_latent_for
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
@@ -26,7 +28,9 @@ def _output_folder(prefix: str) -> tuple[Path, str, str]:
 class OpenReelSaveVideo(OpenReelNode):
     """Saves frames as an H.264 mp4 in the output folder. Files are numbered and never overwritten; a video is
     written under a temporary name and appears only when complete. The prompt and workflow are embedded in the
-    file's metadata, as ComfyUI's own video saver does, so dropping the mp4 on ComfyUI restores the graph."""
+    file's metadata, as ComfyUI's own video saver does, so dropping the mp4 on ComfyUI restores the graph.
+    Connect either images, or a latent and its VAE: then frames stream from the decoder into the file and the
+    whole video never sits in memory."""
 
     NODE_ID = "OpenReelSaveVideo"
     DISPLAY_NAME = "OpenReel Save Video"
@@ -39,7 +43,6 @@ class OpenReelSaveVideo(OpenReelNode):
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "The frames, e.g. from OpenReel VAE Decode."}),
                 "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
                                   "tooltip": "Frames per second (Wan2.1/2.2 A14B: 16, TI2V-5B and SkyReels-V2: 24)."}),
                 "filename_prefix": ("STRING", {"default": "OpenReel/video",
@@ -49,12 +52,25 @@ class OpenReelSaveVideo(OpenReelNode):
                 "pix_fmt": (list(PIXEL_FORMATS), {"default": "yuv420p",
                                                   "tooltip": "yuv420p plays everywhere; yuv444p keeps full colour."}),
             },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "The frames, e.g. from OpenReel VAE Decode."}),
+                "latent": ("LATENT", {"tooltip": "Or a latent video with its vae: decoded while saving."}),
+                "vae": ("OPENREEL_VAE", {"tooltip": "The VAE that decodes `latent`."}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, fps, filename_prefix, crf, pix_fmt, prompt=None, extra_pnginfo=None):
+    def save(self, fps, filename_prefix, crf, pix_fmt, images=None, latent=None, vae=None, prompt=None,
+             extra_pnginfo=None):
         folder, subfolder, stem = _output_folder(filename_prefix)
-        path, _ = save_mp4(iter_chunks(images), folder, stem, fps, crf=crf, pix_fmt=pix_fmt,
+        if (images is None) == (latent is None) or (latent is None) != (vae is None):
+            raise InputError("connect either images, or a latent together with its vae", "connect one of the two")
+        if images is not None:
+            frames = iter_chunks(images)
+        else:
+            check_latent_for(vae, latent)
+            frames = decode_video(vae, latent["samples"][:1])
+        path, _ = save_mp4(frames, folder, stem, fps, crf=crf, pix_fmt=pix_fmt,
                            metadata=comfy_metadata(prompt, extra_pnginfo))
         return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}
@@ -83,7 +99,7 @@ class OpenReelLoadVideo(OpenReelNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": (_input_videos(), {"video_upload": True, "tooltip": "A video file in the input folder."}),
+            "video": (_input_videos(), {"tooltip": "A video file in the input folder."}),
             "start_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "First frame to load (0-based)."}),
             "frame_count": ("INT", {"default": 0, "min": 0, "max": 100_000,
                                     "tooltip": "How many frames to load; 0 loads to the end."}),

@@ -31,7 +31,7 @@ def test_save_reads_back_with_frames_size_fps_and_workflow(dirs):
     video = gradient_video()
     workflow = {"nodes": [{"id": i, "type": "OpenReelSaveVideo", "note": "x" * 200} for i in range(1000)]}  # > 128 KiB
     prompt = {"1": {"class_type": "OpenReelSaveVideo", "inputs": {"fps": 16.0, "text": "a=b; c#d \\ e\nf"}}}
-    result = OpenReelSaveVideo().save(video, 16.0, "OpenReel/clip", 10, "yuv420p", prompt=prompt,
+    result = OpenReelSaveVideo().save(16.0, "OpenReel/clip", 10, "yuv420p", images=video, prompt=prompt,
                                       extra_pnginfo={"workflow": workflow})
     saved = result["ui"]["images"][0]
     assert saved["subfolder"] == "OpenReel" and saved["type"] == "output" and result["ui"]["animated"] == (True,)
@@ -48,8 +48,8 @@ def test_save_reads_back_with_frames_size_fps_and_workflow(dirs):
 
 def test_saving_twice_keeps_both_files(dirs):
     node = OpenReelSaveVideo()
-    first = node.save(gradient_video(5), 24.0, "run", 19, "yuv444p")["ui"]["images"][0]["filename"]
-    second = node.save(gradient_video(5), 24.0, "run", 19, "yuv444p")["ui"]["images"][0]["filename"]
+    first = node.save(24.0, "run", 19, "yuv444p", images=gradient_video(5))["ui"]["images"][0]["filename"]
+    second = node.save(24.0, "run", 19, "yuv444p", images=gradient_video(5))["ui"]["images"][0]["filename"]
     assert (first, second) == ("run_00001_.mp4", "run_00002_.mp4")
     assert len(list((dirs / "output").glob("run_*.mp4"))) == 2
 
@@ -57,16 +57,18 @@ def test_saving_twice_keeps_both_files(dirs):
 def test_save_refuses_bad_input(dirs):
     node = OpenReelSaveVideo()
     with pytest.raises(InputError, match="^OpenReel Save Video: filename_prefix '../escape' points outside"):
-        node.save(gradient_video(3), 16.0, "../escape", 19, "yuv420p")
+        node.save(16.0, "../escape", 19, "yuv420p", images=gradient_video(3))
     with pytest.raises(InputError, match="yuv420p needs an even width and height"):
-        node.save(gradient_video(3, 31, 48), 16.0, "odd", 19, "yuv420p")
+        node.save(16.0, "odd", 19, "yuv420p", images=gradient_video(3, 31, 48))
     with pytest.raises(InputError, match="not an IMAGE batch"):
-        node.save(torch.zeros(3, 32, 48), 16.0, "bad", 19, "yuv420p")
+        node.save(16.0, "bad", 19, "yuv420p", images=torch.zeros(3, 32, 48))
+    with pytest.raises(InputError, match="connect either images, or a latent together with its vae"):
+        node.save(16.0, "none", 19, "yuv420p")
     assert not list((dirs / "output").rglob("*.mp4"))
 
 
 def test_load_video_range_and_stride(dirs):
-    OpenReelSaveVideo().save(gradient_video(12), 24.0, "src", 0, "yuv444p")
+    OpenReelSaveVideo().save(24.0, "src", 0, "yuv444p", images=gradient_video(12))
     (dirs / "input").mkdir()
     (dirs / "output" / "src_00001_.mp4").rename(dirs / "input" / "src.mp4")
     assert OpenReelLoadVideo.INPUT_TYPES()["required"]["video"][0] == ["src.mp4"]

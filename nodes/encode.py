@@ -1,0 +1,103 @@
+"""Encoding nodes: prompts → OPENREEL_EMBEDS, frames ↔ latents through a Wan VAE."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+from ..model_loaders.encoders import encode_prompts
+from ..model_loaders.vae import TILE_CHOICES, decode_video, encode_video
+from .common import OpenReelNode, mappings
+
+# The official Wan negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
+WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+                "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+                "三条腿，背景人很多，倒着走")
+_TILING_TOOLTIP = ("Spatial tiles bound the VAE's memory. auto: whole frames when they fit in free VRAM, else the "
+                   "largest tile that fits; off: whole frames; a number: tile size in pixels (tiles overlap by a "
+                   "quarter and are blended).")
+
+
+class OpenReelTextEncode(OpenReelNode):
+    """Encodes the prompt and the negative prompt with umT5-XXL. Encodings are cached, so re-running a graph with
+    the same prompts costs nothing; the encoder sits on the GPU only while it encodes."""
+
+    NODE_ID = "OpenReelTextEncode"
+    DISPLAY_NAME = "OpenReel Text Encode"
+    CATEGORY = "OpenReel/conditioning"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("OPENREEL_EMBEDS",)
+    RETURN_NAMES = ("embeds",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder": ("OPENREEL_TEXT_ENCODER", {"tooltip": "From OpenReel Text Encoder Loader."}),
+            "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the video shows."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": WAN_NEGATIVE,
+                                           "tooltip": "What to steer away from (classifier-free guidance). The "
+                                                      "default is the official Wan negative prompt."}),
+        }}
+
+    def encode(self, text_encoder, prompt: str, negative_prompt: str):
+        return (encode_prompts(text_encoder, prompt, negative_prompt),)
+
+
+class OpenReelVAEDecode(OpenReelNode):
+    """Decodes a latent video into frames (ComfyUI IMAGE). Temporal chunking is built in; spatial tiling keeps
+    large videos inside small VRAM budgets."""
+
+    NODE_ID = "OpenReelVAEDecode"
+    DISPLAY_NAME = "OpenReel VAE Decode"
+    CATEGORY = "OpenReel/latent"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("OPENREEL_VAE", {"tooltip": "The VAE matching the latent (Wan2.2 VAE for TI2V-5B)."}),
+            "latent": ("LATENT", {"tooltip": "A video latent, e.g. from OpenReel Sampler."}),
+            "tiling": (list(TILE_CHOICES), {"default": "auto", "tooltip": _TILING_TOOLTIP}),
+        }}
+
+    def decode(self, vae, latent, tiling: str):
+        check_latent_for(vae, latent)
+        return (torch.cat(list(decode_video(vae, latent["samples"], tiling))),)
+
+
+class OpenReelVAEEncode(OpenReelNode):
+    """Encodes frames (ComfyUI IMAGE) into a latent video, e.g. for video-to-video with denoise below 1. The frame
+    count must be 4n+1 and the size a multiple of 16 (Wan2.1 VAE) or 32 (Wan2.2 VAE)."""
+
+    NODE_ID = "OpenReelVAEEncode"
+    DISPLAY_NAME = "OpenReel VAE Encode"
+    CATEGORY = "OpenReel/latent"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("OPENREEL_VAE", {"tooltip": "A Wan VAE."}),
+            "images": ("IMAGE", {"tooltip": "The frames, e.g. from OpenReel Load Video."}),
+            "tiling": (list(TILE_CHOICES), {"default": "auto", "tooltip": _TILING_TOOLTIP}),
+        }}
+
+    def encode(self, vae, images, tiling: str):
+        video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1  # [1, 3, F, H, W] in [-1, 1]
+        return ({"samples": encode_video(vae, video, tiling), "latent_format": vae.kind},)
+
+
+def check_latent_for(vae, latent: dict) -> None:
+    fmt = latent.get("latent_format")
+    channels = latent["samples"].shape[1]
+    want = {"wan21": 16, "wan22": 48}[vae.kind]
+    if (fmt is not None and fmt != vae.kind) or channels != want:
+        raise InputError(f"the latent has {channels} channels ({fmt or 'unknown format'}) but this is the "
+                         f"{'Wan2.1' if vae.kind == 'wan21' else 'Wan2.2'} VAE ({want} channels)",
+                         "decode with the VAE of the model that made the latent (Wan2.2 VAE only for TI2V-5B)")
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelTextEncode, OpenReelVAEDecode, OpenReelVAEEncode)

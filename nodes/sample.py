@@ -1,0 +1,132 @@
+"""Sampling nodes: latents and image conditioning in, denoised latents out."""
+from __future__ import annotations
+
+from ..model_loaders.encoders import encode_image
+from ..model_loaders.vae import encode_video
+from ..samplers.conditioning import empty_latent, image_to_video
+from ..samplers.sample import SOLVER_CHOICES, sample
+from .common import OpenReelNode, mappings
+
+_SIZE = {"min": 16, "max": 4096, "step": 16}
+
+
+class OpenReelEmptyLatent(OpenReelNode):
+    """An empty latent video for text-to-video, sized for the VAE you will decode with (16 channels for the
+    Wan2.1 VAE, 48 for the Wan2.2 VAE). Width and height must be multiples of 16 (32 for the Wan2.2 VAE); frames
+    must be 4n+1 (81 = 5 s at 16 fps)."""
+
+    NODE_ID = "OpenReelEmptyLatent"
+    DISPLAY_NAME = "OpenReel Empty Latent"
+    CATEGORY = "OpenReel/latent"
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("OPENREEL_VAE", {"tooltip": "Decides the latent format (channels and stride)."}),
+            "width": ("INT", {"default": 832, **_SIZE, "tooltip": "Video width in pixels."}),
+            "height": ("INT", {"default": 480, **_SIZE, "tooltip": "Video height in pixels."}),
+            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
+            "batch": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos made at once."}),
+        }}
+
+    def make(self, vae, width: int, height: int, frames: int, batch: int):
+        return (empty_latent(vae.kind, width, height, frames, batch),)
+
+
+class OpenReelImageToVideo(OpenReelNode):
+    """Image conditioning for image-to-video. With the Wan2.1 VAE: Wan2.1 I2V (connect clip_vision), FLF2V (connect
+    end_image and clip_vision), Wan2.2 I2V-A14B and SkyReels-V2 I2V (no clip_vision for Wan2.2). With the Wan2.2
+    VAE: Wan2.2 TI2V-5B image mode. Images are centre-cropped to the video's aspect and resized."""
+
+    NODE_ID = "OpenReelImageToVideo"
+    DISPLAY_NAME = "OpenReel Image To Video"
+    CATEGORY = "OpenReel/latent"
+    FUNCTION = "make"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("OPENREEL_VAE", {"tooltip": "Encodes the image (Wan2.2 VAE for TI2V-5B, else Wan2.1 VAE)."}),
+                "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
+                "width": ("INT", {"default": 832, **_SIZE, "tooltip": "Video width in pixels."}),
+                "height": ("INT", {"default": 480, **_SIZE, "tooltip": "Video height in pixels."}),
+                "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
+            },
+            "optional": {
+                "clip_vision": ("OPENREEL_CLIP_VISION", {"tooltip": "Wan2.1 I2V / FLF2V and SkyReels-V2 I2V need it; "
+                                                                    "Wan2.2 models do not use it."}),
+                "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame models (FLF2V)."}),
+            },
+        }
+
+    def make(self, vae, start_image, width: int, height: int, frames: int, clip_vision=None, end_image=None):
+        clip = None if clip_vision is None else (lambda images: encode_image(clip_vision, images))
+        latent = image_to_video(vae.kind, lambda video: encode_video(vae, video), start_image, width, height, frames,
+                                end=end_image, clip_tokens=clip)
+        return (latent,)
+
+
+class OpenReelSampler(OpenReelNode):
+    """Flow-matching sampler for every Wan-family model. Give one DiT, or a Wan2.2 A14B pair: the high-noise expert
+    in `dit` and the low-noise expert in `dit_low_noise`; the sampler switches at the boundary (official rule:
+    timestep ≥ boundary·1000 uses the high-noise expert) and keeps only the active expert on the GPU. Zero in
+    steps, cfg, shift, cfg_low_noise or boundary means the official default for the detected model."""
+
+    NODE_ID = "OpenReelSampler"
+    DISPLAY_NAME = "OpenReel Sampler"
+    CATEGORY = "OpenReel/sampling"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "dit": ("OPENREEL_DIT", {"tooltip": "The model, or the HIGH-noise expert of a Wan2.2 A14B pair."}),
+                "embeds": ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."}),
+                "latent": ("LATENT", {"tooltip": "From OpenReel Empty Latent (text-to-video) or Image To Video."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
+                                 "tooltip": "Noise seed; the same seed gives the same video on any device."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+                                  "tooltip": "Denoising steps; 0 = official default (Wan2.1 50, Wan2.2 A14B 40, "
+                                             "TI2V-5B 50, SkyReels DF 30)."}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Guidance scale (of the high-noise expert for a pair); 0 = official "
+                                             "default; 1 = no guidance (one model call per step)."}),
+                "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                    "tooltip": "Flow shift σ' = sσ/(1+(s-1)σ); 0 = official default (Wan2.1 T2V 5, "
+                                               "Wan2.2 T2V-A14B 12, I2V 5 (3 at 480p for Wan2.1), FLF2V 16)."}),
+                "solver": (list(SOLVER_CHOICES), {"default": "unipc",
+                                                  "tooltip": "unipc: Wan's FlowUniPC (official default); dpm++_2m: "
+                                                             "Wan's FlowDPM; euler: first order."}),
+            },
+            "optional": {
+                "dit_low_noise": ("OPENREEL_DIT", {"tooltip": "The LOW-noise expert of a Wan2.2 A14B pair."}),
+                "cfg_low_noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                            "tooltip": "Guidance of the low-noise expert; 0 = official default "
+                                                       "(T2V 3.0, I2V 3.5)."}),
+                "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005,
+                                       "tooltip": "Switch point as a fraction of the noise level; 0 = official "
+                                                  "default (T2V 0.875, I2V 0.900)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Below 1: video-to-video from the latent's content (VAE Encode)."}),
+                "sigmas": ("SIGMAS", {"tooltip": "A custom noise schedule (e.g. from ComfyUI's sigma nodes); "
+                                                 "replaces steps and shift."}),
+            },
+        }
+
+    def run(self, dit, embeds, latent, seed, steps, cfg, shift, solver, dit_low_noise=None, cfg_low_noise=0.0,
+            boundary=0.0, denoise=1.0, sigmas=None):
+        return (sample(dit, embeds, latent, seed=seed, steps=steps, cfg=cfg, shift=shift, solver=solver,
+                       dit_low_noise=dit_low_noise, cfg_low_noise=cfg_low_noise, boundary=boundary, denoise=denoise,
+                       sigmas=sigmas),)
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler)
