@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .. import runtime
+from ..memory import patches
 from ..memory.estimate import wan_activation_bytes
 from .preview import latent_preview
 from .schedules import FlowSchedule
@@ -104,13 +105,13 @@ def sample_wan(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, c
     def activate(i: int) -> _GuidedModel:
         if i not in active:
             for other in list(active):
-                runtime.offload_model(experts[other].module)
+                patches.offload(experts[other].module)
                 del active[other]
             module = experts[i].module
             cfg = module.cfg
             tokens = frames * (x.shape[3] // cfg.patch_size[1]) * (x.shape[4] // cfg.patch_size[2])
             one = wan_activation_bytes(cfg.dim, cfg.ffn_dim, tokens)
-            runtime.load_model(module, memory_required=one)
+            patches.load(module, one)
             batched = batch_cfg if batch_cfg is not None else (device.type == "cpu" or runtime.free_vram(device) > 2.2 * one)
             active[i] = _GuidedModel(module, cond, experts[i].cfg, batched, device)
         return active[i]
@@ -151,5 +152,5 @@ def sample_wan(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, c
         finally:
             if not completed or not runtime.IN_COMFYUI:  # inside ComfyUI the memory manager owns residency
                 for index in list(active):
-                    runtime.offload_model(experts[index].module)
+                    patches.offload(experts[index].module)
     return x.cpu()

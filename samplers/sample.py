@@ -5,7 +5,7 @@ import torch
 
 from ..errors import InputError
 from ..handles import DiTHandle, TextEmbeds
-from ..model_loaders.dit import dit_module
+from ..memory.patches import prepare
 from .conditioning import LATENT_FORMATS, check_fits
 from .defaults import defaults_for
 from .flow_sampler import Expert, WanConditioning, sample_wan
@@ -42,9 +42,9 @@ def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps
         schedule = linear_schedule(steps, shift, denoise)
     else:
         schedule = wan_unipc_schedule(steps, shift, denoise)
-    experts = [Expert(dit_module(dit), cfg)]
+    experts = [Expert(prepare(dit), cfg)]
     if dit_low_noise is not None:
-        experts.append(Expert(dit_module(dit_low_noise), cfg_low_noise or d.cfg_low_noise))
+        experts.append(Expert(prepare(dit_low_noise), cfg_low_noise or d.cfg_low_noise))
     noise = make_noise(tuple(samples.shape), seed)
     fresh = sigmas is None and denoise == 1.0
     x = noise if fresh else add_noise(samples.float(), noise, float(schedule.sigmas[0]))

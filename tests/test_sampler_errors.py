@@ -126,7 +126,7 @@ def test_interrupt_between_model_calls_leaves_nothing_loaded(kit, monkeypatch):
     module = dit_module(dit["wan2.1_t2v_1.3B_fp16.safetensors"])
     calls, offloaded = [], []
     module.register_forward_pre_hook(lambda *_: calls.append(1) or (runtime.request_interrupt() if len(calls) == 3 else None))
-    monkeypatch.setattr(runtime, "offload_model", lambda m: offloaded.append(m))
+    monkeypatch.setattr("openreel.memory.patches.offload", lambda m: offloaded.append(m))
     with pytest.raises(runtime.Interrupted):
         sample_wan([Expert(module, 5.0)], wan_unipc_schedule(4, 5.0), "unipc",
                    WanConditioning(embeds().positive, embeds().negative),
