@@ -9,19 +9,19 @@ Prints a table and writes JSON (and an OpenReel kernel profile) to --out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
+import types
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if "openreel" not in sys.modules:
-    spec = importlib.util.spec_from_file_location("openreel", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    sys.modules["openreel"] = module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+if "openreel" not in sys.modules:  # the library only: the package __init__ would import every node
+    package = types.ModuleType("openreel")
+    package.__path__ = [str(ROOT)]
+    sys.modules["openreel"] = package
 
 from openreel.model_loaders.build import materialize  # noqa: E402
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
