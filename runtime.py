@@ -113,6 +113,15 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
+class _Holder(torch.nn.Module):
+    """What ComfyUI's ModelPatcher wraps: it sets attributes such as `device` on its model, which some modules
+    (transformers models) do not allow."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+
 def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.device:
     """Put `module` on the compute device for use, with `memory_required` bytes of working memory to spare.
 
@@ -125,8 +134,8 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         if patcher is None:
             import comfy.model_patcher
 
-            patcher = comfy.model_patcher.ModelPatcher(module, load_device=device, offload_device=offload_device(),
-                                                       size=module_bytes(module))
+            patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=device,
+                                                       offload_device=offload_device(), size=module_bytes(module))
             module._openreel_patcher = patcher  # ComfyUI holds patchers weakly; the module keeps its own alive
         _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
         return device

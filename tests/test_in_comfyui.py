@@ -169,6 +169,9 @@ def comfy(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     _link_pack(base / "custom_nodes")
     names = _write_models(base / "models")
+    from openreel import synthetic
+
+    synthetic.write_model_set(base / "models", base / "input")  # what the example workflows load
     server = Server(base, _free_port(), base / "comfyui.log")
     try:
         server.start()
@@ -268,3 +271,30 @@ def test_wrong_kind_of_file_fails_with_node_name(comfy):
     assert error["node_type"] == "OpenReelDiTLoader"
     assert error["exception_message"].startswith("OpenReel DiT Loader: "), error["exception_message"]
     assert "not a diffusion transformer" in error["exception_message"]
+
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+def test_example_workflow_runs_in_comfyui(comfy, name):
+    """Each API workflow, queued through /prompt on the synthetic set (small sizes), saves a playable mp4 that carries
+    the prompt; ComfyUI's own LoadImage reads the start images from the input folder."""
+    from openreel.runner import SYNTHETIC_SIZES
+    from openreel.video_io import read_metadata, read_video
+
+    server, _ = comfy
+    prompt = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    for entry in prompt.values():
+        entry["inputs"].update(SYNTHETIC_SIZES.get(entry["class_type"], {}))
+    status, reply = server.post_prompt(prompt)
+    assert status == 200, reply
+    entry = server.wait_history(reply["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)
+    (saved,) = [item for out in entry["outputs"].values() for item in out.get("images", [])]
+    path = server.base / "output" / saved["subfolder"] / saved["filename"]
+    frames, _ = read_video(path)
+    assert frames.shape == (SYNTHETIC_SIZES["OpenReelEmptyLatent"]["frames"], 64, 64, 3)
+    embedded = json.loads(read_metadata(path)["prompt"])  # ComfyUI adds its own keys (e.g. is_changed)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in embedded.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}
