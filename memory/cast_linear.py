@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fp8 import fp8_linear
+
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
@@ -13,7 +15,11 @@ class CastLinear(nn.Module):
 
     The weight is upcast to the input's dtype for each call: memory holds the compact copy only.
     `scale_input` is kept when a file carries it (ComfyUI fp8_scaled), for FP8-matmul paths.
+    `fp8_matmul` ("row" / "tensor" activation scales, set by the "fp8_matmul" patch) multiplies in FP8 instead
+    where the call allows it (see memory.fp8).
     """
+
+    fp8_matmul: str | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scaled: bool = False,
                  input_scaled: bool = False):
@@ -31,6 +37,10 @@ class CastLinear(nn.Module):
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_matmul is not None:
+            out = fp8_linear(self, x, self.fp8_matmul)
+            if out is not None:
+                return out
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 

@@ -32,6 +32,7 @@ def register_patch(name: str, default: Any, apply: Callable[[nn.Module, Any], No
 def prepare(handle: DiTHandle) -> nn.Module:
     """The module for `handle`, configured by every registered patch."""
     from ..model_loaders.dit import dit_module
+    from . import attention_backends, block_swap, compile, fp8, planner  # noqa: F401  (each registers its patch)
 
     module = dit_module(handle)
     values = dict(handle.patches)

@@ -2,7 +2,8 @@
 
 Peak host memory is about one copy of the weights: tensors are read (memory-mapped) one at a time, converted,
 and assigned. Three storage roles per parameter (the family's regexes decide):
-- weight: the big linear weights; stored in the chosen weight dtype (fp8 with scales allowed);
+- weight: the big linear weights; stored in the chosen weight dtype (fp8 with scales allowed: one per tensor,
+  "fp8_e4m3fn_scaled", or one per output channel, "fp8_e4m3fn_channel", derived from 16/32-bit files at load);
 - fp32: norms, modulation, time embeddings; kept in float32 for the official numerics;
 - compute: everything else; stored in the compute dtype.
 ComfyUI `fp8_scaled` files (`scaled_fp8` marker, per-layer `scale_weight`) keep their fp8 weights and scales
@@ -18,12 +19,15 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 from ..memory.cast_linear import FP8_DTYPES, CastLinear
+from ..memory.fp8 import quantize_weight
 from .checkpoint import Checkpoint
 from .families import MARKER_KEYS, QUANT_SUFFIXES
 
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_scaled": torch.float8_e4m3fn}
+                 "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_scaled": torch.float8_e4m3fn,
+                 "fp8_e4m3fn_channel": torch.float8_e4m3fn}
+SCALE_GRANULARITY = {"fp8_e4m3fn_scaled": "tensor", "fp8_e4m3fn_channel": "channel"}  # scales derived at load
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -53,15 +57,12 @@ def _scale_shape(scale: torch.Tensor, out_features: int) -> torch.Tensor:
                           "the fp8 file is damaged or of an unknown quantization layout")
 
 
-def _quantize(w: torch.Tensor, fp8: torch.dtype, scaled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float weight → (fp8 weight, per-tensor scale or None); values beyond the fp8 range are clamped."""
-    w = w.float()
+def _quantize(w: torch.Tensor, fp8: torch.dtype, granularity: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float weight → (fp8 weight, scale per tensor / channel, or None: a plain cast, clamped to the fp8 range)."""
+    if granularity is not None:
+        return quantize_weight(w, granularity, fp8)
     limit = FP8_MAX[fp8]
-    scale = None
-    if scaled:
-        scale = (w.abs().amax() / limit).clamp(min=1e-12)
-        w = w / scale
-    return w.clamp(-limit, limit).to(fp8), scale
+    return w.float().clamp(-limit, limit).to(fp8), None
 
 
 class _Plan:
@@ -99,7 +100,7 @@ def _swap_linears(model: nn.Module, plan: _Plan) -> None:
             continue
         keeps_file_scale = storage in FP8_DTYPES and plan.ckpt.dtype(key) in FP8_DTYPES and \
             _file_scale(plan.ckpt, name) is not None
-        scaled = keeps_file_scale or plan.weight_dtype == "fp8_e4m3fn_scaled"
+        scaled = keeps_file_scale or plan.weight_dtype in SCALE_GRANULARITY
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         with torch.device("meta"):
@@ -117,9 +118,10 @@ def _converted(plan: _Plan, module_name: str, attr: str, module: nn.Module) -> t
         if storage in FP8_DTYPES and raw.dtype == storage:
             weight, scale = raw, file_scale  # taken as-is: no dequantize/requantize round trip
         else:
-            w = raw.float() * file_scale if file_scale is not None else raw
+            w = raw.float() * _scale_shape(file_scale, module.out_features) if file_scale is not None else raw
             if storage in FP8_DTYPES:
-                weight, scale = _quantize(w, storage, plan.weight_dtype == "fp8_e4m3fn_scaled" or file_scale is not None)
+                granularity = SCALE_GRANULARITY.get(plan.weight_dtype, "tensor" if file_scale is not None else None)
+                weight, scale = _quantize(w, storage, granularity)
             else:
                 weight, scale = w.to(storage), None
         if attr == "weight":

@@ -13,7 +13,7 @@ from .cache import MODULES
 from .checkpoint import Checkpoint, open_checkpoint
 from .families import Family, identify
 
-WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_scaled")
+WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_scaled", "fp8_e4m3fn_channel")
 COMPUTE_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
 

@@ -39,7 +39,8 @@ class OpenReelDiTLoader(OpenReelNode):
                 "default": "auto",
                 "tooltip": "How the large linear weights are stored in memory. auto: fp8 files stay fp8 (scales "
                            "kept), others take the compute dtype. fp8_e4m3fn halves memory (plain cast); "
-                           "fp8_e4m3fn_scaled adds a per-tensor scale for better precision."}),
+                           "fp8_e4m3fn_scaled adds a per-tensor scale, fp8_e4m3fn_channel one per output channel "
+                           "(best precision). fp8 math itself is chosen with OpenReel FP8."}),
             "compute_dtype": (list(COMPUTE_DTYPE_CHOICES), {
                 "default": "auto",
                 "tooltip": "Precision of the matrix math. auto: bf16 on GPUs that support it, else fp16 (GPU) "

@@ -112,7 +112,9 @@ def sample_wan(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, c
             tokens = frames * (x.shape[3] // cfg.patch_size[1]) * (x.shape[4] // cfg.patch_size[2])
             one = wan_activation_bytes(cfg.dim, cfg.ffn_dim, tokens)
             patches.load(module, one)
-            batched = batch_cfg if batch_cfg is not None else (device.type == "cpu" or runtime.free_vram(device) > 2.2 * one)
+            batched = batch_cfg if batch_cfg is not None else getattr(module, "cfg_batching", None)
+            if batched is None:  # no plan chose: batch when a second sample's activations fit
+                batched = device.type == "cpu" or runtime.free_vram(device) > 2.2 * one
             active[i] = _GuidedModel(module, cond, experts[i].cfg, batched, device)
         return active[i]
 

@@ -3,24 +3,54 @@
 Layout in: q [B, Lq, H, D], k/v [B, Lk, H, D]; out: [B, Lq, H·D] in q's dtype. `mask` is a boolean
 [Lq, Lk] (or broadcastable [B, 1, Lq, Lk]) where True means "may attend". Backends register here; a model
 names its backend as a plain attribute, so two models in one process can use different ones.
+
+`backend` is "<name>" or "<name>:<policy>". A backend may register a check that names what it cannot do for a
+call (a mask, a head size, a dtype, a device); such a call is never handed to it. Policy "error" (the default)
+raises an error saying why; "fallback" runs the call on SDPA instead and logs that once per backend and reason.
 """
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from ...errors import InputError
+
+log = logging.getLogger(__name__)
+
 AttentionFn = Callable[..., torch.Tensor]
-_BACKENDS: dict[str, AttentionFn] = {}
+RefusalFn = Callable[..., "str | None"]   # (q, k, v, mask) → why the backend cannot run this call, or None
+POLICIES = ("error", "fallback")
 
 
-def register_backend(name: str, fn: AttentionFn) -> None:
-    _BACKENDS[name] = fn
+class Backend(NamedTuple):
+    fn: AttentionFn
+    refuses: RefusalFn | None
+
+
+_BACKENDS: dict[str, Backend] = {}
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def register_backend(name: str, fn: AttentionFn, refuses: RefusalFn | None = None) -> None:
+    _BACKENDS[name] = Backend(fn, refuses)
 
 
 def available_backends() -> list[str]:
     return list(_BACKENDS)
+
+
+def parse_backend(backend: str) -> tuple[str, str]:
+    """"sage:fallback" → ("sage", "fallback"); a bare name has policy "error"."""
+    name, _, policy = backend.partition(":")
+    policy = policy or "error"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r} in attention backend {backend!r}; use one of {POLICIES}")
+    return name, policy
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -33,8 +63,15 @@ register_backend("sdpa", _sdpa)
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
               backend: str = "sdpa") -> torch.Tensor:
-    try:
-        fn = _BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown attention backend {backend!r}; available: {available_backends()}") from None
-    return fn(q, k, v, mask)
+    name, policy = parse_backend(backend)
+    fn, refuses = _BACKENDS[name]
+    reason = None if refuses is None else refuses(q, k, v, mask)
+    if reason is None:
+        return fn(q, k, v, mask)
+    if policy == "error":
+        raise InputError(f"the {name!r} attention backend cannot run this call: {reason}",
+                         "choose on_unsupported = fallback (SDPA runs such calls) or another attention backend")
+    if (name, reason) not in _LOGGED:
+        _LOGGED.add((name, reason))
+        log.warning("OpenReel: attention backend %r cannot run a call (%s); SDPA runs such calls", name, reason)
+    return _sdpa(q, k, v, mask)

@@ -208,6 +208,7 @@ class WanDiT(nn.Module):
             self.img_emb = ImageEmbedding(cfg)
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        self.block_runner = None  # set by memory.block_swap to stream blocks from host memory
 
     # ------------------------------------------------------------------------------ conditioning
     def _time_embeddings(self, t: torch.Tensor, fps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,6 +301,8 @@ class WanDiT(nn.Module):
         return self.unpatchify(out, grid)
 
     def run_blocks(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        if self.block_runner is not None:
+            return self.block_runner(self, x, inp)
         for block in self.blocks:
             x = block(x, inp)
         return x

@@ -1,0 +1,168 @@
+"""Attention backends beyond plain SDPA, registered into `models.common.attention` with what each cannot do.
+
+- "sdpa_cudnn", "sdpa_flash": PyTorch's SDPA held to one kernel (`torch.nn.attention.sdpa_kernel`), where
+  plain "sdpa" lets PyTorch choose.
+- "sage": SageAttention (`sageattention.sageattn`; PyPI 1.0.6 is the Triton SageAttention 1: INT8 Q·Kᵀ, FP16
+  P·V). Registered only when it imports.
+- "flash": FlashAttention 3 (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first.
+
+Each backend's refusal check names what it cannot honour: masks (block-causal attention: 1.0.6 would silently
+ignore one), head sizes, fp32, CPU tensors, older GPUs, and for Sage 1.0.6 short key sequences whose length is
+not a multiple of 64 (e.g. the 257 CLIP tokens of I2V; see SAGE_KEY_BLOCK). The dispatch then raises or falls
+back to SDPA, by the policy in the backend name ("sage:fallback"), so no backend ever returns a silently
+different result.
+External kernels run as opaque custom ops, so a compiled block does not trace into their Triton/CUDA code.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..models.common.attention import register_backend
+
+log = logging.getLogger(__name__)
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# sageattention 1.0.6 reads keys in blocks of 64 and does not mask the last block's padding out of the softmax:
+# each padding key scores 0. With the keys' mean subtracted (below) the real scores of a query average 0, so a
+# padding key weighs at most as much as an average real key, and the output shrinks by at most padding / keys.
+SAGE_KEY_BLOCK = 64
+SAGE_PADDING_TOLERANCE = 0.005   # accepted relative error from that, a fraction of Sage's own INT8 error (~1.4%)
+
+
+def _refusal(q: Tensor, mask: Tensor | None, *, masks: bool = False, head_dims=None, max_head_dim: int = 256,
+             capability: tuple[int, int] = (8, 0), exact_capability: bool = False) -> str | None:
+    """What a half-precision CUDA attention kernel with these limits cannot do for this call, or None."""
+    if q.device.type != "cuda":
+        return f"tensors on {q.device.type}; it runs on CUDA GPUs only"
+    if mask is not None and not masks:
+        return "an attention mask (block-causal attention); it only computes full attention"
+    if q.dtype not in HALF_DTYPES:
+        return f"dtype {q.dtype}; it takes float16 or bfloat16"
+    d = q.shape[-1]
+    if head_dims is not None and d not in head_dims:
+        return f"head size {d}; it takes {', '.join(map(str, head_dims))}"
+    if d > max_head_dim or d % 8:
+        return f"head size {d}; it takes multiples of 8 up to {max_head_dim}"
+    have = torch.cuda.get_device_capability(q.device)
+    if have < capability or (exact_capability and have != capability):
+        need = f"{capability[0]}.{capability[1]}" + ("" if exact_capability else " or newer")
+        return f"a GPU of compute capability {have[0]}.{have[1]}; it needs {need}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ SDPA kernels
+def _sdpa_with(kernel: SDPBackend):
+    def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        with sdpa_kernel(kernel):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask)
+        return out.transpose(1, 2).flatten(2)
+    return run
+
+
+def _cudnn_refusal(q, k, v, mask):
+    return _refusal(q, mask, masks=True)
+
+
+def _flash_sdpa_refusal(q, k, v, mask):
+    return _refusal(q, mask)
+
+
+# ------------------------------------------------------------------------------------------------ external kernels
+def _opaque(name: str, kernel: Callable) -> Callable:
+    """`kernel` (q, k, v → output shaped like q) as a custom op: torch.compile calls it without tracing into
+    its Triton/CUDA code. Kernels import their package when called (a dictionary look-up once imported), so a
+    second copy of this module in the process (one op name, one registration) behaves the same."""
+    if hasattr(torch.ops.openreel, name):
+        return getattr(torch.ops.openreel, name)
+    op = torch.library.custom_op(f"openreel::{name}", kernel, mutates_args=())
+    op.register_fake(lambda q, k, v: torch.empty_like(q))
+    return op
+
+
+def _sage_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from sageattention import sageattn
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, smooth_k=False)
+
+
+def _flash3_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn_interface import flash_attn_func
+    out = flash_attn_func(q, k, v, causal=False)
+    return out[0] if isinstance(out, tuple) else out   # some FA3 releases also return the log-sum-exp
+
+
+def _flash2_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn import flash_attn_func
+    return flash_attn_func(q, k, v, causal=False)
+
+
+_sage_op = _opaque("sageattn", _sage_kernel)
+_flash3_op = _opaque("flash_attn3", _flash3_kernel)
+_flash2_op = _opaque("flash_attn2", _flash2_kernel)
+
+
+def _sage(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    # Sage's own smooth_k subtracts the keys' mean in place, in the caller's tensor; doing it here leaves the
+    # input alone. Softmax is unchanged by it (it shifts each query's scores by one constant).
+    k = k - k.mean(dim=1, keepdim=True)
+    return _sage_op(q.contiguous(), k.contiguous(), v.contiguous()).flatten(2)
+
+
+def _sage_refusal(q, k, v, mask):
+    reason = _refusal(q, mask, head_dims=(64, 96, 128))
+    keys = k.shape[1]
+    padding = -keys % SAGE_KEY_BLOCK
+    if reason is None and padding > keys * SAGE_PADDING_TOLERANCE:
+        return (f"{keys} keys, not a multiple of {SAGE_KEY_BLOCK}: sageattention 1.0.6 would weigh {padding} "
+                f"padding keys into the softmax (up to {padding / keys:.1%} error)")
+    return reason
+
+
+def _flash_with(op: Callable):
+    def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        return op(q.contiguous(), k.contiguous(), v.contiguous()).flatten(2)
+    return run
+
+
+def _flash3_refusal(q, k, v, mask):
+    return _refusal(q, mask, capability=(9, 0), exact_capability=True)
+
+
+def _flash2_refusal(q, k, v, mask):
+    return _refusal(q, mask)
+
+
+# ------------------------------------------------------------------------------------------------ registration
+def _importable(module: str, attr: str) -> bool:
+    """Whether `module.attr` imports; an installed package that fails to import is reported."""
+    if importlib.util.find_spec(module) is None:
+        return False
+    try:
+        return hasattr(importlib.import_module(module), attr)
+    except Exception as exc:  # an install that fails at import (e.g. a Triton / CUDA mismatch)
+        log.warning("OpenReel: %s is installed but cannot be used (%s: %s)", module, type(exc).__name__, exc)
+        return False
+
+
+def register_installed() -> None:
+    """Register the SDPA kernels, and SageAttention / FlashAttention (3 before 2) where they import."""
+    register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
+    register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
+    if _importable("sageattention", "sageattn"):
+        register_backend("sage", _sage, _sage_refusal)
+    for module, op, refusal in (("flash_attn_interface", _flash3_op, _flash3_refusal),
+                                ("flash_attn", _flash2_op, _flash2_refusal)):
+        if _importable(module, "flash_attn_func"):
+            register_backend("flash", _flash_with(op), refusal)
+            break
+
+
+register_installed()

@@ -1,0 +1,229 @@
+"""VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision and CFG batching, with the
+predicted peak and a plain explanation.
+
+Predicted peak = weights on the GPU + the swap ring (two blocks when swapping) + activations (memory/estimate.py,
+doubled for batched CFG, plus the upcast copy of one linear weight when weights are stored in 8 bits, plus the
+cuBLAS / cuDNN workspaces).
+Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
+and image embedders in host memory too. At each step CFG runs batched when that fits (fewer, larger model calls).
+When nothing fits, the plan says so and gives the smallest peak possible.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from .. import runtime
+from ..handles import DiTHandle
+from ..models.wan.model import WEIGHT_PARAMS
+from .block_swap import EMBEDDERS, BlockSwap
+from .estimate import wan_activation_bytes
+from .patches import register_patch
+
+GIB = 1 << 30
+FP8_WEIGHT_DTYPE = "fp8_e4m3fn_scaled"
+_ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+_WEIGHT = re.compile(WEIGHT_PARAMS)
+WORKSPACE = 64 << 20  # cuBLAS (32 MiB on Hopper) and cuDNN attention workspaces, allocated through torch
+
+
+def _set_cfg_batching(module: nn.Module, batched: bool | None) -> None:
+    module.cfg_batching = batched
+
+
+# Value: None (the sampler decides from free VRAM), True (cond and uncond in one batch) or False (two calls).
+register_patch("cfg_batching", None, _set_cfg_batching)
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """A Wan DiT's weights in bytes, by where block swap can put them."""
+    other: int                    # always on the GPU: patch and time embeddings, head
+    embedders: int                # text and image embedders (block swap can keep them in host memory)
+    blocks: tuple[int, ...]
+    blocks_fp8: tuple[int, ...]   # the same blocks with their linear weights in fp8 plus one fp32 scale each
+    largest_linear: int           # elements of the largest block linear weight
+    stored_fp8: bool              # the block linears are already stored in 8 bits
+
+
+def weight_bytes(module: nn.Module) -> WeightBytes:
+    """Measure `module` (a meta-device module works too: only shapes and dtypes are read)."""
+    other = embedders = largest = 0
+    blocks = [0] * len(module.blocks)
+    blocks_fp8 = [0] * len(module.blocks)
+    stored_fp8 = False
+    for name, t in module.state_dict().items():
+        size = t.numel() * t.element_size()
+        head, *rest = name.split(".")
+        if head == "blocks":
+            index = int(rest[0])
+            blocks[index] += size
+            if _WEIGHT.fullmatch(name):
+                largest = max(largest, t.numel())
+                stored_fp8 |= t.element_size() == 1
+                blocks_fp8[index] += size if t.element_size() == 1 else t.numel() + 4
+            else:
+                blocks_fp8[index] += size
+        elif head in EMBEDDERS:
+            embedders += size
+        else:
+            other += size
+    return WeightBytes(other, embedders, tuple(blocks), tuple(blocks_fp8), largest, stored_fp8)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The parts of a predicted peak, in bytes."""
+    weights: int       # resident weights
+    ring: int          # the swap ring's GPU blocks
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.ring + self.activations
+
+
+def predict(wb: WeightBytes, dim: int, ffn_dim: int, tokens: int, batch: int, *, swap: int = 0, fp8: bool = False,
+            batched_cfg: bool = False, offload_embeddings: bool = False, compute_itemsize: int = 2) -> Peak:
+    """Peak VRAM of one model call of a batch of `batch` latents with these settings."""
+    blocks = wb.blocks_fp8 if fp8 else wb.blocks
+    first = len(blocks) - swap
+    weights = wb.other + (0 if offload_embeddings else wb.embedders) + sum(blocks[:first])
+    ring = min(swap, 2) * max(blocks[first:], default=0)
+    activations = wan_activation_bytes(dim, ffn_dim, tokens, batch * (2 if batched_cfg else 1)) + WORKSPACE
+    if fp8 or wb.stored_fp8:
+        activations += 2 * wb.largest_linear * compute_itemsize  # the upcast weight and its scaled copy
+    if offload_embeddings:  # staged on the GPU once per call, before the blocks' activations exist
+        activations = max(activations, wb.embedders)
+    return Peak(weights, ring, activations)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """VRAM available to one model call, and where the number comes from (for the explanation)."""
+    bytes: int
+    source: str
+
+
+def _held(module: nn.Module, device: torch.device) -> int:
+    """VRAM `module` holds now (freed when it is loaded again under a new plan), swap ring included."""
+    tensors = list(module.state_dict().values())
+    view = getattr(getattr(module, "residency", None), "view", None)
+    if view is not None:
+        tensors += list(view.state_dict().values())
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in tensors if t.device == device}
+    return sum(seen.values())
+
+
+def auto_budget(handles: list[DiTHandle]) -> Budget | None:
+    """Free VRAM plus what these models hold now, minus a margin for allocator fragmentation and kernel
+    workspaces (1 GiB + 2%). None when the compute device is not a CUDA GPU (no VRAM budget applies)."""
+    from ..model_loaders.dit import dit_module
+
+    device = runtime.torch_device()
+    if device.type != "cuda":
+        return None
+    free = runtime.free_vram(device) + sum(_held(dit_module(h), device) for h in handles)
+    margin = GIB + free // 50
+    return Budget(max(0, free - margin), f"auto: {_gib(free)} free for this model − {_gib(margin)} margin")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run one DiT within a VRAM budget."""
+    blocks_to_swap: int
+    fp8: bool                  # switch the weights to fp8_e4m3fn_scaled (False when already 8-bit)
+    batched_cfg: bool
+    offload_embeddings: bool
+    peak: Peak
+    budget: Budget | None      # None: no VRAM budget applies (CPU)
+    fits: bool
+    explanation: str
+
+    def apply(self, handle: DiTHandle) -> DiTHandle:
+        """`handle` with this plan: its weight dtype and its memory patches."""
+        if self.fp8:
+            handle = replace(handle, weight_dtype=FP8_WEIGHT_DTYPE)
+        handle = handle.with_patch("block_swap", BlockSwap(self.blocks_to_swap, self.offload_embeddings))
+        return handle.with_patch("cfg_batching", self.batched_cfg)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _candidates(blocks: int, fp8_possible: bool):
+    """(fp8, swap, offload_embeddings) in order of preference; the last one has the smallest peak."""
+    yield False, 0, False
+    precision = fp8_possible
+    if fp8_possible:
+        yield True, 0, False
+    for swap in range(3, blocks + 1):  # a ring of two: swapping 1 or 2 blocks saves nothing
+        yield precision, swap, False
+    yield precision, blocks, True
+
+
+def plan_for(wb: WeightBytes, dim: int, ffn_dim: int, latent_shape: tuple[int, ...],
+             patch_size: tuple[int, int, int], budget: Budget | None, *, allow_fp8: bool = False,
+             compute_itemsize: int = 2, name: str = "the model") -> Plan:
+    """The plan for a model measured as `wb` (see `plan` for the usual entry point)."""
+    batch, _, frames, height, width = latent_shape
+    tokens = math.prod(n // p for n, p in zip((frames, height, width), patch_size))
+    count = len(wb.blocks)
+    head = (f"{name}: {count} blocks, {_gib(sum(wb.blocks) + wb.other + wb.embedders)} of weights; latent "
+            f"{batch}×{frames}×{height}×{width} → {tokens:,} tokens per video.")
+    if budget is None:
+        peak = predict(wb, dim, ffn_dim, tokens, batch, batched_cfg=True, compute_itemsize=compute_itemsize)
+        return Plan(0, False, True, False, peak, None, True,
+                    f"{head}\nThe compute device is not a CUDA GPU: no VRAM budget applies; everything stays resident.")
+
+    def settings(fp8, swap, offload):
+        for batched in (True, False):
+            yield fp8, swap, offload, batched, predict(wb, dim, ffn_dim, tokens, batch, swap=swap, fp8=fp8,
+                                                       batched_cfg=batched, offload_embeddings=offload,
+                                                       compute_itemsize=compute_itemsize)
+
+    options = [s for c in _candidates(count, allow_fp8 and not wb.stored_fp8) for s in settings(*c)]
+    chosen = next((s for s in options if s[4].total <= budget.bytes), None)
+    fits = chosen is not None
+    fp8, swap, offload, batched, peak = chosen or options[-1]
+
+    blocks = wb.blocks_fp8 if fp8 else wb.blocks
+    what = [f"swap {swap} of {count} blocks" if swap else "all blocks resident",
+            "fp8 weights (fp8_e4m3fn_scaled)" if fp8 else ("fp8 weights (as loaded)" if wb.stored_fp8 else
+                                                           "weights as loaded"),
+            "batched CFG" if batched else "sequential CFG"]
+    if offload:
+        what.append("text/image embedders in host memory")
+    lines = [head, f"Budget {_gib(budget.bytes)} ({budget.source}).",
+             ("Plan: " if fits else "Does NOT fit. Smallest possible: ") + ", ".join(what) + ".",
+             f"Predicted peak {_gib(peak.total)} = weights {_gib(peak.weights)}"
+             + (f" + swap ring {_gib(peak.ring)}" if peak.ring else "") + f" + activations {_gib(peak.activations)}."]
+    if swap:
+        host = sum(blocks[count - swap:])
+        lines.append(f"Host memory for the swapped blocks: {_gib(host)} (page-locked); every model call copies "
+                     f"{_gib(host)} to the GPU, overlapped with compute.")
+    if not fits:
+        lines.append(f"Even so the peak is {_gib(peak.total - budget.bytes)} over the budget; activations alone "
+                     f"are {_gib(peak.activations)}. Lower the resolution or the frame count, or raise the budget"
+                     + ("" if allow_fp8 or wb.stored_fp8 else ", or allow fp8") + ".")
+    return Plan(swap, fp8, batched, offload, peak, budget, fits, "\n".join(lines))
+
+
+def plan(handle: DiTHandle, latent_shape: tuple[int, ...], budget_bytes: int | Budget | None = None, *,
+         allow_fp8: bool = False) -> Plan:
+    """Plan `handle` for a latent of `latent_shape` [B, C, F, H, W] within `budget_bytes` (None: auto)."""
+    from ..model_loaders.dit import dit_module
+
+    cfg = handle.spec.config
+    if isinstance(budget_bytes, int):
+        budget = Budget(budget_bytes, "given")
+    else:
+        budget = budget_bytes if budget_bytes is not None else auto_budget([handle])
+    return plan_for(weight_bytes(dit_module(handle)), cfg.dim, cfg.ffn_dim, tuple(latent_shape), cfg.patch_size,
+                    budget, allow_fp8=allow_fp8, compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2),
+                    name=handle.spec.description)

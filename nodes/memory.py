@@ -1,0 +1,102 @@
+"""Memory nodes: block swap by hand, or a VRAM budget the planner turns into swap + precision + CFG batching."""
+from __future__ import annotations
+
+from ..errors import InputError
+from ..memory.block_swap import BlockSwap
+from ..memory.planner import GIB, auto_budget, plan
+from .common import OpenReelNode, mappings
+
+MAX_BLOCKS = 40  # Wan 14B; models with fewer blocks refuse larger numbers with a clear message
+
+
+class OpenReelBlockSwap(OpenReelNode):
+    """Keeps the last transformer blocks of a DiT in host (CPU) memory and streams each to the GPU while the
+    block before it computes, so a model larger than your VRAM still runs, with bitwise the same result. Set it
+    per expert for Wan2.2 A14B pairs. The OpenReel VRAM Budget node can choose the number for you."""
+
+    NODE_ID = "OpenReelBlockSwap"
+    DISPLAY_NAME = "OpenReel Block Swap"
+    CATEGORY = "OpenReel/memory"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("OPENREEL_DIT",)
+    RETURN_NAMES = ("dit",)
+    OUTPUT_TOOLTIPS = ("The same DiT, running with this block swap.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dit": ("OPENREEL_DIT", {"tooltip": "The diffusion transformer to run with block swap."}),
+            "blocks_to_swap": ("INT", {
+                "default": 20, "min": 0, "max": MAX_BLOCKS,
+                "tooltip": "How many of the last blocks live in host RAM instead of VRAM (Wan 14B has 40 blocks "
+                           "of 0.7 GB in bf16, 0.35 GB in fp8; 1.3B and 5B have 30). Swapping N blocks saves N−2 "
+                           "blocks of VRAM (two are always on the GPU in turn) and needs their size in host RAM. "
+                           "Copies overlap compute, so the cost is small at high resolution or many frames and "
+                           "grows at low resolution or on slow PCIe. 0 = off. The VRAM Budget node picks this "
+                           "number from a budget."}),
+            "offload_embeddings": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "Also keep the text and image embedders in host RAM (about 0.1 GB for 14B), copied to "
+                           "the GPU for their one use per model call."}),
+        }}
+
+    def apply(self, dit, blocks_to_swap: int, offload_embeddings: bool):
+        count = dit.spec.config.num_layers
+        if blocks_to_swap > count:
+            raise InputError(f"blocks_to_swap is {blocks_to_swap} but this model has {count} blocks",
+                             f"choose 0 to {count}")
+        return (dit.with_patch("block_swap", BlockSwap(blocks_to_swap, offload_embeddings)),)
+
+
+class OpenReelVRAMBudget(OpenReelNode):
+    """Fits a DiT (or a Wan2.2 expert pair) into a VRAM budget for this latent: keeps everything resident if it
+    fits, else stores weights in fp8 (if allowed), else swaps the fewest blocks to host memory; CFG runs batched
+    where that fits. Shows the plan and the predicted peak before sampling, and says so plainly when nothing fits."""
+
+    NODE_ID = "OpenReelVRAMBudget"
+    DISPLAY_NAME = "OpenReel VRAM Budget"
+    CATEGORY = "OpenReel/memory"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("OPENREEL_DIT", "OPENREEL_DIT", "STRING")
+    RETURN_NAMES = ("dit", "dit_low_noise", "plan")
+    OUTPUT_TOOLTIPS = ("The DiT with the plan applied.",
+                       "The low-noise expert with its own plan (empty when none was connected).",
+                       "The plan and the predicted peak VRAM, as text.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "dit": ("OPENREEL_DIT", {"tooltip": "The DiT to fit (the high-noise expert of a Wan2.2 pair)."}),
+                "latent": ("LATENT", {"tooltip": "The latent you will sample: its size sets the activations."}),
+                "budget_gb": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
+                    "tooltip": "VRAM the sampler may use, in GiB. 0 = auto: what is free now (plus what these "
+                               "models already hold) minus a safety margin."}),
+                "allow_fp8": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Allow storing the weights in fp8 (scaled) when they do not fit: half the memory "
+                               "and half the bytes to swap, at a small cost in precision. Off: only block swap "
+                               "is used, which changes nothing in the result."}),
+            },
+            "optional": {
+                "dit_low_noise": ("OPENREEL_DIT", {
+                    "tooltip": "The low-noise expert of a Wan2.2 pair; planned on its own, since only one expert "
+                               "is on the GPU at a time."}),
+            },
+        }
+
+    def apply(self, dit, latent: dict, budget_gb: float, allow_fp8: bool, dit_low_noise=None):
+        handles = [dit] + ([dit_low_noise] if dit_low_noise is not None else [])
+        budget = int(budget_gb * GIB) if budget_gb > 0 else auto_budget(handles)
+        shape = tuple(latent["samples"].shape)
+        plans = [plan(h, shape, budget, allow_fp8=allow_fp8) for h in handles]
+        text = plans[0].explanation
+        if len(plans) == 2:
+            text = f"High-noise expert — {text}\n\nLow-noise expert — {plans[1].explanation}"
+        outputs = [p.apply(h) for p, h in zip(plans, handles)]
+        low = outputs[1] if len(outputs) == 2 else None
+        return {"ui": {"text": [text]}, "result": (outputs[0], low, text)}
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelBlockSwap, OpenReelVRAMBudget)

@@ -1,0 +1,170 @@
+"""The VRAM planner on real model sizes (meta-device modules: shapes only) and on tiny loaded models, the
+activation estimate's calibration, and the VRAM Budget node."""
+import pytest
+import torch
+
+from openreel import runtime, synthetic
+from openreel.handles import DiTHandle
+from openreel.memory import patches
+from openreel.memory.block_swap import BlockSwap
+from openreel.memory.estimate import wan_activation_bytes
+from openreel.memory.planner import GIB, Budget, plan, plan_for, predict, weight_bytes
+from openreel.model_loaders.cache import MODULES
+from openreel.model_loaders.dit import load_dit
+from openreel.models.wan.model import FP32_PARAMS, WanConfig, WanDiT
+from openreel.nodes import NODE_CLASS_MAPPINGS
+from openreel.nodes.memory import OpenReelVRAMBudget
+
+WAN14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+LATENT_480P = (1, 16, 21, 60, 104)    # 832×480, 81 frames → 32,760 tokens
+LATENT_720P = (1, 16, 21, 90, 160)    # 1280×720, 81 frames → 75,600 tokens
+
+
+def meta_wan(cfg: WanConfig, weights: torch.dtype = torch.bfloat16) -> WanDiT:
+    """A full-size model with no memory behind it, stored as the loader stores it (fp32 norms and modulation)."""
+    import re
+
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    fp32 = re.compile(FP32_PARAMS)
+    for name, p in model.named_parameters():
+        p.data = p.data.to(torch.float32 if fp32.fullmatch(name) else weights)
+    return model
+
+
+@pytest.fixture(scope="module")
+def wb14():
+    return weight_bytes(meta_wan(WAN14B))
+
+
+def plan14(wb, budget_gib: float, latent=LATENT_480P, **kw):
+    return plan_for(wb, WAN14B.dim, WAN14B.ffn_dim, latent, WAN14B.patch_size, Budget(int(budget_gib * GIB), "given"),
+                    **kw)
+
+
+def test_activation_estimate_is_a_tight_upper_bound_of_the_h200_measurements():
+    for tokens, measured_gib in ((32_760, 4.1), (75_600, 9.4)):
+        estimate = wan_activation_bytes(5120, 13824, tokens) / GIB
+        assert measured_gib <= estimate <= measured_gib * 1.05
+
+
+def test_weight_bytes_of_wan_14b(wb14):
+    assert len(wb14.blocks) == 40 and wb14.blocks[0] == wb14.blocks[39]
+    assert 0.69e9 < wb14.blocks[0] < 0.72e9 and 0.35e9 < wb14.blocks_fp8[0] < 0.37e9  # 351.4M params per block
+    assert 28e9 < sum(wb14.blocks) + wb14.other + wb14.embedders < 29e9 and not wb14.stored_fp8
+
+
+def test_everything_resident_when_it_fits(wb14):
+    p = plan14(wb14, 60)
+    assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.fits) == (0, False, True, True)
+    assert "all blocks resident" in p.explanation and "batched CFG" in p.explanation
+    p = plan14(wb14, 34)  # resident, but the two CFG halves must run one after the other
+    assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.fits) == (0, False, False, True)
+
+
+def test_tight_budget_takes_fp8_when_allowed_else_the_fewest_blocks(wb14):
+    p = plan14(wb14, 24, allow_fp8=True)
+    assert (p.blocks_to_swap, p.fp8, p.fits) == (0, True, True) and p.peak.total <= 24 * GIB
+    p = plan14(wb14, 24)
+    assert not p.fp8 and p.fits and p.peak.total <= 24 * GIB and p.peak.ring == 2 * wb14.blocks[0]
+    fewer = max(p.blocks_to_swap - 1, 0) if p.blocks_to_swap - 1 >= 3 else 0
+    for batched in (True, False):  # one block fewer would not fit
+        assert predict(wb14, WAN14B.dim, WAN14B.ffn_dim, 32_760, 1, swap=fewer, batched_cfg=batched).total > 24 * GIB
+    assert f"swap {p.blocks_to_swap} of 40 blocks" in p.explanation
+    assert "Host memory for the swapped blocks" in p.explanation
+    small = plan14(wb14, 12, allow_fp8=True)  # fp8 and swapping together
+    assert small.fp8 and small.blocks_to_swap > 0 and small.fits
+
+
+def test_impossible_budget_says_so_with_the_smallest_peak(wb14):
+    p = plan14(wb14, 4, latent=LATENT_720P, allow_fp8=True)
+    assert not p.fits and p.peak.total > 4 * GIB
+    assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.offload_embeddings) == (40, True, False, True)
+    assert "Does NOT fit" in p.explanation and "Lower the resolution" in p.explanation
+    options = [predict(wb14, WAN14B.dim, WAN14B.ffn_dim, 75_600, 1, swap=s, fp8=f, batched_cfg=b, offload_embeddings=o)
+               for s in range(41) for f in (False, True) for b in (False, True) for o in (False, True)]
+    assert p.peak.total == min(o.total for o in options)
+    assert "or allow fp8" in plan14(wb14, 4, latent=LATENT_720P).explanation
+
+
+def test_predictions_grow_with_tokens_and_plans_swap_more(wb14):
+    swapped, peaks = [], []
+    for frames in (5, 9, 21, 33, 41):
+        latent = (1, 16, frames, 90, 160)
+        peaks.append(predict(wb14, WAN14B.dim, WAN14B.ffn_dim, frames * 45 * 80, 1).total)
+        swapped.append(plan14(wb14, 30, latent=latent).blocks_to_swap)
+    assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
+    assert swapped == sorted(swapped) and swapped[0] == 0 and swapped[-1] > 0
+
+
+def test_fp8_prediction_matches_a_model_loaded_in_fp8(tmp_path):
+    cfg = WanConfig(**{**synthetic.TINY_WAN.__dict__, "num_layers": 3})
+    path = synthetic.save_single(synthetic.wan_state_dict(cfg), tmp_path / "wan.safetensors")
+    try:
+        bf16 = weight_bytes(patches.prepare(load_dit(path, "bf16", "bf16")))
+        fp8 = weight_bytes(patches.prepare(load_dit(path, "fp8_e4m3fn_scaled", "bf16")))
+    finally:
+        MODULES.clear()
+    assert fp8.blocks == bf16.blocks_fp8 and fp8.stored_fp8 and not bf16.stored_fp8
+    assert (fp8.other, fp8.embedders) == (bf16.other, bf16.embedders)
+
+
+def test_on_the_cpu_no_budget_applies(wb14):
+    p = plan_for(wb14, WAN14B.dim, WAN14B.ffn_dim, LATENT_480P, WAN14B.patch_size, None)
+    assert p.fits and p.blocks_to_swap == 0 and p.budget is None and "not a CUDA GPU" in p.explanation
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    synthetic.write_model_set(folder)
+    runtime.set_models_dir(folder)
+    load = lambda name: load_dit(folder / "diffusion_models" / name, "auto", "fp32")  # noqa: E731
+    yield {"t2v": load("wan2.1_t2v_1.3B_fp16.safetensors"),
+           "high": load("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+           "low": load("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")}
+    runtime.set_models_dir(None)
+    MODULES.clear()
+
+
+def test_plan_applies_as_weight_dtype_and_patches(kit):
+    dit: DiTHandle = kit["t2v"]
+    latent = (1, 16, 5, 8, 8)
+    cfg = dit.spec.config
+    wb = weight_bytes(patches.prepare(dit))
+    fp8_peak = predict(wb, cfg.dim, cfg.ffn_dim, 5 * 4 * 4, 1, fp8=True, compute_itemsize=4).total
+    tight = plan(dit, latent, fp8_peak, allow_fp8=True)  # too small for the fp32 weights as loaded
+    assert (tight.fp8, tight.blocks_to_swap, tight.batched_cfg, tight.fits) == (True, 0, False, True)
+    handle = tight.apply(dit)
+    assert handle.weight_dtype == "fp8_e4m3fn_scaled" and handle.weights_key != dit.weights_key
+    assert handle.patch("block_swap") == BlockSwap(0, False) and handle.patch("cfg_batching") is tight.batched_cfg
+    module = patches.prepare(handle)
+    assert module.cfg_batching is tight.batched_cfg and getattr(module, "residency", None) is None
+
+
+def test_vram_budget_node(kit):
+    assert NODE_CLASS_MAPPINGS["OpenReelVRAMBudget"] is OpenReelVRAMBudget
+    node = OpenReelVRAMBudget()
+    latent = {"samples": torch.zeros(1, 16, 5, 8, 8)}
+    out = node.apply(kit["t2v"], latent, 0.0, False)  # auto on the CPU: nothing to plan
+    dit, low, text = out["result"]
+    assert out["ui"]["text"] == [text] and low is None and "not a CUDA GPU" in text
+    assert dit.patch("block_swap") == BlockSwap() and dit.weight_dtype == kit["t2v"].weight_dtype
+
+    out = node.apply(kit["high"], latent, 1e-6, True, dit_low_noise=kit["low"])  # a budget nothing fits
+    dit, low, text = out["result"]
+    assert text.startswith("High-noise expert") and "Low-noise expert" in text and text.count("Does NOT fit") == 2
+    count = kit["high"].spec.config.num_layers
+    for handle in (dit, low):  # already fp8 files: no second fp8 conversion, every block swapped
+        assert handle.weight_dtype == "auto" and handle.patch("block_swap") == BlockSwap(count, True)
+    inputs = OpenReelVRAMBudget.INPUT_TYPES()
+    assert all(options.get("tooltip") for group in inputs.values() for _, options in group.values())
+
+
+def test_each_planned_expert_carries_its_own_settings(kit):
+    latent = {"samples": torch.zeros(1, 16, 5, 8, 8)}
+    high, low, _ = OpenReelVRAMBudget().apply(kit["high"], latent, 1e-6, False, dit_low_noise=kit["low"])["result"]
+    everything = BlockSwap(kit["high"].spec.config.num_layers, True)
+    assert patches.prepare(high).residency.settings == everything
+    assert patches.prepare(low).residency.settings == everything
+    assert getattr(patches.prepare(kit["high"]), "residency", None) is None  # the unplanned handle: off again
