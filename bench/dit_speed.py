@@ -1,6 +1,8 @@
 """Wan DiT forward: seconds and peak VRAM at full size, random weights, OpenReel vs diffusers on the same weights.
 
-Run on a GPU machine from the repo root:  python bench/dit_speed.py --size 14b --res 480p 720p
+Run on a GPU machine from the repo root:  python bench/dit_speed.py --size 14b --res 480p 720p --variants all
+Variants are OpenReel's memory/speed patches applied through the same mechanism as the nodes (memory.patches):
+resident bf16, regional compile, fp8 storage with upcast or FP8 matmul, and full block swap.
 Weights are random (none can be downloaded) but of the real size; they go through OpenReel's real loading path
 (meta build + materialize) from a checkpoint whose tensors are generated on the GPU. diffusers 0.42.1
 `WanTransformer3DModel` shares the big weight tensors (no second copy), so both fit on one card.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 import sys
 import types
 import time
@@ -23,6 +26,9 @@ if "openreel" not in sys.modules:  # the library only: the package __init__ woul
     package.__path__ = [str(ROOT)]
     sys.modules["openreel"] = package
 
+from openreel.memory import patches  # noqa: E402
+from openreel.memory.block_swap import BlockSwap  # noqa: E402
+from openreel.memory.compile import CompileSettings  # noqa: E402
 from openreel.model_loaders.build import materialize  # noqa: E402
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
 from openreel.model_loaders.wan import diffusers_to_official  # noqa: E402
@@ -35,15 +41,35 @@ SIZES = {"1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
 RESOLUTIONS = {"480p": (81, 480, 832), "720p": (81, 720, 1280)}
 
 
+# name → (weight storage, patches); every variant but "bf16" is compared with bf16's output on the same weights
+VARIANTS = {
+    "bf16": ("bf16", {}),
+    "bf16 compiled": ("bf16", {"compile": CompileSettings()}),
+    "fp8 upcast": ("fp8_e4m3fn_channel", {}),
+    "fp8 matmul": ("fp8_e4m3fn_channel", {"fp8_matmul": "row"}),
+    "fp8 matmul compiled": ("fp8_e4m3fn_channel", {"fp8_matmul": "row", "compile": CompileSettings()}),
+    "swap all bf16": ("bf16", {"block_swap": "all"}),
+    "swap all fp8 matmul": ("fp8_e4m3fn_channel", {"block_swap": "all", "fp8_matmul": "row"}),
+    "swap all bf16 compiled": ("bf16", {"block_swap": "all", "compile": CompileSettings()}),
+    "swap all fp8 matmul compiled": ("fp8_e4m3fn_channel", {"block_swap": "all", "fp8_matmul": "row",
+                                                            "compile": CompileSettings()}),
+}
+
+
 def random_checkpoint(cfg: WanConfig, device: str) -> Checkpoint:
+    """Random bf16 tensors made on the GPU, the same values at every read (seeded by name)."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
 
-    def reader(shape):
-        return lambda: torch.randn(shape, device=device, dtype=torch.bfloat16) * (0.02 if len(shape) > 1 else 0.1)
+    def reader(key, shape):
+        def read():
+            gen = torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))
+            scale = 0.02 if len(shape) > 1 else 0.1
+            return torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) * scale
+        return read
 
     return Checkpoint((Path("random.safetensors"),), {k: TensorInfo(s, torch.bfloat16) for k, s in shapes.items()},
-                      {k: reader(s) for k, s in shapes.items()})
+                      {k: reader(k, s) for k, s in shapes.items()})
 
 
 def build_ours(cfg: WanConfig, device: str, weight_dtype: str = "bf16") -> WanDiT:
@@ -114,10 +140,35 @@ def flops(cfg: WanConfig, tokens: int) -> float:
     return cfg.num_layers * (gemm + attn)
 
 
+def run_variant(name: str, module: WanDiT, x, t, ctx, tokens: int, repeats: int, reference=None) -> dict:
+    storage, values = VARIANTS[name]
+    values = dict(values)
+    if values.get("block_swap") == "all":
+        values["block_swap"] = BlockSwap(blocks=len(module.blocks))
+    patches.configure(module, values)
+    patches.load(module, 0)
+    fn = lambda: module(x, t, ctx)  # noqa: E731
+    r = measure(fn, repeats)
+    out = fn().float()
+    r.update(name=name, tokens=tokens, tflops=flops(module.cfg, tokens) / r["seconds"] / 1e12, storage=storage)
+    if reference is not None:
+        r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
+    if values.get("block_swap"):  # ten more runs: memory must not grow
+        before = torch.cuda.memory_allocated()
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        r["growth_over_10_runs_mib"] = (torch.cuda.memory_allocated() - before) / 2**20
+    return r, out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="14b", choices=SIZES)
     parser.add_argument("--res", nargs="+", default=["480p"], choices=RESOLUTIONS)
+    parser.add_argument("--variants", nargs="+", default=["bf16"], help=f"'all' or some of {list(VARIANTS)}")
+    parser.add_argument("--res-variants", nargs="*", default=None,
+                        help="variants for resolutions after the first (default: the same)")
     parser.add_argument("--layers", type=int, default=0, help="fewer blocks for a quick run (0: the real count)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", nargs="*", default=["diffusers"])
@@ -128,45 +179,67 @@ def main() -> None:
     cfg = SIZES[args.size]
     if args.layers:
         cfg = WanConfig(**{**cfg.__dict__, "num_layers": args.layers})
+    variants = list(VARIANTS) if args.variants == ["all"] else args.variants
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "size": args.size,
             "layers": cfg.num_layers, "date": time.strftime("%Y-%m-%d"), "results": []}
     print(f"{info['gpu']} · torch {torch.__version__} · Wan {args.size} ({cfg.num_layers} blocks)", flush=True)
-    t0 = time.time()
-    ours = build_ours(cfg, device)
-    print(f"built OpenReel model in {time.time() - t0:.1f}s, weights {torch.cuda.memory_allocated() / 2**30:.1f} GiB")
-    peers = {"diffusers": build_diffusers(ours, device)} if "diffusers" in args.peers else {}
     with torch.no_grad():
-        for res in args.res:
+        for k, res in enumerate(args.res):
+            wanted = variants if k == 0 or args.res_variants is None else args.res_variants
             x, t, ctx, tokens = inputs(cfg, res, device)
-            runs = {"openreel": lambda: ours(x, t, ctx)}
-            if "diffusers" in peers:
-                runs["diffusers"] = lambda: peers["diffusers"](x, t, ctx, return_dict=False)[0]
-            outputs = {}
-            for name, fn in runs.items():
-                outputs[name] = fn().float()
-                r = measure(fn, args.repeats)
-                r.update(name=name, res=res, tokens=tokens, tflops=flops(cfg, tokens) / r["seconds"] / 1e12)
-                info["results"].append(r)
-                print(f"{res} {tokens} tokens  {name:10s} {r['seconds']:.3f} s  {r['tflops']:.0f} TFLOP/s  "
-                      f"peak {r['peak_gib']:.1f} GiB (activations {r['activation_gib']:.1f})", flush=True)
-            if "diffusers" in outputs:
-                a, b = outputs["openreel"], outputs["diffusers"]
-                err = ((a - b).norm() / b.norm()).item()
-                info.setdefault("agreement", {})[res] = err
-                print(f"{res} OpenReel vs diffusers (bf16) relative difference {err:.2e}")
-            del outputs
-            if args.profile:
-                from torch.profiler import ProfilerActivity, profile
+            reference = None
+            resident = [v for v in wanted if "block_swap" not in VARIANTS[v][1]]
+            swapped = [v for v in wanted if v not in resident]
+            for storage in dict.fromkeys(VARIANTS[v][0] for v in resident):
+                module = build_ours(cfg, device, storage)
+                for name in (v for v in resident if VARIANTS[v][0] == storage):
+                    r, out = run_variant(name, module, x, t, ctx, tokens, args.repeats, reference)
+                    reference = out if name == "bf16" else reference
+                    r["res"] = res
+                    info["results"].append(r)
+                    print(_line(res, r), flush=True)
+                if storage == "bf16" and "diffusers" in args.peers:
+                    peer = build_diffusers(module, device)
+                    fn = lambda: peer(x, t, ctx, return_dict=False)[0]  # noqa: E731
+                    r = measure(fn, args.repeats)
+                    r.update(name="diffusers", res=res, tokens=tokens, tflops=flops(cfg, tokens) / r["seconds"] / 1e12)
+                    if reference is not None:
+                        r["rel_diff_vs_bf16"] = ((fn().float() - reference).norm() / reference.norm()).item()
+                    info["results"].append(r)
+                    print(_line(res, r), flush=True)
+                    del peer
+                if args.profile and storage == "bf16":
+                    from torch.profiler import ProfilerActivity, profile
 
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    ours(x, t, ctx)
-                    torch.cuda.synchronize()
-                table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
-                (out_dir / f"profile_{args.size}_{res}.txt").write_text(table)
-                print(table[:4000])
+                    patches.configure(module, {})
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        module(x, t, ctx)
+                        torch.cuda.synchronize()
+                    (out_dir / f"profile_{args.size}_{res}.txt").write_text(
+                        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+                patches.configure(module, {})
+                del module
+                torch.cuda.empty_cache()
+            for name in swapped:  # alone on the GPU: the peak is the whole model's
+                module = build_ours(cfg, device, VARIANTS[name][0])
+                r, _ = run_variant(name, module, x, t, ctx, tokens, args.repeats, reference)
+                r["res"] = res
+                info["results"].append(r)
+                print(_line(res, r), flush=True)
+                patches.configure(module, {})
+                del module
+                torch.cuda.empty_cache()
     (out_dir / f"dit_speed_{args.size}.json").write_text(json.dumps(info, indent=1))
+
+
+def _line(res: str, r: dict) -> str:
+    extra = f"  vs bf16 {r['rel_diff_vs_bf16']:.1e}" if "rel_diff_vs_bf16" in r else ""
+    if "growth_over_10_runs_mib" in r:
+        extra += f"  growth over 10 runs {r['growth_over_10_runs_mib']:.0f} MiB"
+    return (f"{res} {r['tokens']} tokens  {r['name']:22s} {r['seconds']:7.3f} s  {r['tflops']:4.0f} TFLOP/s  "
+            f"peak {r['peak_gib']:5.1f} GiB (activations {r['activation_gib']:.1f}){extra}")
 
 
 if __name__ == "__main__":

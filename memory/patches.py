@@ -32,10 +32,14 @@ def register_patch(name: str, default: Any, apply: Callable[[nn.Module, Any], No
 def prepare(handle: DiTHandle) -> nn.Module:
     """The module for `handle`, configured by every registered patch."""
     from ..model_loaders.dit import dit_module
+
+    return configure(dit_module(handle), dict(handle.patches))
+
+
+def configure(module: nn.Module, values: dict[str, Any]) -> nn.Module:
+    """Set every registered patch on `module`: the given value, or the patch's default."""
     from . import attention_backends, block_swap, compile, fp8, planner  # noqa: F401  (each registers its patch)
 
-    module = dit_module(handle)
-    values = dict(handle.patches)
     unknown = set(values) - set(PATCHES)
     if unknown:
         raise ValueError(f"unknown patches {sorted(unknown)}; registered: {sorted(PATCHES)}")
