@@ -168,3 +168,26 @@ def test_each_planned_expert_carries_its_own_settings(kit):
     assert patches.prepare(high).residency.settings == everything
     assert patches.prepare(low).residency.settings == everything
     assert getattr(patches.prepare(kit["high"]), "residency", None) is None  # the unplanned handle: off again
+
+
+# Peaks measured on an H200 at full size (bench/RESULTS.md, 2026-11-21, eager): (tokens, swapped blocks, fp8) → GiB
+MEASURED_PEAKS_GIB = {(32760, 0, False): 31.2, (32760, 0, True): 18.0, (32760, 40, False): 6.2, (32760, 40, True): 5.8,
+                      (75600, 0, False): 36.5}
+
+
+@pytest.mark.parametrize("case", sorted(MEASURED_PEAKS_GIB))
+def test_predictions_match_the_measured_14b_peaks_within_10_percent(case):
+    import re
+
+    from openreel.models.wan.model import FP32_PARAMS, WanConfig, WanDiT
+
+    cfg = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    for name, p in model.named_parameters():  # stored as the loader stores a bf16 file
+        if not re.fullmatch(FP32_PARAMS, name):
+            p.data = p.data.to(torch.bfloat16)
+    tokens, swap, fp8 = case
+    predicted = predict(weight_bytes(model), cfg.dim, cfg.ffn_dim, tokens, 1, swap=swap, fp8=fp8).total / 2**30
+    measured = MEASURED_PEAKS_GIB[case]
+    assert measured <= predicted <= 1.10 * measured  # never under, at most 10% over
