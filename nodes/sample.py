@@ -5,6 +5,7 @@ from ..model_loaders.encoders import encode_image
 from ..model_loaders.vae import encode_video
 from ..samplers.conditioning import empty_latent, image_to_video
 from ..samplers.sample import SOLVER_CHOICES, sample
+from ..samplers.schedules import linear_schedule, wan_unipc_schedule
 from .common import OpenReelNode, mappings
 
 _SIZE = {"min": 16, "max": 4096, "step": 16}
@@ -129,4 +130,33 @@ class OpenReelSampler(OpenReelNode):
                        sigmas=sigmas),)
 
 
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler)
+class OpenReelSchedule(OpenReelNode):
+    """Wan's noise schedules as ComfyUI SIGMAS, so native sigma nodes (SplitSigmas, …) can cut or inspect them and
+    OpenReel Sampler (or a native sampler) can use them. wan_unipc: the official FlowUniPC table (σ from 0.999);
+    linear: σ = linspace(1, 0) shifted (Wan's DPM++ and HunyuanVideo's)."""
+
+    NODE_ID = "OpenReelSchedule"
+    DISPLAY_NAME = "OpenReel Schedule"
+    CATEGORY = "OpenReel/sampling"
+    FUNCTION = "make"
+    RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "schedule": (["wan_unipc", "linear"], {"default": "wan_unipc", "tooltip": "Which table (see description)."}),
+            "steps": ("INT", {"default": 40, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+            "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
+                                "tooltip": "Flow shift σ' = sσ/(1+(s-1)σ)."}),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                  "tooltip": "Below 1: the tail of a longer schedule, for video-to-video."}),
+        }}
+
+    def make(self, schedule: str, steps: int, shift: float, denoise: float):
+        build = wan_unipc_schedule if schedule == "wan_unipc" else linear_schedule
+        return (build(steps, shift, denoise).sigmas,)
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler,
+                                                           OpenReelSchedule)

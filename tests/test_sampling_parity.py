@@ -127,3 +127,16 @@ def test_i2v_conditioning_reaches_the_model():
     got = sample_wan([Expert(ours, 3.5)], wan_unipc_schedule(4, 5.0), "unipc", WanConditioning(ctx, nctx, y=y),
                      noise.clone())
     assert rel_err(got, latent.unsqueeze(0)) < TOL
+
+
+def test_schedule_node_gives_comfyui_sigmas_of_the_official_tables():
+    from openreel.nodes.sample import OpenReelSchedule
+    from openreel.samplers.schedules import FlowSchedule, linear_schedule
+
+    for kind, build in (("wan_unipc", wan_unipc_schedule), ("linear", linear_schedule)):
+        (sigmas,) = OpenReelSchedule().make(kind, 30, 8.0, 0.6)
+        official = build(30, 8.0, 0.6)
+        assert sigmas.dtype == torch.float32 and sigmas.dim() == 1 and sigmas[-1] == 0  # ComfyUI's SIGMAS
+        assert torch.equal(sigmas, official.sigmas)
+        # SIGMAS carry no integer timesteps: σ·1000 is used, at most 1 from the official int64 truncation
+        assert (FlowSchedule.from_sigmas(sigmas).timesteps - official.timesteps.float()).abs().max() < 1
