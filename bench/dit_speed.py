@@ -140,6 +140,18 @@ def flops(cfg: WanConfig, tokens: int) -> float:
     return cfg.num_layers * (gemm + attn)
 
 
+def profile_forward(module: WanDiT, x, t, ctx, path: Path) -> None:
+    """Kernel table of one forward as the module is configured now; the ten largest rows are printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        module(x, t, ctx)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    path.write_text(table)
+    print("\n".join(table.splitlines()[:14]), flush=True)
+
+
 def run_variant(name: str, module: WanDiT, x, t, ctx, tokens: int, repeats: int, reference=None) -> dict:
     storage, values = VARIANTS[name]
     values = dict(values)
@@ -200,6 +212,8 @@ def main() -> None:
                     r["res"] = res
                     info["results"].append(r)
                     print(_line(res, r), flush=True)
+                    if args.profile:
+                        profile_forward(module, x, t, ctx, out_dir / f"profile_{args.size}_{res}_{name.replace(' ', '_')}.txt")
                 if storage == "bf16" and "diffusers" in args.peers:
                     peer = build_diffusers(module, device)
                     fn = lambda: peer(x, t, ctx, return_dict=False)[0]  # noqa: E731
@@ -210,15 +224,6 @@ def main() -> None:
                     info["results"].append(r)
                     print(_line(res, r), flush=True)
                     del peer
-                if args.profile and storage == "bf16":
-                    from torch.profiler import ProfilerActivity, profile
-
-                    patches.configure(module, {})
-                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                        module(x, t, ctx)
-                        torch.cuda.synchronize()
-                    (out_dir / f"profile_{args.size}_{res}.txt").write_text(
-                        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
                 patches.configure(module, {})
                 del module
                 torch.cuda.empty_cache()
