@@ -30,6 +30,10 @@ class WorkflowError(Exception):
     """The workflow cannot run as written; the message lists every problem found."""
 
 
+class NodeFailed(Exception):
+    """A node raised while running; says which node, keeps the original exception as its cause."""
+
+
 @dataclass
 class RunResult:
     outputs: dict[str, Any] = field(default_factory=dict)   # node id → its "ui" dict (saved files etc.)
@@ -177,7 +181,12 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
             kwargs[name] = {"PROMPT": prompt, "EXTRA_PNGINFO": extra, "UNIQUE_ID": node_id}.get(kind)
         log(f"[{step}/{len(order)}] {_title(prompt, node_id)} (node {node_id})")
         t0 = time.time()
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        try:
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        except (OpenReelError, runtime.Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise NodeFailed(f"node {node_id} ({_title(prompt, node_id)}) failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(out, dict):
             if "ui" in out:
                 run.outputs[node_id] = out["ui"]
@@ -233,7 +242,7 @@ def main(workflow: str, models: str | None, out: str | None, sets: list[str], lo
         print("interrupted: stopped between model calls; nothing was saved for the unfinished output",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OpenReelError as exc:
+    except (OpenReelError, NodeFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

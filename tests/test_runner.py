@@ -71,3 +71,16 @@ def test_invalid_workflows_exit_2_listing_every_problem(workspace, capsys):
     assert "node 3 (KSampler): unknown node type" in err
     assert not (workspace / "out").exists()  # nothing ran
     assert main(str(path), None, None, ["nonexistent.x=1"]) == EXIT_INVALID
+
+
+def test_a_failing_node_exits_1_naming_the_node(workspace, monkeypatch, capsys):
+    from openreel.nodes.video import OpenReelLoadVideo
+
+    def broken(self, **_):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(OpenReelLoadVideo, "load", broken)
+    path = workspace / "wf.json"
+    path.write_text(json.dumps(COPY_VIDEO))
+    assert main(str(path), None, str(workspace / "out"), []) == 1
+    assert "error: node 1 (Source) failed: RuntimeError: disk on fire" in capsys.readouterr().err
