@@ -112,7 +112,7 @@ def api_to_ui(prompt: dict, node_classes: dict, notes: list[str] = (), column_wi
         outputs = [{"name": (getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)[i], "type": t,
                     "links": outgoing.get((node_id, i), []), "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
         node = {"id": int(node_id), "type": entry["class_type"], "pos": [40 + col * column_width, 40 + row],
-                "size": [340, 60 + 26 * (len(inputs) + len(widgets))], "flags": {}, "order": len(nodes), "mode": 0,
+                "size": [340, _height(cls, len(inputs) + len(widgets))], "flags": {}, "order": len(nodes), "mode": 0,
                 "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": entry["class_type"]},
                 "widgets_values": widgets}
         if "_meta" in entry:
@@ -128,6 +128,15 @@ def api_to_ui(prompt: dict, node_classes: dict, notes: list[str] = (), column_wi
         link[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == link[4])
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def _height(node_class, rows: int) -> int:
+    """Room for every row, plus text boxes for multiline strings and a preview under an image upload."""
+    extra = 0
+    for _, spec in _input_items(node_class):
+        opts = spec[1] if len(spec) > 1 else {}
+        extra += 110 * bool(opts.get("multiline")) + 220 * bool(opts.get("image_upload"))
+    return 60 + 26 * rows + extra
 
 
 def _socket_type(spec: tuple) -> str:
