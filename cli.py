@@ -26,7 +26,7 @@ def _synth(args) -> int:
     import torch
 
     from . import synthetic
-    from .model_loaders.dit import dit_module
+    from .model_loaders.core import module_of
     from .nodes.loaders import OpenReelDiTLoader
 
     models = Path(args.models)
@@ -46,7 +46,7 @@ def _synth(args) -> int:
         name = path.relative_to(models / "diffusion_models").as_posix()
         (handle,) = OpenReelDiTLoader().load(name, "auto", "auto")
         with torch.no_grad():
-            out = dit_module(handle)(x, torch.tensor([500.0]), context)
+            out = module_of(handle)(x, torch.tensor([500.0]), context)
         print(f"  loaded {name}: {handle.spec.description}; weights {handle.weight_dtype}, compute "
               f"{handle.compute_dtype}; forward → {tuple(out.shape)}")
     print("All synthetic checkpoints loaded. They are random weights: outputs are noise, not videos.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -156,6 +157,16 @@ def offload_model(module: torch.nn.Module) -> None:
     else:
         module.to(offload_device())
     empty_cache()
+
+
+@contextmanager
+def placed(module: torch.nn.Module, memory_required: int = 0):
+    """Run a block with `module` on the compute device (through the memory manager), then offload it."""
+    device = load_model(module, memory_required)
+    try:
+        yield device
+    finally:
+        offload_model(module)
 
 
 # ----------------------------------------------------------------------------------------- interrupts

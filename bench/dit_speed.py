@@ -28,11 +28,12 @@ if "openreel" not in sys.modules:  # the library only: the package __init__ woul
 
 from openreel.memory import patches  # noqa: E402
 from openreel.memory.block_swap import BlockSwap  # noqa: E402
-from openreel.memory.compile import CompileSettings  # noqa: E402
 from openreel.model_loaders.build import materialize  # noqa: E402
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
-from openreel.model_loaders.wan import diffusers_to_official  # noqa: E402
-from openreel.models.wan.model import FP32_PARAMS, WEIGHT_PARAMS, WanConfig, WanDiT  # noqa: E402
+from openreel.model_loaders.core import prepare  # noqa: E402,F401  (registers every run-time patch)
+from openreel.models.wan.family import diffusers_to_official  # noqa: E402
+from openreel.models.wan.model import FP32_PARAMS, WanConfig, WanDiT  # noqa: E402
+from openreel.speed.compile import CompileSettings  # noqa: E402
 
 SIZES = {"1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
          "5b": WanConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48),
@@ -73,11 +74,8 @@ def random_checkpoint(cfg: WanConfig, device: str) -> Checkpoint:
 
 
 def build_ours(cfg: WanConfig, device: str, weight_dtype: str = "bf16") -> WanDiT:
-    model = materialize(lambda: WanDiT(cfg), random_checkpoint(cfg, device), weight_dtype=weight_dtype,
-                        compute_dtype=torch.bfloat16, device=torch.device(device), weight_params=WEIGHT_PARAMS,
-                        fp32_params=FP32_PARAMS)
-    model.compute_dtype = torch.bfloat16
-    return model
+    return materialize(lambda ops: WanDiT(cfg, ops), random_checkpoint(cfg, device), weight_dtype=weight_dtype,
+                       compute_dtype="bf16", device=torch.device(device), fp32_params=FP32_PARAMS)
 
 
 def build_diffusers(ours: WanDiT, device: str):

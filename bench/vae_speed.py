@@ -22,7 +22,7 @@ if "openreel" not in sys.modules:  # the library only: the package __init__ woul
     package.__path__ = [str(ROOT)]
     sys.modules["openreel"] = package
 
-from openreel.model_loaders.vae import diffusers_to_official  # noqa: E402
+from openreel.models.wan.latents import diffusers_to_official  # noqa: E402
 from openreel.models.wan.vae import WAN21, WAN22, WanVAE  # noqa: E402
 
 

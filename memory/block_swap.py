@@ -7,6 +7,9 @@ two blocks + activations, so swapping N blocks saves N - 2 blocks. Only where th
 runs the same module code on tensors of the same dtypes and shapes, so the output is bitwise that of the resident
 model (fp8 CastLinear blocks move half the bytes of bf16 ones).
 
+Block swap is the innermost wrapper of the model's block loops (models/common/wrappers.py), over every block
+list the model declares, with a ring per list.
+
 With ComfyUI: the resident submodules (embeddings, head, first blocks) and the shells form a small module, the
 "view", that goes through `runtime.load_model`; ComfyUI's manager counts, loads and unloads exactly what is on
 the GPU, and never sees the host copies of the swapped blocks. Without CUDA it all still runs, the copies being
@@ -28,11 +31,11 @@ import torch.nn as nn
 
 from .. import runtime
 from ..errors import InputError
+from ..models.common.wrappers import Wrapper
 from .patches import register_patch
 
 log = logging.getLogger(__name__)
 
-EMBEDDERS = ("text_embedding", "img_emb")
 _ALIGN = 512  # bytes: each tensor of a host copy starts on this boundary, as blocks of the GPU allocator do
 
 
@@ -201,35 +204,64 @@ class _Sync:
         self.free = [torch.cuda.Event() for _ in range(slots)]
 
 
-class BlockSwapResidency:
-    """`module.residency` while block swap is on: loads and offloads the model's resident part, and runs its blocks
-    (installed as `module.block_runner`) with the swapped ones streamed through the ring."""
+@dataclass(frozen=True)
+class _Segment:
+    """The swapped tail of one block list: its blocks' run-order numbers and the ring slots it cycles through."""
+    list_name: str
+    first: int                 # index in the list of its first swapped block
+    numbers: range             # run-order numbers (over all block lists) of the swapped blocks
+    slots: tuple[int, ...]     # indices into the view's ring
+
+
+class BlockSwapResidency(Wrapper):
+    """`module.residency` while block swap is on: loads and offloads the model's resident part; as the model's
+    "block_swap" wrapper it runs each block list with its swapped blocks streamed through that list's ring.
+
+    Blocks are numbered in run order over the model's block lists (`module.block_lists`); the last
+    `settings.blocks` of them are swapped, so for HunyuanVideo's double- then single-stream blocks a large number
+    reaches into the double-stream list. Each list's swapped blocks share one structure and a ring of their own."""
+
+    order = 100  # innermost: step caches and sequence parallelism wrap around the streamed blocks
 
     def __init__(self, module: nn.Module, settings: BlockSwap):
-        if not hasattr(module, "block_runner"):
+        lists = getattr(module, "block_lists", None)
+        if not lists or not hasattr(module, "wrappers"):
             raise InputError(f"block swap does not support {type(module).__name__} models",
-                             "use it with Wan-family models (Wan2.1, Wan2.2, SkyReels-V2)")
-        count = len(module.blocks)
+                             "use it with OpenReel's diffusion transformers")
+        blocks = [(name, i, block) for name in lists for i, block in enumerate(getattr(module, name))]
+        count = len(blocks)
         if not 0 <= settings.blocks <= count:
             raise InputError(f"cannot swap {settings.blocks} blocks: this model has {count}",
                              f"choose 0 to {count} blocks to swap")
         self.settings = settings
-        self.first = count - settings.blocks   # index of the first swapped block
-        self.offloaded = tuple(n for n in EMBEDDERS if settings.offload_embeddings and hasattr(module, n))
+        self.first = count - settings.blocks   # run-order number of the first swapped block
+        self.offloaded = tuple(n for n in getattr(module, "embedders", ()) if settings.offload_embeddings and
+                               hasattr(module, n))
+        self.block_order = blocks
         self.host: dict[int | str, HostCopy] = {}
         self.device: torch.device | None = None
-        self.trace: list[tuple[int, int]] = []  # (block, slot) of each copy in the last run, in issue order
+        self.trace: list[tuple[int, int]] = []  # (block number, slot) of each copy in the last run, in issue order
         self._sync: _Sync | None = None
         self._mirrored: dict[int, set[str]] = {}
 
-        template = module.blocks[self.first] if settings.blocks else None
-        shells = [_shell(template, runtime.offload_device()) for _ in range(min(settings.blocks, 2))]
-        for index in range(self.first, count):
-            if _signature(module.blocks[index]) != _signature(template):
-                raise InputError(f"block {index} differs in its tensors from block {self.first}",
-                                 "block swap needs blocks of one structure; swap fewer blocks")
-        resident = [child for name, child in module.named_children() if name != "blocks" and name not in self.offloaded]
-        self.view = _View(resident + list(module.blocks[:self.first]), shells)
+        shells, self.segments = [], {}
+        for name in lists:
+            numbers = [n for n, (list_name, _, _) in enumerate(blocks) if list_name == name and n >= self.first]
+            if not numbers:
+                continue
+            template = blocks[numbers[0]][2]
+            for n in numbers:
+                if _signature(blocks[n][2]) != _signature(template):
+                    raise InputError(f"block {blocks[n][1]} of {name} differs in its tensors from block "
+                                     f"{blocks[numbers[0]][1]}", "block swap needs blocks of one structure; swap "
+                                     "fewer blocks")
+            slots = tuple(range(len(shells), len(shells) + min(len(numbers), 2)))
+            shells += [_shell(template, runtime.offload_device()) for _ in slots]
+            self.segments[name] = _Segment(name, blocks[numbers[0]][1], range(numbers[0], numbers[-1] + 1), slots)
+        resident = [child for name, child in module.named_children()
+                    if name not in lists and name not in self.offloaded]
+        resident += [block for n, (_, _, block) in enumerate(blocks) if n < self.first]
+        self.view = _View(resident, shells)
         self._hooks = []
         for name in self.offloaded:
             sub = getattr(module, name)
@@ -249,13 +281,14 @@ class BlockSwapResidency:
     def load(self, module: nn.Module, memory_required: int) -> None:
         """Swapped blocks (and offloaded embedders) into host memory once; the view onto the compute device."""
         for key in (*self.swapped, *self.offloaded):
-            part = module.blocks[key] if isinstance(key, int) else getattr(module, key)
+            part = self.block_order[key][2] if isinstance(key, int) else getattr(module, key)
             if key not in self.host or not self.host[key].intact():
                 if key in self.host:
                     self.host[key].release()
                 self.host[key] = HostCopy(part)
-        for shell in self.view.ring:
-            _mirror(shell, module.blocks[self.first], self._mirrored)
+        for segment in self.segments.values():
+            for slot in segment.slots:
+                _mirror(self.view.ring[slot], self.block_order[segment.numbers[0]][2], self._mirrored)
         staged = sum(self.host[name].nbytes for name in self.offloaded)
         self.device = runtime.load_model(self.view, memory_required + staged)
         stale = self._sync is None or self._sync.device != self.device
@@ -275,7 +308,7 @@ class BlockSwapResidency:
         for copy_ in self.host.values():
             copy_.release()
         module.residency = None
-        module.block_runner = None
+        module.wrappers.set("block_swap", None)
 
     # ------------------------------------------------------------------------------ running
     def _device(self) -> torch.device:
@@ -292,12 +325,12 @@ class BlockSwapResidency:
     def _unstage(self, name: str, submodule: nn.Module, args, output) -> None:
         self.host[name].bind()
 
-    def _prefetch(self, j: int) -> None:
-        """Start copying the j-th swapped block into slot j % ring size."""
-        index, slot = self.first + j, j % len(self.view.ring)
+    def _prefetch(self, segment: _Segment, j: int) -> None:
+        """Start copying the segment's j-th swapped block into its slot j % ring size."""
+        number, slot = segment.numbers[j], segment.slots[j % len(segment.slots)]
         shell = self.view.ring[slot]
         targets = [getattr(owner, name) for owner, name in _tensor_slots(shell)]
-        sources = self.host[index].views
+        sources = self.host[number].views
         with torch.no_grad():
             if self._sync is None:
                 for target, source in zip(targets, sources):
@@ -309,26 +342,32 @@ class BlockSwapResidency:
                     for target, source in zip(targets, sources):
                         target.copy_(source, non_blocking=True)
                     sync.ready[slot].record(sync.stream)
-        self.trace.append((index, slot))
+        self.trace.append((number, slot))
 
-    def run_blocks(self, module: nn.Module, x: torch.Tensor, inp) -> torch.Tensor:
-        """WanDiT.run_blocks with the swapped blocks streamed through the ring."""
+    def forward(self, call, model: nn.Module, *args, **kwargs):
         self._device()
         self.trace = []
-        count = self.settings.blocks
-        compute = torch.cuda.current_stream(x.device) if self._sync is not None else None
+        return call(*args, **kwargs)
+
+    def blocks(self, call, model: nn.Module, list_name: str, x, *args):
+        """The block loop of `list_name` with its swapped blocks streamed through its ring."""
+        segment = self.segments.get(list_name)
+        if segment is None:
+            return call(x, *args)
+        count = len(segment.numbers)
+        compute = torch.cuda.current_stream(self._device()) if self._sync is not None else None
         if compute is not None:  # e.g. moving the view here may still be writing the shells
             self._sync.stream.wait_stream(compute)
-        self._prefetch(0)  # overlaps the resident blocks
-        for block in module.blocks[:self.first]:
-            x = block(x, inp)
+        self._prefetch(segment, 0)  # overlaps the resident blocks
+        for block in getattr(model, list_name)[:segment.first]:
+            x = block(x, *args)
         for j in range(count):
             if j + 1 < count:
-                self._prefetch(j + 1)
-            slot = j % len(self.view.ring)
+                self._prefetch(segment, j + 1)
+            slot = segment.slots[j % len(segment.slots)]
             if compute is not None:
                 compute.wait_event(self._sync.ready[slot])
-            x = self.view.ring[slot](x, inp)
+            x = self.view.ring[slot](x, *args)
             if compute is not None:
                 self._sync.free[slot].record(compute)
         return x
@@ -343,7 +382,7 @@ def _apply(module: nn.Module, settings: BlockSwap) -> None:
     if settings.active:
         residency = BlockSwapResidency(module, settings)
         module.residency = residency
-        module.block_runner = residency.run_blocks if settings.blocks else None
+        module.wrappers.set("block_swap", residency if settings.blocks else None)
 
 
 register_patch("block_swap", OFF, _apply)

@@ -1,9 +1,10 @@
 """Run-time patches of a loaded DiT (attention backend, block swap, compile, …): the one place they are applied.
 
-Memory nodes never touch modules: they return `handle.with_patch(name, value)`. The module behind a handle is
-shared (see model_loaders.cache), so before each use `prepare(handle)` sets every registered patch to the
-handle's value, or to its default when the handle has none: two handles on one module never leak settings.
-Patches that change weights (fp8 storage) are not patches: they are the handle's dtype fields and key the cache.
+Memory and speed nodes never touch modules: they return `handle.with_patch(name, value)`. The module behind a
+handle is shared (see model_loaders.cache), so before each use `model_loaders.core.prepare(handle)` sets every
+registered patch to the handle's value, or to its default when the handle has none: two handles on one module
+never leak settings. Patches that change weights (fp8 storage) are not patches: they are the handle's dtype fields
+and key the cache. The modules that register patches are imported by model_loaders/core.py.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ..handles import DiTHandle
+from .. import runtime
 
 
 @dataclass(frozen=True)
@@ -29,30 +30,14 @@ def register_patch(name: str, default: Any, apply: Callable[[nn.Module, Any], No
     PATCHES[name] = Patch(name, default, apply)
 
 
-def prepare(handle: DiTHandle) -> nn.Module:
-    """The module for `handle`, configured by every registered patch."""
-    from ..model_loaders.dit import dit_module
-
-    return configure(dit_module(handle), dict(handle.patches))
-
-
 def configure(module: nn.Module, values: dict[str, Any]) -> nn.Module:
     """Set every registered patch on `module`: the given value, or the patch's default."""
-    from . import attention_backends, block_swap, compile, fp8, planner  # noqa: F401  (each registers its patch)
-
     unknown = set(values) - set(PATCHES)
     if unknown:
         raise ValueError(f"unknown patches {sorted(unknown)}; registered: {sorted(PATCHES)}")
     for patch in PATCHES.values():
         patch.apply(module, values.get(patch.name, patch.default))
     return module
-
-
-def _set_attention(module: nn.Module, backend: str) -> None:
-    module.attention_backend = backend
-
-
-register_patch("attention", "sdpa", _set_attention)
 
 
 def load(module: nn.Module, memory_required: int) -> None:
@@ -62,8 +47,6 @@ def load(module: nn.Module, memory_required: int) -> None:
     if residency is not None:
         residency.load(module, memory_required)
     else:
-        from .. import runtime
-
         runtime.load_model(module, memory_required)
 
 
@@ -72,6 +55,4 @@ def offload(module: nn.Module) -> None:
     if residency is not None:
         residency.offload(module)
     else:
-        from .. import runtime
-
         runtime.offload_model(module)

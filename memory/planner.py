@@ -1,7 +1,7 @@
 """VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision and CFG batching, with the
 predicted peak and a plain explanation.
 
-Predicted peak = weights on the GPU + the swap ring (two blocks when swapping) + activations (memory/estimate.py,
+Predicted peak = weights on the GPU + the swap ring (two blocks when swapping) + activations (the family's estimate,
 doubled for batched CFG, plus the upcast copy of one linear weight when weights are stored in 8 bits, plus the
 cuBLAS / cuDNN workspaces).
 Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
@@ -10,24 +10,23 @@ When nothing fits, the plan says so and gives the smallest peak possible.
 """
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from .. import runtime
 from ..handles import DiTHandle
-from ..models.wan.model import WEIGHT_PARAMS
-from .block_swap import EMBEDDERS, BlockSwap
-from .estimate import wan_activation_bytes
+from ..models.common.ops import weight_linears
+from ..models.registry import family_of
+from .block_swap import BlockSwap
 from .patches import register_patch
 
 GIB = 1 << 30
 FP8_WEIGHT_DTYPE = "fp8_e4m3fn_scaled"
 _ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
-_WEIGHT = re.compile(WEIGHT_PARAMS)
+ActivationBytes = Callable[[int, int], int]   # (tokens, batch) → bytes: the family's estimate
 WORKSPACE = 64 << 20  # cuBLAS (32 MiB on Hopper) and cuDNN attention workspaces, allocated through torch
 
 
@@ -41,34 +40,40 @@ register_patch("cfg_batching", None, _set_cfg_batching)
 
 @dataclass(frozen=True)
 class WeightBytes:
-    """A Wan DiT's weights in bytes, by where block swap can put them."""
+    """A DiT's weights in bytes, by where block swap can put them."""
     other: int                    # always on the GPU: patch and time embeddings, head
     embedders: int                # text and image embedders (block swap can keep them in host memory)
-    blocks: tuple[int, ...]
+    blocks: tuple[int, ...]       # in run order over the model's block lists
     blocks_fp8: tuple[int, ...]   # the same blocks with their linear weights in fp8 plus one fp32 scale each
     largest_linear: int           # elements of the largest block linear weight
     stored_fp8: bool              # the block linears are already stored in 8 bits
 
 
 def weight_bytes(module: nn.Module) -> WeightBytes:
-    """Measure `module` (a meta-device module works too: only shapes and dtypes are read)."""
+    """Measure `module` (a meta-device module works too: only shapes and dtypes are read). The weight linears are
+    those the network was built with (`ops`); in a network built with plain ops, every block linear counts."""
+    lists = module.block_lists
+    number = {(name, i): n for n, (name, i) in enumerate((name, i) for name in lists
+                                                         for i in range(len(getattr(module, name))))}
+    weights = {f"{name}.weight" for name, _ in weight_linears(module)} or \
+        {f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.Linear)}
     other = embedders = largest = 0
-    blocks = [0] * len(module.blocks)
-    blocks_fp8 = [0] * len(module.blocks)
+    blocks = [0] * len(number)
+    blocks_fp8 = [0] * len(number)
     stored_fp8 = False
     for name, t in module.state_dict().items():
         size = t.numel() * t.element_size()
         head, *rest = name.split(".")
-        if head == "blocks":
-            index = int(rest[0])
+        if head in lists:
+            index = number[(head, int(rest[0]))]
             blocks[index] += size
-            if _WEIGHT.fullmatch(name):
+            if name in weights:
                 largest = max(largest, t.numel())
                 stored_fp8 |= t.element_size() == 1
                 blocks_fp8[index] += size if t.element_size() == 1 else t.numel() + 4
             else:
                 blocks_fp8[index] += size
-        elif head in EMBEDDERS:
+        elif head in module.embedders:
             embedders += size
         else:
             other += size
@@ -87,14 +92,16 @@ class Peak:
         return self.weights + self.ring + self.activations
 
 
-def predict(wb: WeightBytes, dim: int, ffn_dim: int, tokens: int, batch: int, *, swap: int = 0, fp8: bool = False,
-            batched_cfg: bool = False, offload_embeddings: bool = False, compute_itemsize: int = 2) -> Peak:
-    """Peak VRAM of one model call of a batch of `batch` latents with these settings."""
+def predict(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, batch: int, *, swap: int = 0,
+            fp8: bool = False, batched_cfg: bool = False, offload_embeddings: bool = False,
+            compute_itemsize: int = 2) -> Peak:
+    """Peak VRAM of one model call of a batch of `batch` latents with these settings; `activation_bytes` is the
+    family's estimate of a forward's working memory (models/<family>/family.py)."""
     blocks = wb.blocks_fp8 if fp8 else wb.blocks
     first = len(blocks) - swap
     weights = wb.other + (0 if offload_embeddings else wb.embedders) + sum(blocks[:first])
     ring = min(swap, 2) * max(blocks[first:], default=0)
-    activations = wan_activation_bytes(dim, ffn_dim, tokens, batch * (2 if batched_cfg else 1)) + WORKSPACE
+    activations = activation_bytes(tokens, batch * (2 if batched_cfg else 1)) + WORKSPACE
     if fp8 or wb.stored_fp8:
         activations += 2 * wb.largest_linear * compute_itemsize  # the upcast weight and its scaled copy
     if offload_embeddings:  # staged on the GPU once per call, before the blocks' activations exist
@@ -119,15 +126,13 @@ def _held(module: nn.Module, device: torch.device) -> int:
     return sum(seen.values())
 
 
-def auto_budget(handles: list[DiTHandle]) -> Budget | None:
+def auto_budget(modules: list[nn.Module]) -> Budget | None:
     """Free VRAM plus what these models hold now, minus a margin for allocator fragmentation and kernel
     workspaces (1 GiB + 2%). None when the compute device is not a CUDA GPU (no VRAM budget applies)."""
-    from ..model_loaders.dit import dit_module
-
     device = runtime.torch_device()
     if device.type != "cuda":
         return None
-    free = runtime.free_vram(device) + sum(_held(dit_module(h), device) for h in handles)
+    free = runtime.free_vram(device) + sum(_held(m, device) for m in modules)
     margin = GIB + free // 50
     return Budget(max(0, free - margin), f"auto: {_gib(free)} free for this model − {_gib(margin)} margin")
 
@@ -167,23 +172,23 @@ def _candidates(blocks: int, fp8_possible: bool):
     yield precision, blocks, True
 
 
-def plan_for(wb: WeightBytes, dim: int, ffn_dim: int, latent_shape: tuple[int, ...],
-             patch_size: tuple[int, int, int], budget: Budget | None, *, allow_fp8: bool = False,
-             compute_itemsize: int = 2, name: str = "the model") -> Plan:
-    """The plan for a model measured as `wb` (see `plan` for the usual entry point)."""
+def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, latent_shape: tuple[int, ...],
+             budget: Budget | None, *, allow_fp8: bool = False, compute_itemsize: int = 2,
+             name: str = "the model") -> Plan:
+    """The plan for a model measured as `wb`, for a latent of `latent_shape` that makes `tokens` tokens per video
+    (see `plan` for the usual entry point)."""
     batch, _, frames, height, width = latent_shape
-    tokens = math.prod(n // p for n, p in zip((frames, height, width), patch_size))
     count = len(wb.blocks)
     head = (f"{name}: {count} blocks, {_gib(sum(wb.blocks) + wb.other + wb.embedders)} of weights; latent "
             f"{batch}×{frames}×{height}×{width} → {tokens:,} tokens per video.")
     if budget is None:
-        peak = predict(wb, dim, ffn_dim, tokens, batch, batched_cfg=True, compute_itemsize=compute_itemsize)
+        peak = predict(wb, activation_bytes, tokens, batch, batched_cfg=True, compute_itemsize=compute_itemsize)
         return Plan(0, False, True, False, peak, None, True,
                     f"{head}\nThe compute device is not a CUDA GPU: no VRAM budget applies; everything stays resident.")
 
     def settings(fp8, swap, offload):
         for batched in (True, False):
-            yield fp8, swap, offload, batched, predict(wb, dim, ffn_dim, tokens, batch, swap=swap, fp8=fp8,
+            yield fp8, swap, offload, batched, predict(wb, activation_bytes, tokens, batch, swap=swap, fp8=fp8,
                                                        batched_cfg=batched, offload_embeddings=offload,
                                                        compute_itemsize=compute_itemsize)
 
@@ -214,16 +219,16 @@ def plan_for(wb: WeightBytes, dim: int, ffn_dim: int, latent_shape: tuple[int, .
     return Plan(swap, fp8, batched, offload, peak, budget, fits, "\n".join(lines))
 
 
-def plan(handle: DiTHandle, latent_shape: tuple[int, ...], budget_bytes: int | Budget | None = None, *,
-         allow_fp8: bool = False) -> Plan:
-    """Plan `handle` for a latent of `latent_shape` [B, C, F, H, W] within `budget_bytes` (None: auto)."""
-    from ..model_loaders.dit import dit_module
-
-    cfg = handle.spec.config
+def plan(handle: DiTHandle, module: nn.Module, latent_shape: tuple[int, ...],
+         budget_bytes: int | Budget | None = None, *, allow_fp8: bool = False) -> Plan:
+    """Plan `handle` (its loaded `module`) for a latent of `latent_shape` [B, C, F, H, W] within `budget_bytes`
+    (None: auto); the family supplies tokens and activation memory."""
+    family = family_of(handle.spec)
     if isinstance(budget_bytes, int):
         budget = Budget(budget_bytes, "given")
     else:
-        budget = budget_bytes if budget_bytes is not None else auto_budget([handle])
-    return plan_for(weight_bytes(dit_module(handle)), cfg.dim, cfg.ffn_dim, tuple(latent_shape), cfg.patch_size,
-                    budget, allow_fp8=allow_fp8, compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2),
+        budget = budget_bytes if budget_bytes is not None else auto_budget([module])
+    return plan_for(weight_bytes(module), lambda tokens, batch: family.activation_bytes(handle.spec, tokens, batch),
+                    family.tokens(handle.spec, tuple(latent_shape)), tuple(latent_shape), budget,
+                    allow_fp8=allow_fp8, compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2),
                     name=handle.spec.description)

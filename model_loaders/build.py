@@ -1,10 +1,11 @@
-"""Build a module on the meta device and fill it straight from a checkpoint in the target dtypes.
+"""Build a module on the meta device with the ops the weights need, then fill it straight from a checkpoint.
 
 Peak host memory is about one copy of the weights: tensors are read (memory-mapped) one at a time, converted,
-and assigned. Three storage roles per parameter (the family's regexes decide):
-- weight: the big linear weights; stored in the chosen weight dtype (fp8 with scales allowed: one per tensor,
-  "fp8_e4m3fn_scaled", or one per output channel, "fp8_e4m3fn_channel", derived from 16/32-bit files at load);
-- fp32: norms, modulation, time embeddings; kept in float32 for the official numerics;
+and assigned. Three storage roles per parameter:
+- weight: the weight linears the network built with its `ops` (models/common/ops.py); stored in the chosen weight
+  dtype (fp8 with scales allowed: one per tensor, "fp8_e4m3fn_scaled", or one per output channel,
+  "fp8_e4m3fn_channel", derived from 16/32-bit files at load);
+- fp32: norms, modulation, time embeddings (the network's FP32_PARAMS regex); kept in float32;
 - compute: everything else; stored in the compute dtype.
 ComfyUI `fp8_scaled` files (`scaled_fp8` marker, per-layer `scale_weight`) keep their fp8 weights and scales
 as-is when fp8 storage is asked for; otherwise they are dequantized once at load.
@@ -18,10 +19,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
-from ..memory.cast_linear import FP8_DTYPES, CastLinear
-from ..memory.fp8 import quantize_weight
+from ..models.common.ops import FP8_DTYPES, CastLinear, Ops, cast_ops
+from ..speed.fp8 import quantize_weight
 from .checkpoint import Checkpoint
-from .families import MARKER_KEYS, QUANT_SUFFIXES
+
+# Markers and per-layer quantization tensors that are not module parameters.
+QUANT_SUFFIXES = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
+MARKER_KEYS = ("scaled_fp8",)
+FILE_SCALES = (".scale_weight", ".weight_scale")
 
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -31,18 +36,22 @@ SCALE_GRANULARITY = {"fp8_e4m3fn_scaled": "tensor", "fp8_e4m3fn_channel": "chann
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_compute_dtype(name: str, device: torch.device, half_fallback: bool = True) -> str:
+    """The one "auto" rule: bf16 on GPUs that support it; else fp16 (`half_fallback`, transformers) or fp32 (VAEs,
+    whose activations overflow fp16) on GPUs; fp32 on the CPU. Named dtypes pass through."""
     if name != "auto":
-        return COMPUTE_DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be auto or one of {tuple(COMPUTE_DTYPES)}, not {name!r}")
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if device.type in ("cuda", "mps") and half_fallback:
+        return "fp16"
+    return "fp32"
 
 
 def _file_scale(ckpt: Checkpoint, module_name: str) -> torch.Tensor | None:
-    for suffix in (".scale_weight", ".weight_scale"):
+    for suffix in FILE_SCALES:
         if module_name + suffix in ckpt:
             return ckpt.get(module_name + suffix).float()
     return None
@@ -68,9 +77,16 @@ def _quantize(w: torch.Tensor, fp8: torch.dtype, granularity: str | None) -> tup
 class _Plan:
     """Decides each parameter's storage dtype."""
 
-    def __init__(self, ckpt: Checkpoint, weight_dtype: str, compute: torch.dtype, weight_re: str, fp32_re: str):
+    def __init__(self, ckpt: Checkpoint, weight_dtype: str, compute: torch.dtype, fp32_re: str):
         self.ckpt, self.weight_dtype, self.compute = ckpt, weight_dtype, compute
-        self.weight_re, self.fp32_re = re.compile(weight_re), re.compile(fp32_re)
+        self.fp32_re = re.compile(fp32_re) if fp32_re else None
+
+    def ops(self) -> Ops:
+        """The ops of this build: weight linears carry a scale when fp8 scales are derived at load, or when the
+        file's own scales are kept (its fp8 weights stay fp8)."""
+        keeps_file_scales = any(k.endswith(FILE_SCALES) for k in self.ckpt.keys()) and \
+            (self.weight_dtype == "auto" or WEIGHT_DTYPES.get(self.weight_dtype) in FP8_DTYPES)
+        return cast_ops(scaled=keeps_file_scales or self.weight_dtype in SCALE_GRANULARITY)
 
     def weight_storage(self, key: str) -> torch.dtype:
         """Storage dtype of a 'weight' role linear weight."""
@@ -79,33 +95,9 @@ class _Plan:
             return file_dtype if file_dtype in FP8_DTYPES else self.compute
         return WEIGHT_DTYPES[self.weight_dtype]
 
-    def role(self, key: str) -> str:
-        if self.weight_re.fullmatch(key):
-            return "weight"
-        if self.fp32_re.fullmatch(key):
-            return "fp32"
-        return "compute"
-
-
-def _swap_linears(model: nn.Module, plan: _Plan) -> None:
-    """Replace linears whose stored weight differs from the compute dtype by CastLinear (still on meta)."""
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or plan.role(f"{name}.weight") != "weight":
-            continue
-        key = f"{name}.weight"
-        if key not in plan.ckpt:
-            continue  # reported as missing later, with all the others
-        storage = plan.weight_storage(key)
-        if storage == plan.compute:
-            continue
-        keeps_file_scale = storage in FP8_DTYPES and plan.ckpt.dtype(key) in FP8_DTYPES and \
-            _file_scale(plan.ckpt, name) is not None
-        scaled = keeps_file_scale or plan.weight_dtype in SCALE_GRANULARITY
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        with torch.device("meta"):
-            setattr(parent, child, CastLinear(module.in_features, module.out_features, module.bias is not None,
-                                              scaled=scaled))
+    def storage(self, key: str) -> torch.dtype:
+        """Storage dtype of a parameter that is not a weight linear's weight."""
+        return torch.float32 if self.fp32_re is not None and self.fp32_re.fullmatch(key) else self.compute
 
 
 def _converted(plan: _Plan, module_name: str, attr: str, module: nn.Module) -> torch.Tensor:
@@ -131,19 +123,19 @@ def _converted(plan: _Plan, module_name: str, attr: str, module: nn.Module) -> t
     if attr == "weight" and raw.dtype in FP8_DTYPES:
         scale = _file_scale(ckpt, module_name)
         raw = raw.float() * scale.reshape(-1, *([1] * (raw.dim() - 1))) if scale is not None else raw.float()
-    target = torch.float32 if plan.role(key) == "fp32" else plan.compute
-    return raw.to(target)
+    return raw.to(plan.storage(key))
 
 
-def materialize(factory: Callable[[], nn.Module], ckpt: Checkpoint, *, weight_dtype: str, compute_dtype: torch.dtype,
-                device: torch.device, weight_params: str, fp32_params: str) -> nn.Module:
-    """Build `factory()` on meta and load every parameter from `ckpt` (strict: missing or extra keys are errors)."""
+def materialize(factory: Callable[[Ops], nn.Module], ckpt: Checkpoint, *, weight_dtype: str, compute_dtype: str,
+                device: torch.device, fp32_params: str = "") -> nn.Module:
+    """Build `factory(ops)` on meta and load every parameter from `ckpt` (strict: missing or extra keys are
+    errors). `compute_dtype` is a name from COMPUTE_DTYPES; the module's `compute_dtype` attribute is set to it."""
     if weight_dtype != "auto" and weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"unknown weight dtype {weight_dtype!r}")
+    compute = COMPUTE_DTYPES[compute_dtype]
+    plan = _Plan(ckpt, weight_dtype, compute, fp32_params)
     with torch.device("meta"):
-        model = factory()
-    plan = _Plan(ckpt, weight_dtype, compute_dtype, weight_params, fp32_params)
-    _swap_linears(model, plan)
+        model = factory(plan.ops())
 
     expected = dict(model.named_parameters())
     expected.update((n, b) for n, b in model.named_buffers() if b is not None)
@@ -177,4 +169,5 @@ def materialize(factory: Callable[[], nn.Module], ckpt: Checkpoint, *, weight_dt
         else:
             module._buffers[attr] = tensor
     model.eval()
+    model.compute_dtype = compute
     return model

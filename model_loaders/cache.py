@@ -12,16 +12,14 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..runtime import module_bytes
+
 
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not POSIX
         return 64 << 30
-
-
-def _bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 class ModuleCache:
@@ -41,7 +39,7 @@ class ModuleCache:
         with self._lock:
             self._items[key] = module
             self._items.move_to_end(key)
-            while len(self._items) > 1 and sum(_bytes(m) for m in self._items.values()) > self.max_bytes:
+            while len(self._items) > 1 and sum(module_bytes(m) for m in self._items.values()) > self.max_bytes:
                 self._items.popitem(last=False)
         return module
 

@@ -13,7 +13,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -264,3 +264,32 @@ def is_secondary_shard(name: str) -> bool:
     """True for shard 2..N of a sharded set: model lists show only the first shard of each set."""
     match = SHARD_PATTERN.match(Path(name).name)
     return bool(match) and int(match["index"]) != 1
+
+
+def remapped(ckpt: Checkpoint, plan: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor] | None,
+                                                      tuple[int, ...] | None]]) -> Checkpoint:
+    """A view whose key k reads source key plan[k][0], through the transform plan[k][1], with shape plan[k][2]."""
+    infos, readers = {}, {}
+    for key, (source, transform, shape) in plan.items():
+        info = ckpt.info(source)
+        infos[key] = TensorInfo(tuple(shape) if shape is not None else info.shape, info.dtype)
+        if transform is None:
+            readers[key] = lambda source=source: ckpt.get(source)
+        else:
+            readers[key] = lambda source=source, transform=transform: transform(ckpt.get(source))
+    return Checkpoint(ckpt.files, infos, readers, ckpt.config)
+
+
+def layer_count(keys: Sequence[str], pattern: str) -> int:
+    found = [int(m.group(1)) for k in keys if (m := re.match(pattern, k))]
+    return 1 + max(found) if found else 0
+
+
+def config_value(ckpt: Checkpoint, width: int, name: str):
+    """`name` from the config.json beside the weights (its `vision_config`, else its top level), if that config
+    describes a model of this `width`: a config.json of another model in the same folder is ignored."""
+    config = ckpt.config or {}
+    for scope in (config.get("vision_config") or {}, config):
+        if scope.get(name) is not None and scope.get("hidden_size", scope.get("d_model", width)) == width:
+            return scope[name]
+    return None

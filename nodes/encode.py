@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
-from ..model_loaders.encoders import encode_prompts
-from ..model_loaders.vae import TILE_CHOICES, decode_video, encode_video
+from ..encoding.prompts import encode_prompts
+from ..encoding.video import TILE_CHOICES, check_latent_for, decode_video, encode_video
 from .common import OpenReelNode, mappings
 
 # The official Wan negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
@@ -87,17 +86,7 @@ class OpenReelVAEEncode(OpenReelNode):
 
     def encode(self, vae, images, tiling: str):
         video = images[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2 - 1  # [1, 3, F, H, W] in [-1, 1]
-        return ({"samples": encode_video(vae, video, tiling), "latent_format": vae.kind},)
-
-
-def check_latent_for(vae, latent: dict) -> None:
-    fmt = latent.get("latent_format")
-    channels = latent["samples"].shape[1]
-    want = {"wan21": 16, "wan22": 48}[vae.kind]
-    if (fmt is not None and fmt != vae.kind) or channels != want:
-        raise InputError(f"the latent has {channels} channels ({fmt or 'unknown format'}) but this is the "
-                         f"{'Wan2.1' if vae.kind == 'wan21' else 'Wan2.2'} VAE ({want} channels)",
-                         "decode with the VAE of the model that made the latent (Wan2.2 VAE only for TI2V-5B)")
+        return ({"samples": encode_video(vae, video, tiling), "latent_format": vae.latent_format},)
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelTextEncode, OpenReelVAEDecode, OpenReelVAEEncode)

@@ -4,8 +4,9 @@ from __future__ import annotations
 from .. import runtime
 from ..model_loaders.checkpoint import is_secondary_shard
 from ..model_loaders.dit import COMPUTE_DTYPE_CHOICES, WEIGHT_DTYPE_CHOICES, load_dit
-from ..model_loaders.encoders import DTYPE_CHOICES as ENCODER_DTYPE_CHOICES
-from ..model_loaders.encoders import load_clip_vision, load_text_encoder
+from ..model_loaders.clip_vision import load_clip_vision
+from ..model_loaders.text_encoder import DTYPE_CHOICES as ENCODER_DTYPE_CHOICES
+from ..model_loaders.text_encoder import load_text_encoder
 from ..model_loaders.vae import DTYPE_CHOICES as VAE_DTYPE_CHOICES
 from ..model_loaders.vae import load_vae
 from .common import OpenReelNode, mappings

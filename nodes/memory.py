@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import InputError
 from ..memory.block_swap import BlockSwap
 from ..memory.planner import GIB, auto_budget, plan
+from ..model_loaders.core import module_of
 from .common import OpenReelNode, mappings
 
 MAX_BLOCKS = 40  # Wan 14B; models with fewer blocks refuse larger numbers with a clear message
@@ -41,7 +42,7 @@ class OpenReelBlockSwap(OpenReelNode):
         }}
 
     def apply(self, dit, blocks_to_swap: int, offload_embeddings: bool):
-        count = dit.spec.config.num_layers
+        count = len(module_of(dit).all_blocks())
         if blocks_to_swap > count:
             raise InputError(f"blocks_to_swap is {blocks_to_swap} but this model has {count} blocks",
                              f"choose 0 to {count}")
@@ -88,9 +89,10 @@ class OpenReelVRAMBudget(OpenReelNode):
 
     def apply(self, dit, latent: dict, budget_gb: float, allow_fp8: bool, dit_low_noise=None):
         handles = [dit] + ([dit_low_noise] if dit_low_noise is not None else [])
-        budget = int(budget_gb * GIB) if budget_gb > 0 else auto_budget(handles)
+        modules = [module_of(h) for h in handles]
+        budget = int(budget_gb * GIB) if budget_gb > 0 else auto_budget(modules)
         shape = tuple(latent["samples"].shape)
-        plans = [plan(h, shape, budget, allow_fp8=allow_fp8) for h in handles]
+        plans = [plan(h, m, shape, budget, allow_fp8=allow_fp8) for h, m in zip(handles, modules)]
         text = plans[0].explanation
         if len(plans) == 2:
             text = f"High-noise expert — {text}\n\nLow-noise expert — {plans[1].explanation}"

@@ -1,9 +1,10 @@
 """Sampling nodes: latents and image conditioning in, denoised latents out."""
 from __future__ import annotations
 
-from ..model_loaders.encoders import encode_image
-from ..model_loaders.vae import encode_video
-from ..samplers.conditioning import empty_latent, image_to_video
+from ..encoding.images import encode_image
+from ..encoding.video import encode_video
+from ..latents import empty_latent, latent_format
+from ..models.registry import vae_family_of
 from ..samplers.sample import SOLVER_CHOICES, sample
 from ..samplers.schedules import linear_schedule, wan_unipc_schedule
 from .common import OpenReelNode, mappings
@@ -34,7 +35,7 @@ class OpenReelEmptyLatent(OpenReelNode):
         }}
 
     def make(self, vae, width: int, height: int, frames: int, batch: int):
-        return (empty_latent(vae.kind, width, height, frames, batch),)
+        return (empty_latent(latent_format(vae.latent_format), width, height, frames, batch),)
 
 
 class OpenReelImageToVideo(OpenReelNode):
@@ -68,8 +69,8 @@ class OpenReelImageToVideo(OpenReelNode):
 
     def make(self, vae, start_image, width: int, height: int, frames: int, clip_vision=None, end_image=None):
         clip = None if clip_vision is None else (lambda images: encode_image(clip_vision, images))
-        latent = image_to_video(vae.kind, lambda video: encode_video(vae, video), start_image, width, height, frames,
-                                end=end_image, clip_tokens=clip)
+        latent = vae_family_of(vae).image_to_video(vae.spec, lambda video: encode_video(vae, video), start_image,
+                                                   width, height, frames, end=end_image, clip_tokens=clip)
         return (latent,)
 
 
@@ -125,9 +126,9 @@ class OpenReelSampler(OpenReelNode):
 
     def run(self, dit, embeds, latent, seed, steps, cfg, shift, solver, dit_low_noise=None, cfg_low_noise=0.0,
             boundary=0.0, denoise=1.0, sigmas=None):
-        return (sample(dit, embeds, latent, seed=seed, steps=steps, cfg=cfg, shift=shift, solver=solver,
-                       dit_low_noise=dit_low_noise, cfg_low_noise=cfg_low_noise, boundary=boundary, denoise=denoise,
-                       sigmas=sigmas),)
+        return (sample(dit, embeds, latent, seed=seed, steps=steps, guidance=cfg, shift=shift, solver=solver,
+                       dit_low_noise=dit_low_noise, guidance_low_noise=cfg_low_noise, boundary=boundary,
+                       denoise=denoise, sigmas=sigmas),)
 
 
 class OpenReelSchedule(OpenReelNode):

@@ -8,13 +8,13 @@ import importlib.util
 from .. import runtime
 from ..errors import InputError
 from ..handles import DiTHandle
-from ..memory import attention_backends  # noqa: F401  (registers the installed backends)
-from ..memory.cast_linear import CastLinear
-from ..memory.compile import MODES, CompileSettings
-from ..memory.fp8 import E4M3
 from ..model_loaders.cache import MODULES
-from ..model_loaders.dit import dit_module
+from ..model_loaders.core import module_of
 from ..models.common.attention import available_backends
+from ..models.common.ops import weight_linears
+from ..speed import attention_backends  # noqa: F401  (registers the installed backends)
+from ..speed.compile import MODES, CompileSettings
+from ..speed.fp8 import E4M3
 from .common import OpenReelNode, mappings
 
 _DIT_IN = ("OPENREEL_DIT", {"tooltip": "The diffusion transformer to configure."})
@@ -25,7 +25,7 @@ ACTIVATION_SCALE = {"per_row": "row", "per_tensor": "tensor"}
 
 
 def _has_fp8_weights(handle: DiTHandle) -> bool:
-    return any(isinstance(m, CastLinear) and m.weight.dtype == E4M3 for m in dit_module(handle).modules())
+    return any(m.weight.dtype == E4M3 for _, m in weight_linears(module_of(handle)))
 
 
 class OpenReelFP8(OpenReelNode):

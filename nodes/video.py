@@ -6,10 +6,9 @@ from pathlib import Path
 
 from .. import runtime
 from ..errors import InputError
-from ..model_loaders.vae import decode_video
+from ..encoding.video import check_latent_for, decode_video
 from ..video_io import PIXEL_FORMATS, comfy_metadata, iter_chunks, read_video, save_mp4
 from .common import OpenReelNode, mappings
-from .encode import check_latent_for
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 

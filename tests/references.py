@@ -3,6 +3,9 @@
 `wan22`'s package `__init__` imports every pipeline and their heavy dependencies, so the model modules are
 loaded from their files under a private package name, with the CUDA-only `flash_attention` replaced by an
 exact float32 SDPA equivalent that honours the same key-length semantics.
+
+A test whose reference package is not installed is skipped, saying what to install: `load_official` and
+`load_official_util` do it themselves; a test importing a reference package directly calls `require` first.
 """
 from __future__ import annotations
 
@@ -10,10 +13,47 @@ import functools
 import importlib.util
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+# Reference packages (top-level import names) → the skip reason when one is missing.
+REFERENCES = {
+    "wan": "needs wan22 (pip install --no-deps -r requirements-reference.txt)",
+    "diffusers": "needs diffusers (pip install -r requirements-dev.txt)",
+    "xfuser": "needs xfuser (pip install xfuser)",
+}
+
+
+def installed(package: str) -> bool:
+    """Whether `package` can be imported, found without importing it (wan's __init__ is heavy)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+        return False
+
+
+def require(*packages: str) -> None:
+    """Skip the calling test (or, called at module level, the whole test module) unless every reference package
+    in `packages` is installed; the reason says what to install."""
+    missing = [REFERENCES.get(p, f"needs {p}") for p in packages if not installed(p)]
+    if missing:
+        pytest.skip("; ".join(missing), allow_module_level=True)
+
+
+@contextmanager
+def _skip_on_missing_reference():
+    """A reference file importing a reference package that is not installed (wan's model.py needs diffusers)."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        package = (err.name or "").partition(".")[0]
+        if package in REFERENCES:
+            pytest.skip(REFERENCES[package])
+        raise
 
 
 def _sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, softmax_scale=None, q_scale=None,
@@ -28,7 +68,9 @@ def _sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, soft
     return out.transpose(1, 2).contiguous()
 
 
-def _wan_root() -> Path:
+def wan_root() -> Path:
+    """The installed `wan` package's folder (wan22); skips the calling test when it is not installed."""
+    require("wan")
     return Path(importlib.util.find_spec("wan").submodule_search_locations[0])
 
 
@@ -43,7 +85,7 @@ def _package(name: str, path: Path) -> None:
 def load_official(module: str):
     """Import `wan/modules/<module>.py` (e.g. 'model', 'vae2_1', 't5', 'animate/model_animate') as
     `wanref.modules.<module>`, without running any of wan's package __init__ files."""
-    root = _wan_root()
+    root = wan_root()
     _package("wanref", root)
     _package("wanref.modules", root / "modules")
     _package("wanref.distributed", root / "distributed")
@@ -54,14 +96,16 @@ def load_official(module: str):
         attn.flash_attention = _sdpa_flash_attention
         attn.attention = _sdpa_flash_attention
         sys.modules["wanref.modules.attention"] = attn
-    return importlib.import_module("wanref.modules." + module.replace("/", "."))
+    with _skip_on_missing_reference():
+        return importlib.import_module("wanref.modules." + module.replace("/", "."))
 
 
 @functools.cache
 def load_official_util(file: str):
     """`wan/utils/<file>` (e.g. 'fm_solvers_unipc.py'): the schedulers import only numpy, torch and diffusers."""
-    path = _wan_root() / "utils" / file
+    path = wan_root() / "utils" / file
     spec = importlib.util.spec_from_file_location("wanref_util_" + path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _skip_on_missing_reference():
+        spec.loader.exec_module(module)
     return module

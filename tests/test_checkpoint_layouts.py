@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 
 from openreel import runtime, synthetic
@@ -12,6 +11,7 @@ from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.dit import dit_module
 from openreel.models.wan.model import WanConfig, WanDiT
 from openreel.nodes.loaders import OpenReelDiTLoader, _model_choices
+from references import require
 
 CFG = synthetic.TINY_WAN
 
@@ -78,6 +78,9 @@ def test_bf16_layouts_load_exactly(models_dir, source, layout):
 
 
 def test_diffusers_folder_matches_diffusers_output(models_dir):
+    require("diffusers")
+    from diffusers import WanTransformer3DModel
+
     ref = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16,
                                 out_channels=16, text_dim=64, freq_dim=256, ffn_dim=512, num_layers=2,
                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from openreel.errors import DetectionError, InputError
 from openreel.model_loaders.vae import VAEHandle, diffusers_to_official, load_vae, vae_module
 from openreel.models.wan.vae import WAN21, WAN22, WanVAE, _stream, _tile_by_tile
-from references import load_official
+from references import load_official, require
 
 # kind → (official module, official kwargs, our config, frame height, frame width)
 TINY = {
@@ -87,6 +87,7 @@ def test_encode_decode_match_official(kind):
 
 @pytest.mark.parametrize("kind", ["wan21", "wan22"])
 def test_encode_decode_match_diffusers(kind):
+    require("diffusers")
     from diffusers import AutoencoderKLWan
 
     ref = randomize(AutoencoderKLWan(**DIFFUSERS_TINY[kind]))
@@ -106,6 +107,7 @@ def test_encode_decode_match_diffusers(kind):
 
 
 def test_latent_statistics_are_the_official_ones(monkeypatch):
+    require("diffusers")
     from diffusers import AutoencoderKLWan
 
     mods = {name: load_official(name) for name in ("vae2_1", "vae2_2")}
@@ -221,6 +223,7 @@ def test_every_layout_loads_to_the_same_model(tmp_path, kind):
     save_file({"vae." + k: v.to(torch.bfloat16).contiguous() for k, v in state.items()},
               tmp_path / "vae_bf16.safetensors")
 
+    require("diffusers")
     from diffusers import AutoencoderKLWan
 
     diffusers_model = AutoencoderKLWan(**DIFFUSERS_TINY[kind])

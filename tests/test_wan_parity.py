@@ -6,11 +6,13 @@ embedding, and block-causal attention.
 """
 import pytest
 import torch
-from diffusers import SkyReelsV2Transformer3DModel, WanTransformer3DModel
 
 from openreel.model_loaders.wan import diffusers_to_official
 from openreel.models.wan.model import WanConfig, WanDiT
-from references import load_official
+from references import load_official, require
+
+require("diffusers")  # every test here needs it: the diffusers models, or wan22's WanModel (a diffusers ModelMixin)
+from diffusers import SkyReelsV2Transformer3DModel, WanTransformer3DModel  # noqa: E402
 
 TOL = 1e-5
 DIM, HEADS, FFN, LAYERS, TEXT_DIM, TEXT_LEN = 64, 4, 128, 2, 32, 512

@@ -1,23 +1,29 @@
-"""umT5-XXL, Wan's text encoder, on transformers' `UMT5EncoderModel`, with Wan's output semantics.
+"""umT5-XXL, Wan's text encoder, in plain PyTorch, with Wan's output semantics.
 
-Architecture (official `wan/modules/t5.py` `umt5_xxl`): vocab 256384, d_model 4096, 64 heads of 64, gated-GELU (tanh)
-FFN 10240, 24 layers, 32 relative-position buckets with a bias table in every layer, RMS norms (eps 1e-6), no
-attention scaling. Parameter names are transformers' (= ComfyUI's text-encoder files); the loader maps the official
-names onto them. Every parameter, norms included, takes the compute dtype, as in the official model.
+Architecture (official `wan/modules/t5.py` `umt5_xxl`; transformers' `UMT5EncoderModel` is the same network):
+vocab 256384, d_model 4096, 64 heads of 64, gated-GELU (tanh) FFN 10240, 24 pre-norm layers, each with its own
+relative-position bias table (32 bidirectional buckets, log-spaced up to 128 tokens), RMS norms (eps 1e-6) and a
+final one, no attention scaling. Parameter names are transformers' (= ComfyUI's text-encoder files); the loader maps
+the official names onto them. The attention and FFN projections are built with `ops.linear`.
+
+Numerics (as the official model): every parameter, norms included, takes the compute dtype and the activations run
+in it; norms compute their statistics in float32, attention its softmax in float32; fp16 activations that overflow
+are clamped back after each residual add.
 
 Wan's encoding: prompts padded to 512 tokens, the encoder run with the padding mask, and the rows past each
 prompt's length zeroed (the official code trims them and the DiT pads the trimmed context back with zeros).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from transformers import UMT5Config, UMT5EncoderModel
-from transformers.models.umt5.modeling_umt5 import UMT5DenseGatedActDense
+import torch.nn as nn
+import torch.nn.functional as F
 
-# Linear weights that may be stored in fp8 (attention and FFN projections).
-WEIGHT_PARAMS = r"encoder\.block\.\d+\.layer\.(0\.SelfAttention\.[qkvo]|1\.DenseReluDense\.(wi_0|wi_1|wo))\.weight"
+from ..common.ops import PLAIN, Ops
+
 FP32_PARAMS = ""
 
 
@@ -40,38 +46,142 @@ class UMT5Spec:
             return "umT5-XXL"
         return f"an umT5 encoder ({self.num_layers} layers, width {self.d_model})"
 
-    def hf_config(self) -> UMT5Config:
-        return UMT5Config(
-            vocab_size=self.vocab_size, d_model=self.d_model, d_kv=self.d_kv, d_ff=self.d_ff,
-            num_heads=self.num_heads, num_layers=self.num_layers, relative_attention_num_buckets=self.num_buckets,
-            relative_attention_max_distance=self.max_distance, layer_norm_epsilon=self.eps,
-            feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
+                              device: torch.device | None = None) -> torch.Tensor:
+    """[length, length] bucket of each (query, key) pair, bidirectional T5 style.
+
+    Half the buckets per direction (keys after the query take the upper half). Within a half, the first quarter of
+    the buckets holds one distance each; longer distances share buckets spaced logarithmically up to
+    `max_distance`, and everything beyond falls in the last one.
+    """
+    pos = torch.arange(length, device=device)
+    offset = pos[None, :] - pos[:, None]
+    half = num_buckets // 2
+    exact = half // 2
+    distance = offset.abs()
+    # Same operation order as the reference, so distances on a bucket boundary land in the same bucket.
+    ratio = distance.clamp(min=exact).float() / exact
+    far = exact + (torch.log(ratio) / math.log(max_distance / exact) * (half - exact)).long()
+    near_or_far = torch.where(distance < exact, distance, far.clamp(max=half - 1))
+    return (offset > 0).long() * half + near_or_far
 
 
-class _GatedGeluFFN(UMT5DenseGatedActDense):
-    """transformers' gated-GELU FFN minus its cast of the activations to `wo`'s storage dtype, which would feed
-    fp8 activations to an fp8-stored `wo` (OpenReel's CastLinear computes in the activations' dtype)."""
+def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
+    """fp16 activations that overflowed brought back just inside the fp16 range (the reference's safeguard)."""
+    if x.dtype == torch.float16 and torch.isinf(x).any():
+        limit = torch.finfo(torch.float16).max - 1000
+        x = x.clamp(-limit, limit)
+    return x
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
-        return self.wo(self.dropout(hidden))
+
+class _T5Norm(nn.Module):
+    """T5's layer norm: x / rms(x) · weight, no mean subtraction, no bias; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * x.to(self.weight.dtype)
 
 
-class UMT5TextEncoder(UMT5EncoderModel):
-    """`UMT5EncoderModel` with Wan's masked encoding (`encode`) and fp8-capable FFNs."""
+class _SelfAttention(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
+        inner = spec.num_heads * spec.d_kv
+        self.num_heads = spec.num_heads
+        self.q, self.k, self.v = (ops.linear(spec.d_model, inner, bias=False) for _ in range(3))
+        self.o = ops.linear(inner, spec.d_model, bias=False)
+        self.relative_attention_bias = nn.Embedding(spec.num_buckets, spec.num_heads)
 
-    def __init__(self, spec: UMT5Spec):
-        super().__init__(spec.hf_config())
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x [B, L, d_model]; buckets [L, L]; keep [B, 1, 1, L] (False: a padding key)."""
+        b, n, _ = x.shape
+        q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        bias = self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(q.dtype)
+        bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5 does not scale the scores
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class _GatedGeluFFN(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
+        self.wi_0 = ops.linear(spec.d_model, spec.d_ff, bias=False)
+        self.wi_1 = ops.linear(spec.d_model, spec.d_ff, bias=False)
+        self.wo = ops.linear(spec.d_ff, spec.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The product goes to `wo` as is, in the activations' dtype (never cast to `wo`'s storage dtype, which may be
+        # fp8: a CastLinear computes in its input's dtype).
+        return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
+
+
+class _AttentionLayer(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
+        self.layer_norm = _T5Norm(spec.d_model, spec.eps)
+        self.SelfAttention = _SelfAttention(spec, ops)
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return _clamp_fp16(x + self.SelfAttention(self.layer_norm(x), buckets, keep))
+
+
+class _FeedForwardLayer(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
+        self.layer_norm = _T5Norm(spec.d_model, spec.eps)
+        self.DenseReluDense = _GatedGeluFFN(spec, ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _clamp_fp16(x + self.DenseReluDense(self.layer_norm(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
+        self.layer = nn.ModuleList([_AttentionLayer(spec, ops), _FeedForwardLayer(spec, ops)])
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.layer[1](self.layer[0](x, buckets, keep))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, spec: UMT5Spec, ops: Ops):
+        super().__init__()
         self.spec = spec
-        # One embedding module for both names, so filling `shared.weight` fills the encoder's lookup too.
-        self.encoder.embed_tokens = self.shared
-        for block in self.encoder.block:
-            block.layer[-1].DenseReluDense.__class__ = _GatedGeluFFN
+        self.block = nn.ModuleList(_Block(spec, ops) for _ in range(spec.num_layers))
+        self.final_layer_norm = _T5Norm(spec.d_model, spec.eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        buckets = relative_position_buckets(x.shape[1], self.spec.num_buckets, self.spec.max_distance, x.device)
+        keep = mask.ne(0)[:, None, None, :]
+        for block in self.block:
+            x = block(x, buckets, keep)
+        return self.final_layer_norm(x)
+
+
+class UMT5TextEncoder(nn.Module):
+    """The umT5 encoder (`shared` token embedding, `encoder` stack) with Wan's masked encoding (`encode`)."""
+
+    def __init__(self, spec: UMT5Spec, ops: Ops = PLAIN):
+        super().__init__()
+        self.spec = spec
+        self.shared = nn.Embedding(spec.vocab_size, spec.d_model)
+        self.encoder = _Encoder(spec, ops)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask [B, L] → hidden states [B, L, d_model] of every position, padding included."""
+        return self.encoder(self.shared(ids), mask)
 
     @torch.no_grad()
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask [B, L] → (context [B, L, d_model] with rows past each length zeroed, lengths [B])."""
         lengths = mask.gt(0).sum(dim=1)
-        hidden = self(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = self(ids, mask)
         valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         return hidden.masked_fill(~valid[..., None], 0.0), lengths

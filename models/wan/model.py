@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
+from ..common.ops import PLAIN, Ops
+from ..common.wrappers import WrappedModel
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,10 @@ class RMSNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: WanConfig):
+    def __init__(self, cfg: WanConfig, ops: Ops):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.q, self.k, self.v, self.o = (ops.linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
@@ -113,15 +115,15 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanConfig):
+    def __init__(self, cfg: WanConfig, ops: Ops):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.q, self.k, self.v, self.o = (ops.linear(cfg.dim, cfg.dim) for _ in range(4))
         self.norm_q = RMSNorm(cfg.dim, cfg.eps)
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
         if cfg.image_tokens:
-            self.k_img = nn.Linear(cfg.dim, cfg.dim)
-            self.v_img = nn.Linear(cfg.dim, cfg.dim)
+            self.k_img = ops.linear(cfg.dim, cfg.dim)
+            self.v_img = ops.linear(cfg.dim, cfg.dim)
             self.norm_k_img = RMSNorm(cfg.dim, cfg.eps)
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
@@ -138,14 +140,14 @@ class CrossAttention(nn.Module):
 
 
 class WanBlock(nn.Module):
-    def __init__(self, cfg: WanConfig):
+    def __init__(self, cfg: WanConfig, ops: Ops):
         super().__init__()
         self.eps = cfg.eps
-        self.self_attn = SelfAttention(cfg)
+        self.self_attn = SelfAttention(cfg, ops)
         self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
-        self.cross_attn = CrossAttention(cfg)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.cross_attn = CrossAttention(cfg, ops)
+        self.ffn = nn.Sequential(ops.linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 ops.linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
@@ -190,8 +192,14 @@ class ImageEmbedding(nn.Module):
         return _layer_norm(x, self.proj[4].eps, self.proj[4]).to(dtype)
 
 
-class WanDiT(nn.Module):
-    def __init__(self, cfg: WanConfig):
+class WanDiT(WrappedModel):
+    """Block list "blocks"; the text and image embedders run once per call (block swap may keep them on the host).
+    `ops` builds the block linears (see models/common/ops.py)."""
+
+    block_lists = ("blocks",)
+    embedders = ("text_embedding", "img_emb")
+
+    def __init__(self, cfg: WanConfig, ops: Ops = PLAIN):
         super().__init__()
         self.cfg = cfg
         self.compute_dtype = torch.float32
@@ -206,9 +214,8 @@ class WanDiT(nn.Module):
             self.fps_projection = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 6 * d))
         if cfg.image_tokens:
             self.img_emb = ImageEmbedding(cfg)
-        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(WanBlock(cfg, ops) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
-        self.block_runner = None  # set by memory.block_swap to stream blocks from host memory
 
     # ------------------------------------------------------------------------------ conditioning
     def _time_embeddings(self, t: torch.Tensor, fps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +259,7 @@ class WanDiT(nn.Module):
         return token_block.unsqueeze(0) <= token_block.unsqueeze(1)
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, clip_fea: torch.Tensor | None = None,
+    def compute(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, clip_fea: torch.Tensor | None = None,
                 y: torch.Tensor | None = None, fps: int | None = None,
                 causal_block_size: int | None = None) -> torch.Tensor:
         """Predict the flow velocity for latents `x` [B, C, F, H, W] at timesteps `t` (0..1000).
@@ -296,16 +303,9 @@ class WanDiT(nn.Module):
             mask = self._block_causal_mask(grid, causal_block_size, x.device)
         inp = StepInputs(e0, self._text_context(context.to(x.device), dtype), image_context, rope, mask,
                          self.attention_backend, dtype)
-        x = self.run_blocks(x, inp)
+        x = self.run_blocks("blocks", x, inp)
         out = self.head(x, e, dtype).float()
         return self.unpatchify(out, grid)
-
-    def run_blocks(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
-        if self.block_runner is not None:
-            return self.block_runner(self, x, inp)
-        for block in self.blocks:
-            x = block(x, inp)
-        return x
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, pt·ph·pw·C] (channel fastest) → [B, C, F, H, W]."""
@@ -315,7 +315,6 @@ class WanDiT(nn.Module):
         return x.reshape(b, self.cfg.out_dim, grid[0] * pt, grid[1] * ph, grid[2] * pw)
 
 
-# Which parameters may be stored in a reduced "weight dtype" (fp8 etc.): the big block linears.
-# Everything matched by FP32_PARAMS stays float32; the rest is stored in the compute dtype.
-WEIGHT_PARAMS = r"blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)\.weight|blocks\.\d+\.ffn\.(0|2)\.weight"
+# Parameters kept in float32 (the official numerics); the block linears' storage is the ops' choice, and the
+# rest is stored in the compute dtype.
 FP32_PARAMS = r".*(modulation|norm|time_embedding|time_projection|fps_|emb_pos|img_emb\.proj\.[04]\.).*"

@@ -21,7 +21,8 @@ import logging
 import torch
 import torch.nn as nn
 
-from .patches import register_patch
+from ..memory.patches import register_patch
+from ..models.common.ops import register_linear_kernel
 
 log = logging.getLogger(__name__)
 
@@ -114,5 +115,6 @@ def _set_fp8_matmul(module: nn.Module, activations: str | None) -> None:
             layer.fp8_matmul = activations
 
 
+register_linear_kernel("fp8", fp8_linear)
 # Value: None (upcast), "row" or "tensor" (FP8 matmul with per-row / per-tensor activation scales).
 register_patch("fp8_matmul", None, _set_fp8_matmul)

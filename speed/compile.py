@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .patches import register_patch
+from ..memory.patches import register_patch
 
 MODES = ("default", "max-autotune-no-cudagraphs")
 RECOMPILE_LIMIT = 64
@@ -51,8 +51,8 @@ def compiled_forward(cls: type[nn.Module], settings: CompileSettings) -> Callabl
 
 
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
-    """The blocks a DiT runs in sequence (the regions that are compiled)."""
-    return list(getattr(module, "blocks", ()))
+    """The blocks of every block list of a DiT (the regions that are compiled)."""
+    return [block for name in getattr(module, "block_lists", ()) for block in getattr(module, name)]
 
 
 def is_compiled(block: nn.Module) -> bool:

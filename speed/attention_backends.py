@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..memory.patches import register_patch
 from ..models.common.attention import register_backend
 
 log = logging.getLogger(__name__)
@@ -166,3 +167,11 @@ def register_installed() -> None:
 
 
 register_installed()
+
+
+def _set_attention(module, backend: str) -> None:
+    module.attention_backend = backend
+
+
+# Value: "<backend>" or "<backend>:<policy>" (models/common/attention.py).
+register_patch("attention", "sdpa", _set_attention)

@@ -1,0 +1,104 @@
+"""What any checkpoint is, from its keys (never its file name): one table for every kind of model file.
+
+Entries are tried in order; the first that matches names the file's kind ("dit", "vae", "text_encoder",
+"clip_vision", "lora"), what it is in words, where it belongs, and for DiTs and VAEs the family adapter that reads
+it. Each loader asks `identify` and refuses a file of another kind with a message naming what it is and which
+loader takes it. CLIP comes before T5: the official open-clip file also holds a text tower whose keys look like
+T5's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import DetectionError
+from ..models.common.family import find_prefix
+from ..models.registry import dit_families, vae_families
+from .checkpoint import Checkpoint
+
+LOADERS = {
+    "dit": "load it with OpenReel DiT Loader (put it in models/diffusion_models)",
+    "vae": "load it with OpenReel VAE Loader (put it in models/vae)",
+    "text_encoder": "load it with OpenReel Text Encoder Loader (put it in models/text_encoders)",
+    "clip_vision": "load it with OpenReel CLIP Vision Loader (put it in models/clip_vision)",
+    "lora": "apply it to a loaded model with a LoRA node instead of loading it as a model",
+}
+NOUNS = {"dit": "a diffusion model", "vae": "a VAE", "text_encoder": "a text encoder",
+         "clip_vision": "a CLIP vision encoder"}
+
+UMT5_OFFICIAL_ANCHORS = ("blocks.0.pos_embedding.embedding.weight",)
+T5_HF_ANCHORS = ("encoder.block.0.layer.0.SelfAttention.q.weight",)
+CLIP_OFFICIAL_ANCHORS = ("visual.transformer.0.attn.to_qkv.weight",)
+CLIP_HF_ANCHORS = ("embeddings.patch_embedding.weight",)
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str
+    what: str                 # e.g. "a Wan diffusion transformer"
+    todo: str                 # where it belongs
+    family: object = None     # the DiTFamily / VAEFamily adapter, when one reads this file
+    runnable: bool = True     # False: recognized, but OpenReel cannot run it yet
+
+
+def _any_fragment(*fragments: str) -> Callable[[Checkpoint], bool]:
+    return lambda ckpt: any(f in k for k in ckpt.keys() for f in fragments)
+
+
+def is_clip(ckpt: Checkpoint) -> bool:
+    if find_prefix(ckpt, CLIP_OFFICIAL_ANCHORS) is not None:
+        return True
+    prefix = find_prefix(ckpt, CLIP_HF_ANCHORS)
+    return (prefix is not None and prefix + "embeddings.class_embedding" in ckpt) or \
+        _any_fragment("visual.transformer.", "vision_model.", "visual.patch_embedding.weight")(ckpt)
+
+
+def is_t5(ckpt: Checkpoint) -> bool:
+    return find_prefix(ckpt, T5_HF_ANCHORS + UMT5_OFFICIAL_ANCHORS) is not None or \
+        _any_fragment("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight",
+                      "shared.weight")(ckpt)
+
+
+# Kinds without an adapter: (kind, what, todo or None for the kind's loader, runnable, matcher), in order.
+_OTHER_KINDS = (
+    ("clip_vision", "a CLIP vision encoder", None, True, is_clip),
+    ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
+    ("lora", "a LoRA", None, False,
+     _any_fragment("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight")),
+    ("vae", "a HunyuanVideo VAE", "OpenReel runs Wan VAEs only for now; use a Wan2.1 or Wan2.2 VAE", False,
+     _any_fragment("decoder.conv_in.conv.weight")),
+    ("vae", "an image VAE (Stable Diffusion / Flux family)", "use a Wan2.1 or Wan2.2 VAE", False,
+     _any_fragment("decoder.up.0.block.0.")),
+    ("vae", "a video VAE", None, False,
+     _any_fragment("decoder.upsamples.0.", "decoder.up_blocks.0.", "decoder.conv_in.weight", "post_quant_conv.weight")),
+)
+
+
+def identify(ckpt: Checkpoint) -> Identity | None:
+    """What `ckpt` is, or None when no entry knows it."""
+    for family in dit_families():
+        if find_prefix(ckpt, family.anchors) is not None:
+            return Identity("dit", f"a {family.title} diffusion transformer", LOADERS["dit"], family, family.runnable)
+    for family in vae_families():
+        if find_prefix(ckpt, family.anchors) is not None:
+            return Identity("vae", f"a video VAE ({family.title})", LOADERS["vae"], family)
+    for kind, what, todo, runnable, matches in _OTHER_KINDS:
+        if matches(ckpt):
+            return Identity(kind, what, todo or LOADERS[kind], None, runnable)
+    return None
+
+
+def expect(ckpt: Checkpoint, kind: str, supported: str) -> Identity:
+    """The identity of `ckpt` if it is a `kind` file OpenReel can read; else a DetectionError that says what it is
+    and where it belongs (`supported` lists what the loader takes, for files nothing recognizes)."""
+    found = identify(ckpt)
+    if found is None:
+        sample = ", ".join(sorted(ckpt.keys())[:5])
+        raise DetectionError(f"{ckpt.name} is not {NOUNS[kind]} OpenReel knows (first keys: {sample})", supported)
+    if found.kind != kind:
+        raise DetectionError(f"{ckpt.name} is {found.what}, not {NOUNS[kind]}", found.todo)
+    if not found.runnable:
+        what = found.what if found.family is None else found.family.describe(found.family.normalize(ckpt)).description
+        raise DetectionError(f"{ckpt.name} is {what}, which this version of OpenReel recognizes but cannot "
+                             f"run yet", found.todo if found.todo != LOADERS[kind] else supported)
+    return found

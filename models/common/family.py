@@ -1,0 +1,155 @@
+"""What a model family plugs in, and the registries the loaders, samplers, planner and nodes ask.
+
+A family (models/<family>/family.py) registers a `DiTFamily` adapter and, where it brings its own VAE, a
+`VAEFamily`. Everything that differs per family lives behind these two small interfaces: how its files are named
+and read (anchors, normalize, describe, build), what its sampling needs (defaults, checks, how conditioning becomes
+model inputs, the guidance style, the timestep convention) and what the planner must know (tokens, activation
+memory). Nothing outside a family's own folder asks which family a model is.
+
+Checkpoints reach the adapters as `model_loaders.checkpoint.Checkpoint` objects (keys, shape, dtype, renamed,
+strip_prefix); the adapters only call those methods, so this layer does not import the loaders.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ...errors import InputError
+from ...handles import DiTSpec, TextEmbeds
+from ...latents import ImageConditioning, LatentFormat
+from .ops import Ops
+
+if TYPE_CHECKING:
+    from ...model_loaders.checkpoint import Checkpoint
+
+
+def find_prefix(ckpt: Checkpoint, anchors: tuple[str, ...]) -> str | None:
+    """The prefix in front of an anchor key ('' when bare), or None if no anchor is present."""
+    for anchor in anchors:
+        for key in ckpt.keys():
+            if key.endswith(anchor) and (len(key) == len(anchor) or key[-len(anchor) - 1] == "."):
+                return key[: len(key) - len(anchor)]
+    return None
+
+
+def keep_under(ckpt: Checkpoint, prefix: str) -> Checkpoint:
+    """Keys under `prefix`, with it removed; other keys (other models in a combined file) are dropped."""
+    return ckpt.renamed(lambda k: k[len(prefix):] if k.startswith(prefix) else None)
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A model's official sampling recipe."""
+    steps: int
+    shift: float
+    guidance: float             # single model, or the high-noise expert of a pair
+    guidance_low_noise: float   # the low-noise expert of a pair
+    boundary: float             # switch point of a pair as a fraction of the 1000 timesteps (0: no pair)
+    fps: float
+    source: str                 # which official recipe these come from
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInputs:
+    """One model's keyword inputs for a sampling run besides the latent and the timestep: `shared` by every call,
+    and per guidance branch ("positive", and "negative" for classifier-free guidance). Tensors in the branches have
+    equal shapes, so a batched CFG call concatenates them."""
+    positive: dict[str, Any]
+    negative: dict[str, Any] | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class DiTFamily:
+    """The adapter of one family of diffusion transformers. Subclasses set the class attributes and override the
+    methods their family needs; the defaults suit a text-to-video flow model with classifier-free guidance."""
+
+    name: str = ""
+    title: str = ""
+    anchors: tuple[str, ...] = ()      # any one of these keys (after a prefix) proves the family
+    runnable: bool = True              # False: recognized (for clear messages), not yet runnable
+    fp32_params: str = ""              # regex of parameters kept in float32
+    guidance: str = "cfg"              # "cfg": a negative branch; "embedded": the scale is a model input
+
+    # ------------------------------------------------------------------ files
+    def normalize(self, ckpt: Checkpoint) -> Checkpoint:
+        """The checkpoint under this family's parameter names, prefix removed."""
+        return ckpt.strip_prefix(find_prefix(ckpt, self.anchors) or "")
+
+    def describe(self, ckpt: Checkpoint) -> DiTSpec:
+        """The spec from shapes (raises DetectionError for a file of this family it cannot run)."""
+        raise NotImplementedError
+
+    def build(self, spec: DiTSpec, ops: Ops) -> nn.Module:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sampling
+    def defaults(self, spec: DiTSpec, pair: bool, width: int, height: int) -> SamplingDefaults:
+        raise NotImplementedError
+
+    def check(self, spec: DiTSpec, fmt: LatentFormat, cond: ImageConditioning | None, embeds: TextEmbeds,
+              pair: DiTSpec | None) -> None:
+        """Refuse a latent, conditioning, text or expert pair that does not fit, before any GPU work."""
+
+    def model_inputs(self, spec: DiTSpec, embeds: TextEmbeds, cond: ImageConditioning | None,
+                     defaults: SamplingDefaults) -> ModelInputs:
+        raise NotImplementedError
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The per-frame timesteps [B, F] (0..1000) in the form the network takes."""
+        return t
+
+    # ------------------------------------------------------------------ memory
+    def tokens(self, spec: DiTSpec, latent_shape: tuple[int, ...]) -> int:
+        """Tokens of one video of `latent_shape` [B, C, F, H, W] (the config's patch_size: (t, h, w))."""
+        return math.prod(n // p for n, p in zip(latent_shape[2:], spec.config.patch_size))
+
+    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+        """Upper estimate of one forward's working memory beyond the weights (16-bit compute)."""
+        raise NotImplementedError
+
+
+class VAEFamily:
+    """The adapter of one family of video VAEs: recognition, config from shapes, build, and its latent format.
+    The module it builds has `encode(video, tile_size)`, `decode(latent, tile_size)`, `decode_iter(latent)` working
+    in the normalized latent space, and `cfg.spatial_stride`."""
+
+    name: str = ""
+    title: str = ""
+    anchors: tuple[str, ...] = ()
+
+    def normalize(self, ckpt: Checkpoint) -> Checkpoint:
+        raise NotImplementedError
+
+    def describe(self, ckpt: Checkpoint) -> Any:
+        raise NotImplementedError
+
+    def build(self, config: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def latent_format(self, config: Any) -> str:
+        raise NotImplementedError
+
+    def image_to_video(self, config: Any, encode: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                       width: int, height: int, frames: int, end: torch.Tensor | None = None,
+                       clip_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+        """The LATENT (with its `ImageConditioning`) that starts a video from `start` (and ends it at `end`)."""
+        raise InputError(f"{self.title} VAEs make no image-to-video conditioning",
+                         "use OpenReel Empty Latent (text-to-video)")
+
+
+DIT_FAMILIES: dict[str, DiTFamily] = {}
+VAE_FAMILIES: dict[str, VAEFamily] = {}
+
+
+def register_family(family: DiTFamily) -> DiTFamily:
+    DIT_FAMILIES[family.name] = family
+    return family
+
+
+def register_vae_family(family: VAEFamily) -> VAEFamily:
+    VAE_FAMILIES[family.name] = family
+    return family

@@ -1,0 +1,85 @@
+"""The layer classes a network is built with ("operations"): the one seam for every weight format.
+
+A network takes an `Ops` and builds its large weight linears (attention and FFN projections) with `ops.linear`;
+everything else (embeddings, norms, modulation, heads) is plain torch. The loader chooses the ops before the
+network exists, so nothing is rewritten after construction:
+- `PLAIN`: `nn.Linear` (reference parity, tests);
+- `cast_ops(scaled)`: `CastLinear`, stored in any dtype (16-bit, fp8, fp8 with a scale per tensor or per output
+  channel) and computed in the activations' dtype. Later weight formats (LoRA deltas, GGUF) are further ops.
+
+A `CastLinear` whose `fp8_matmul` is set ("row" / "tensor" activation scales; the "fp8_matmul" patch sets it)
+hands its product to the linear kernel registered under "fp8" (speed/fp8.py) instead of upcasting its weight; the
+kernel returns None for a call it cannot take, which then upcasts.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+LinearKernel = Callable[[nn.Module, torch.Tensor, str], "torch.Tensor | None"]
+_KERNELS: dict[str, LinearKernel] = {}
+
+
+def register_linear_kernel(name: str, kernel: LinearKernel) -> None:
+    """`kernel(layer, x, mode)` computes a CastLinear's output another way, or returns None where it cannot."""
+    _KERNELS[name] = kernel
+
+
+class CastLinear(nn.Module):
+    """y = x · (W·s)ᵀ + b, with W stored as `weight` (any dtype), s as `scale_weight` (scalar or [out, 1]).
+
+    The weight is upcast to the input's dtype for each call: memory holds the compact copy only.
+    """
+
+    fp8_matmul: str | None = None
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scaled: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.register_buffer("scale_weight", torch.ones(()) if scaled else None)
+
+    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        w = self.weight.to(dtype)
+        if self.scale_weight is not None:
+            w = w * self.scale_weight.to(dtype)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_matmul is not None and "fp8" in _KERNELS:
+            out = _KERNELS["fp8"](self, x, self.fp8_matmul)
+            if out is not None:
+                return out
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        scale = "none" if self.scale_weight is None else tuple(self.scale_weight.shape)
+        return f"in={self.in_features}, out={self.out_features}, weight={self.weight.dtype}, scale={scale}"
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The layer classes of one build: `linear(in_features, out_features, bias=True)` makes a weight linear."""
+    linear: Callable[..., nn.Module]
+
+
+PLAIN = Ops(nn.Linear)
+
+
+def cast_ops(scaled: bool) -> Ops:
+    """Weight linears stored in any dtype; `scaled`: each carries a weight scale (fp8 with scales)."""
+    return Ops(functools.partial(CastLinear, scaled=scaled))
+
+
+def weight_linears(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every weight linear a network was built with `cast_ops` (the layers fp8 applies to)."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, CastLinear)]

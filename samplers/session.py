@@ -1,0 +1,152 @@
+"""The sampling session every sampler loop runs on: which model is on the GPU, guidance, progress, previews,
+interrupts and patch preparation, so that a sampler itself is a short loop over noise levels.
+
+An `Expert` is one prepared model (its module with the handle's patches applied) with its family adapter, its
+inputs for this run and its guidance scale: a single DiT is one expert, a Wan2.2 pair two. The session keeps only
+the active expert on the GPU (offloading the other first), asks the family how much working memory a call needs,
+decides batched or sequential classifier-free guidance (the VRAM plan's choice, else whether a second sample's
+activations fit), makes each model call with an interrupt check before it and a progress tick after it, and shows
+a preview per step. Families with embedded guidance (the scale is a model input) make one call per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import runtime
+from ..handles import DiTSpec
+from ..latents import LatentFormat, preview
+from ..memory import patches
+from ..models.common.family import DiTFamily, ModelInputs
+
+
+@dataclass
+class Expert:
+    module: nn.Module
+    guidance: float
+    inputs: ModelInputs
+    family: DiTFamily | None = None   # None: classifier-free guidance, no memory estimate (tests, CPU)
+    spec: DiTSpec | None = None
+
+    @property
+    def embedded_guidance(self) -> bool:
+        return self.family is not None and self.family.guidance == "embedded"
+
+    @property
+    def unguided(self) -> bool:
+        return self.embedded_guidance or self.guidance == 1.0 or self.inputs.negative is None
+
+
+def _on(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _twice(value: Any) -> Any:
+    return torch.cat([value, value]) if isinstance(value, torch.Tensor) else value
+
+
+class _Active:
+    """An expert on the compute device with its inputs there too, and the CFG mode chosen for it."""
+
+    def __init__(self, expert: Expert, device: torch.device, batched: bool):
+        self.expert, self.batched = expert, batched
+        inputs = expert.inputs
+        self.shared = {k: _on(v, device) for k, v in inputs.shared.items()}
+        if expert.embedded_guidance:
+            self.shared["guidance"] = expert.guidance
+        self.positive = {k: _on(v, device) for k, v in inputs.positive.items()}
+        self.negative = {k: _on(v, device) for k, v in (inputs.negative or {}).items()}
+
+    @property
+    def calls_per_step(self) -> int:
+        return 1 if self.expert.unguided or self.batched else 2
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, call: Callable) -> torch.Tensor:
+        module, g = self.expert.module, self.expert.guidance
+        if self.expert.unguided:
+            return call(lambda: module(x, t, **self.positive, **self.shared))
+        if self.batched:
+            both = {k: torch.cat([v, self.negative[k]]) if isinstance(v, torch.Tensor) else v
+                    for k, v in self.positive.items()}
+            shared = {k: _twice(v) for k, v in self.shared.items()}
+            v_cond, v_uncond = call(lambda: module(torch.cat([x, x]), torch.cat([t, t]), **both, **shared)).chunk(2)
+        else:
+            v_cond = call(lambda: module(x, t, **self.positive, **self.shared))
+            v_uncond = call(lambda: module(x, t, **self.negative, **self.shared))
+        return v_uncond + g * (v_cond - v_uncond)
+
+
+class SamplingSession:
+    """Use as a context manager around a sampling loop: `velocity(i, x, t)` is expert i's guided prediction."""
+
+    def __init__(self, experts: Sequence[Expert], *, batch_cfg: bool | None = None,
+                 latent_format: LatentFormat | None = None, label: str = "OpenReel sampling"):
+        self.experts = list(experts)
+        self.batch_cfg = batch_cfg
+        self.latent_format = latent_format
+        self.label = label
+        self.device = runtime.torch_device()
+        self.active: dict[int, _Active] = {}
+        self.bar: runtime.Progress | None = None
+
+    def __enter__(self) -> "SamplingSession":
+        self.bar = runtime.Progress(0, self.label).__enter__()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is not None or not runtime.IN_COMFYUI:  # inside ComfyUI its memory manager owns residency
+                for index in list(self.active):
+                    patches.offload(self.experts[index].module)
+        finally:
+            self.bar.__exit__(kind, exc, tb)
+
+    # ------------------------------------------------------------------ residency and call counts
+    def activate(self, index: int, x: torch.Tensor) -> _Active:
+        """Expert `index` on the GPU (any other offloaded first), its CFG mode chosen for latents like `x`."""
+        if index not in self.active:
+            for other in list(self.active):
+                patches.offload(self.experts[other].module)
+                del self.active[other]
+            expert = self.experts[index]
+            one = 0
+            if expert.family is not None:
+                one = expert.family.activation_bytes(expert.spec, expert.family.tokens(expert.spec, tuple(x.shape)))
+            patches.load(expert.module, one)
+            batched = self.batch_cfg if self.batch_cfg is not None else getattr(expert.module, "cfg_batching", None)
+            if batched is None:  # no plan chose: batch when a second sample's activations fit
+                batched = self.device.type == "cpu" or runtime.free_vram(self.device) > 2.2 * one
+            self.active[index] = _Active(expert, self.device, batched)
+        return self.active[index]
+
+    def calls_per_step(self, index: int) -> int:
+        """Model calls one step of expert `index` makes (one not loaded yet counts as unbatched)."""
+        if index in self.active:
+            return self.active[index].calls_per_step
+        return 1 if self.experts[index].unguided else 2
+
+    def set_remaining(self, calls: int) -> None:
+        """The progress bar's total: calls made so far plus `calls` still to come."""
+        self.bar.set_total(self.bar.value + calls)
+
+    # ------------------------------------------------------------------ calls
+    def _call(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        runtime.throw_if_interrupted()
+        with torch.no_grad():
+            out = fn()
+        self.bar.update(1)
+        return out
+
+    def velocity(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Expert `index`'s guided velocity at latents `x` and model timesteps `t` (it must be active)."""
+        return self.active[index].velocity(x, t, self._call)
+
+    def show(self, x0: torch.Tensor) -> None:
+        """A preview of the current clean-latent estimate, where the latent format has a preview map."""
+        if self.latent_format is not None:
+            image = preview(x0, self.latent_format)
+            if image is not None:
+                self.bar.update(0, image)
