@@ -71,12 +71,14 @@ class TextEncoderHandle(ModelHandle):
     """OPENREEL_TEXT_ENCODER: `spec` is the encoder's spec; `tokenizer` where its tokenizer comes from."""
     kind: ClassVar[str] = "text_encoder"
     tokenizer: Any = None
+    layout: str = ""                          # "official" or "hf" (transformers / ComfyUI names)
 
 
 @dataclass(frozen=True)
 class ClipVisionHandle(ModelHandle):
     """OPENREEL_CLIP_VISION: `spec` is a CLIP vision spec."""
     kind: ClassVar[str] = "clip_vision"
+    layout: str = ""                          # "official" (open-clip `visual.*`) or "hf"
 
 
 @dataclass(frozen=True, eq=False)

@@ -120,7 +120,7 @@ DIFFUSION_MODELS = {
 }
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
-VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22"}
+VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22"}  # file → its latent format
 INPUT_IMAGES = ("openreel_start.png", "openreel_end.png")
 
 
@@ -190,8 +190,9 @@ def write_model_set(models: Path, inputs: Path | None = None) -> None:
 
     from dataclasses import replace
 
-    for name, kind in VAES.items():
-        cfg = replace(WAN21, dim=8, dec_dim=8) if kind == "wan21" else replace(WAN22, dim=8, dec_dim=12)
+    tiny_vaes = {"wan_2.1_vae.safetensors": replace(WAN21, dim=8, dec_dim=8),
+                 "wan2.2_vae.safetensors": replace(WAN22, dim=8, dec_dim=12)}
+    for name, cfg in tiny_vaes.items():
         with torch.device("meta"):
             shapes = {k: v.shape for k, v in WanVAE(cfg).state_dict().items()}
         (models / "vae").mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def load_clip_vision(path: str | Path, dtype: str = "auto") -> ClipVisionHandle:
     ckpt, spec, layout = inspect_clip_vision(path)
     weight_dtype, compute_dtype = encoder_dtypes(dtype)
     handle = ClipVisionHandle(spec, tuple(str(f) for f in ckpt.files), stamps(ckpt.files), weight_dtype,
-                              compute_dtype)
+                              compute_dtype, layout=layout)
     return load(handle, lambda: _build(ckpt, handle))
 
 

@@ -74,24 +74,28 @@ _OTHER_KINDS = (
 )
 
 
-def identify(ckpt: Checkpoint) -> Identity | None:
-    """What `ckpt` is, or None when no entry knows it."""
+def _entries():
     for family in dit_families():
-        if find_prefix(ckpt, family.anchors) is not None:
-            return Identity("dit", f"a {family.title} diffusion transformer", LOADERS["dit"], family, family.runnable)
+        yield "dit", lambda c, f=family: find_prefix(c, f.anchors) is not None, \
+            lambda f=family: Identity("dit", f"a {f.title} diffusion transformer", LOADERS["dit"], f, f.runnable)
     for family in vae_families():
-        if find_prefix(ckpt, family.anchors) is not None:
-            return Identity("vae", f"a video VAE ({family.title})", LOADERS["vae"], family)
+        yield "vae", lambda c, f=family: find_prefix(c, f.anchors) is not None, \
+            lambda f=family: Identity("vae", f"a video VAE ({f.title})", LOADERS["vae"], f)
     for kind, what, todo, runnable, matches in _OTHER_KINDS:
-        if matches(ckpt):
-            return Identity(kind, what, todo or LOADERS[kind], None, runnable)
-    return None
+        yield kind, matches, lambda k=kind, w=what, t=todo, r=runnable: Identity(k, w, t or LOADERS[k], None, r)
+
+
+def identify(ckpt: Checkpoint, prefer: str = "") -> Identity | None:
+    """What `ckpt` is, or None when no entry knows it. Entries of kind `prefer` are tried first: a combined file
+    (e.g. a DiT with its VAE under a prefix) is what the loader asking for it wants."""
+    entries = sorted(_entries(), key=lambda entry: entry[0] != prefer)
+    return next((make() for kind, matches, make in entries if matches(ckpt)), None)
 
 
 def expect(ckpt: Checkpoint, kind: str, supported: str) -> Identity:
     """The identity of `ckpt` if it is a `kind` file OpenReel can read; else a DetectionError that says what it is
     and where it belongs (`supported` lists what the loader takes, for files nothing recognizes)."""
-    found = identify(ckpt)
+    found = identify(ckpt, kind)
     if found is None:
         sample = ", ".join(sorted(ckpt.keys())[:5])
         raise DetectionError(f"{ckpt.name} is not {NOUNS[kind]} OpenReel knows (first keys: {sample})", supported)

@@ -132,7 +132,7 @@ def load_text_encoder(path: str | Path, dtype: str = "auto") -> TextEncoderHandl
                               f"embeds only {spec.vocab_size}", "use the tokenizer of google/umt5-xxl")
     weight_dtype, compute_dtype = encoder_dtypes(dtype)
     handle = TextEncoderHandle(spec, tuple(str(f) for f in raw.files), stamps(raw.files), weight_dtype,
-                               compute_dtype, tokenizer=source)
+                               compute_dtype, tokenizer=source, layout=layout)
     return load(handle, lambda: _build(ckpt, handle))
 
 

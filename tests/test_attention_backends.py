@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from openreel import synthetic
 from openreel.errors import InputError
-from openreel.memory import attention_backends as ab
+from openreel.speed import attention_backends as ab
 from openreel.models.common import attention as attn
 from openreel.models.common.attention import attention, available_backends, parse_backend, register_backend
 from openreel.models.wan.model import WanDiT

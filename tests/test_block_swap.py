@@ -10,13 +10,14 @@ import torch
 from openreel import runtime, synthetic
 from openreel.errors import InputError
 from openreel.memory import patches
+from openreel.model_loaders.core import prepare
 from openreel.memory.block_swap import OFF, BlockSwap, BlockSwapResidency
-from openreel.memory.cast_linear import CastLinear
+from openreel.models.common.ops import CastLinear
 from openreel.model_loaders.build import materialize
 from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo
 from openreel.model_loaders.dit import load_dit
-from openreel.models.wan.model import FP32_PARAMS, WEIGHT_PARAMS, WanConfig, WanDiT
+from openreel.models.wan.model import FP32_PARAMS, WanConfig, WanDiT
 from openreel.nodes.memory import OpenReelBlockSwap
 
 CFG = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=5, text_dim=32, image_tokens=257, image_dim=48)
@@ -40,8 +41,8 @@ def build(weight_dtype: str = "fp32", cfg: WanConfig = CFG) -> WanDiT:
     state = random_state(cfg)
     ckpt = Checkpoint((Path("random.safetensors"),), {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in state.items()},
                       {k: (lambda v=v: v) for k, v in state.items()})
-    model = materialize(lambda: WanDiT(cfg), ckpt, weight_dtype=weight_dtype, compute_dtype=torch.float32,
-                        device=torch.device("cpu"), weight_params=WEIGHT_PARAMS, fp32_params=FP32_PARAMS)
+    model = materialize(lambda ops: WanDiT(cfg, ops), ckpt, weight_dtype=weight_dtype, compute_dtype="fp32",
+                        device=torch.device("cpu"), fp32_params=FP32_PARAMS)
     return model
 
 
@@ -77,7 +78,7 @@ def test_swapped_output_is_bitwise_the_resident_output(weight_dtype):
         assert torch.equal(forward(model), reference), (blocks, offload)
         patches.offload(model)
     swap(model, OFF)
-    assert getattr(model, "residency", None) is None and model.block_runner is None
+    assert getattr(model, "residency", None) is None and model.wrappers.get("block_swap") is None
     assert torch.equal(forward(model), reference)
 
 
@@ -140,7 +141,7 @@ def test_only_the_resident_part_and_the_ring_are_handed_to_the_runtime(monkeypat
 def test_offloaded_embedders_return_to_host_memory_after_each_call():
     model = build()
     residency = swap(model, BlockSwap(0, offload_embeddings=True))
-    assert model.block_runner is None  # nothing to stream: blocks run as usual
+    assert model.wrappers.get("block_swap") is None  # nothing to stream: blocks run as usual
     forward(model)
     assert residency.host["text_embedding"].intact() and residency.host["img_emb"].intact()
 
@@ -194,16 +195,16 @@ def test_settings_are_per_handle_even_on_one_shared_module(tiny_dit):
     plain = tiny_dit
     x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0])
     context = torch.randn(1, 5, synthetic.TINY_TEXT_DIM)
-    module = patches.prepare(plain)
+    module = prepare(plain)
     with torch.no_grad():
         reference = module(x, t, context)
-    assert patches.prepare(swapped) is module and module.residency.settings == BlockSwap(3)
+    assert prepare(swapped) is module and module.residency.settings == BlockSwap(3)
     patches.load(module, 0)
     with torch.no_grad():
         assert torch.equal(module(x, t, context), reference)
     patches.offload(module)
-    patches.prepare(plain)  # the handle without the patch gets the default: off
-    assert getattr(module, "residency", None) is None and module.block_runner is None
+    prepare(plain)  # the handle without the patch gets the default: off
+    assert getattr(module, "residency", None) is None and module.wrappers.get("block_swap") is None
 
 
 def test_block_swap_node(tiny_dit):

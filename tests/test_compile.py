@@ -10,8 +10,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from openreel import synthetic
-from openreel.memory import compile as regional
-from openreel.memory.compile import CompileSettings, is_compiled
+from openreel.speed import compile as regional
+from openreel.speed.compile import CompileSettings, is_compiled
 from openreel.memory.patches import PATCHES
 from openreel.models.wan.model import WanConfig, WanDiT
 from openreel.nodes.speed import OpenReelCompile

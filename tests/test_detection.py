@@ -10,7 +10,7 @@ from openreel import runtime, synthetic
 from openreel.errors import CheckpointError, DetectionError, InputError
 from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo
-from openreel.model_loaders.families import identify
+from openreel.model_loaders.identify import identify
 from openreel.model_loaders.dit import inspect_dit
 from openreel.models.wan.model import WanConfig, WanDiT
 from openreel.nodes.loaders import OpenReelDiTLoader
@@ -38,7 +38,8 @@ def test_every_variant_is_detected_from_shapes(cfg, variant, task, latent, clip)
         shapes = {synthetic.COMFY_PREFIX + k: v.shape for k, v in WanDiT(small).state_dict().items()}
     ckpt = Checkpoint((Path("model.safetensors"),), {k: TensorInfo(tuple(s), torch.bfloat16) for k, s in
                                                      shapes.items()}, {})
-    _, _, spec = identify(ckpt)
+    family = identify(ckpt).family
+    spec = family.describe(family.normalize(ckpt))
     assert (spec.variant, spec.task, spec.latent_format, spec.needs_clip) == (variant, task, latent, clip)
     assert spec.config == small
 

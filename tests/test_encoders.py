@@ -24,7 +24,11 @@ from safetensors.torch import save_file
 
 from openreel import runtime
 from openreel.errors import DetectionError, InputError
-from openreel.model_loaders import encoders
+from openreel.encoding.images import encode_image
+from openreel.encoding.prompts import encode_text
+from openreel.model_loaders.clip_vision import load_clip_vision
+from openreel.model_loaders.core import module_of
+from openreel.model_loaders.text_encoder import load_text_encoder
 from openreel.model_loaders.cache import MODULES
 from openreel.models.text.tokenizer import (UMT5Tokenizer, clean_prompt, find_tokenizer, load_tokenizer,
                                             tokenizer_from_sentencepiece)
@@ -43,11 +47,15 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # misread or ignored puts the error far above 50%. The exactness of the fp8 path is checked separately, against the
 # official model given the same dequantized weights (1e-5).
 FP8_TOLERANCE = 0.1
+# The umT5 linears ComfyUI stores in fp8 (attention and FFN projections).
+UMT5_WEIGHTS = r"encoder\.block\.\d+\.layer\.(0\.SelfAttention\.[qkvo]|1\.DenseReluDense\.(wi_0|wi_1|wo))\.weight"
 
 
 @contextmanager
 def _import_shims():
     """What importing the official t5 / clip modules needs and this CPU test machine may lack, only while they load."""
+    import transformers  # noqa: F401  (wan's tokenizers import it: it must load before the stubs go in)
+
     stubs = {}
     if importlib.util.find_spec("torchvision") is None:
         transforms = types.ModuleType("torchvision.transforms")
@@ -241,7 +249,7 @@ def _ids_and_mask(lengths=(24, 9), length=24):
 
 
 def _check_umt5(handle, reference, ids, mask, tolerance, metric=_relative):
-    context, lengths = encoders.text_encoder_module(handle).encode(ids, mask)
+    context, lengths = module_of(handle).encode(ids, mask)
     expected = reference(ids, mask)
     assert lengths.tolist() == mask.sum(1).tolist()
     errors = []
@@ -257,7 +265,7 @@ def test_umt5_official_pth_matches_official(spiece, tmp_path):
     torch.save(official.state_dict(), tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
     (tmp_path / "google" / "umt5-xxl").mkdir(parents=True)
     (tmp_path / "google" / "umt5-xxl" / "spiece.model").write_bytes(spiece)
-    handle = encoders.load_text_encoder(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth", "fp32")
+    handle = load_text_encoder(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth", "fp32")
     assert handle.layout == "official" and handle.tokenizer.kind == "spiece"
     assert handle.spec.num_heads == 4 and handle.spec.d_kv == 8 and handle.spec.num_buckets == 8
     with torch.no_grad():
@@ -265,7 +273,7 @@ def test_umt5_official_pth_matches_official(spiece, tmp_path):
 
         # The whole Wan path at 512 tokens: the official encoder's trimmed outputs, zero-padded as the DiT does.
         prompts = ["a red cat video", "kato rimu " * 40]
-        context, lengths = encoders.encode_text(handle, prompts)
+        context, lengths = encode_text(handle, prompts)
         ids, mask = load_tokenizer(handle.tokenizer)(prompts)
         expected = official(ids, mask)
         for b, n in enumerate(mask.sum(1).tolist()):
@@ -282,7 +290,7 @@ def test_umt5_comfyui_and_hf_files_match_official(spiece, tmp_path):
         # ComfyUI single file carrying its tokenizer
         save_file({**tensors, "spiece_model": torch.frombuffer(bytearray(spiece), dtype=torch.uint8)},
                   tmp_path / "umt5_xxl_fp32.safetensors")
-        handle = encoders.load_text_encoder(tmp_path / "umt5_xxl_fp32.safetensors", "fp32")
+        handle = load_text_encoder(tmp_path / "umt5_xxl_fp32.safetensors", "fp32")
         assert handle.layout == "hf" and handle.tokenizer.kind == "checkpoint"
         _check_umt5(handle, official, ids, mask, 1e-5)
 
@@ -300,7 +308,7 @@ def test_umt5_comfyui_and_hf_files_match_official(spiece, tmp_path):
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
         (folder / "config.json").write_text(json.dumps({"model_type": "umt5", "relative_attention_max_distance": 128}))
         (folder / "spiece.model").write_bytes(spiece)
-        _check_umt5(encoders.load_text_encoder(folder, "fp32"), official, ids, mask, 1e-5)
+        _check_umt5(load_text_encoder(folder, "fp32"), official, ids, mask, 1e-5)
 
 
 @pytest.mark.parametrize("storage", ["bf16", "fp8_e4m3fn", "fp8_e4m3fn_scaled"])
@@ -313,7 +321,7 @@ def test_umt5_comfyui_quantized_files(spiece, tmp_path, storage):
     if storage == "fp8_e4m3fn_scaled":
         stored["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
     for (official_key, value), key in zip(official.state_dict().items(), names):
-        if not re.search(encoders.umt5.WEIGHT_PARAMS, key):
+        if not re.search(UMT5_WEIGHTS, key):
             stored[key] = value
         elif storage == "fp8_e4m3fn_scaled":
             scale = value.abs().amax() / 448.0
@@ -331,11 +339,11 @@ def test_umt5_comfyui_quantized_files(spiece, tmp_path, storage):
     ids, mask = _ids_and_mask()
     with torch.no_grad():
         for dtype in ("auto", "fp32"):  # auto: fp8 stays fp8 (scales kept); fp32: dequantized once at load
-            handle = encoders.load_text_encoder(path, dtype)
+            handle = load_text_encoder(path, dtype)
             _check_umt5(handle, same_weights, ids, mask, 1e-5)  # the stored values and scales, read exactly
             if storage != "bf16":
                 _check_umt5(handle, official, ids, mask, FP8_TOLERANCE, _relative_rms)
-            wo = encoders.text_encoder_module(handle).encoder.block[0].layer[1].DenseReluDense.wo
+            wo = module_of(handle).encoder.block[0].layer[1].DenseReluDense.wo
             kept_fp8 = dtype == "auto" and storage != "bf16"
             assert wo.weight.dtype == (torch.float8_e4m3fn if kept_fp8 else torch.float32)
 
@@ -389,15 +397,15 @@ def test_clip_vision_official_and_hf_files_match_official(tmp_path):
         state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
         state.update({"textual.token_embedding.weight": torch.zeros(10, 8), "log_scale": torch.zeros(())})
         torch.save(state, tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
-        handle = encoders.load_clip_vision(tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "fp32")
+        handle = load_clip_vision(tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "fp32")
         assert handle.layout == "official" and handle.spec.num_heads == 2 and handle.spec.tokens == 17
-        tokens = encoders.encode_image(handle, images)
+        tokens = encode_image(handle, images)
         assert tokens.shape == (2, 17, CLIP_CFG["dim"])
         assert _relative(tokens, expected) <= 1e-5
 
         hf = _hf_clip_names(visual.state_dict())
         save_file(hf, tmp_path / "clip_vision_h.safetensors")
-        tokens = encoders.encode_image(encoders.load_clip_vision(tmp_path / "clip_vision_h.safetensors", "fp32"),
+        tokens = encode_image(load_clip_vision(tmp_path / "clip_vision_h.safetensors", "fp32"),
                                        images)
         assert _relative(tokens, expected) <= 1e-5
 
@@ -409,7 +417,7 @@ def test_clip_vision_official_and_hf_files_match_official(tmp_path):
         tower = getattr(full, "vision_model", full)
         tower.load_state_dict({k.removeprefix("vision_model."): v for k, v in hf.items()
                                if k.startswith("vision_model.")}, strict=False)
-        module = encoders.clip_vision_module(handle)
+        module = module_of(handle)
         hidden = full(pixel_values=module.preprocess(images), output_hidden_states=True).hidden_states
         assert _relative(hidden[-2], expected) <= 1e-5
 
@@ -420,7 +428,7 @@ def test_clip_vision_config_json_gives_heads(tmp_path):
     folder.mkdir()
     save_file(_hf_clip_names(visual.state_dict()), folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"vision_config": {"num_attention_heads": 4}}))
-    handle = encoders.load_clip_vision(folder / "model.safetensors", "fp32")
+    handle = load_clip_vision(folder / "model.safetensors", "fp32")
     assert handle.spec.num_heads == 4  # a config.json beside the weights wins over the width rule
 
 
@@ -438,13 +446,13 @@ def test_wrong_files_say_what_they_are(tmp_path):
     save_file(shared_bias, tmp_path / "t5xxl.safetensors")
 
     cases = [
-        (encoders.load_text_encoder, "clip.pth", "CLIP vision encoder", "CLIP Vision Loader"),
-        (encoders.load_clip_vision, "t5.pth", "text encoder", "Text Encoder Loader"),
-        (encoders.load_text_encoder, "dit.safetensors", "Wan diffusion transformer", "DiT Loader"),
-        (encoders.load_clip_vision, "dit.safetensors", "Wan diffusion transformer", "DiT Loader"),
-        (encoders.load_text_encoder, "vae.safetensors", "VAE", "VAE Loader"),
-        (encoders.load_clip_vision, "unknown.safetensors", "not a CLIP vision encoder", "clip_vision_h"),
-        (encoders.load_text_encoder, "t5xxl.safetensors", "not umT5", "umT5-XXL"),
+        (load_text_encoder, "clip.pth", "CLIP vision encoder", "CLIP Vision Loader"),
+        (load_clip_vision, "t5.pth", "text encoder", "Text Encoder Loader"),
+        (load_text_encoder, "dit.safetensors", "Wan diffusion transformer", "DiT Loader"),
+        (load_clip_vision, "dit.safetensors", "Wan diffusion transformer", "DiT Loader"),
+        (load_text_encoder, "vae.safetensors", "VAE", "VAE Loader"),
+        (load_clip_vision, "unknown.safetensors", "not a CLIP vision encoder", "clip_vision_h"),
+        (load_text_encoder, "t5xxl.safetensors", "not umT5", "umT5-XXL"),
     ]
     for load, name, what, todo in cases:
         with pytest.raises(DetectionError) as err:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 from openreel import runtime, synthetic
 from openreel.errors import InputError
-from openreel.memory import fp8
-from openreel.memory.cast_linear import CastLinear
-from openreel.memory.fp8 import quantize_activations, quantize_weight, scaled_linear, scaled_mm_refusal
-from openreel.memory.patches import prepare
+from openreel.speed import fp8
+from openreel.models.common.ops import CastLinear
+from openreel.speed.fp8 import quantize_activations, quantize_weight, scaled_linear, scaled_mm_refusal
+from openreel.model_loaders.core import prepare
 from openreel.model_loaders.cache import MODULES
-from openreel.model_loaders.dit import dit_module, load_dit
+from openreel.model_loaders.core import module_of as dit_module
+from openreel.model_loaders.dit import load_dit
 from openreel.nodes.speed import OpenReelFP8
 
 FP8_TOL = 4e-2

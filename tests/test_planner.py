@@ -5,9 +5,9 @@ import torch
 
 from openreel import runtime, synthetic
 from openreel.handles import DiTHandle
-from openreel.memory import patches
+from openreel.model_loaders.core import module_of, prepare
 from openreel.memory.block_swap import BlockSwap
-from openreel.memory.estimate import wan_activation_bytes
+from openreel.models.wan.family import wan_activation_bytes
 from openreel.memory.planner import GIB, Budget, plan, plan_for, predict, weight_bytes
 from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.dit import load_dit
@@ -32,13 +32,22 @@ def meta_wan(cfg: WanConfig, weights: torch.dtype = torch.bfloat16) -> WanDiT:
     return model
 
 
+def activations(cfg):
+    """The Wan family's activation estimate for `cfg`, as the planner takes it."""
+    return lambda tokens, batch: wan_activation_bytes(cfg.dim, cfg.ffn_dim, tokens, batch)
+
+
+def tokens(cfg, latent):
+    return (latent[2] // cfg.patch_size[0]) * (latent[3] // cfg.patch_size[1]) * (latent[4] // cfg.patch_size[2])
+
+
 @pytest.fixture(scope="module")
 def wb14():
     return weight_bytes(meta_wan(WAN14B))
 
 
 def plan14(wb, budget_gib: float, latent=LATENT_480P, **kw):
-    return plan_for(wb, WAN14B.dim, WAN14B.ffn_dim, latent, WAN14B.patch_size, Budget(int(budget_gib * GIB), "given"),
+    return plan_for(wb, activations(WAN14B), tokens(WAN14B, latent), latent, Budget(int(budget_gib * GIB), "given"),
                     **kw)
 
 
@@ -69,7 +78,7 @@ def test_tight_budget_takes_fp8_when_allowed_else_the_fewest_blocks(wb14):
     assert not p.fp8 and p.fits and p.peak.total <= 24 * GIB and p.peak.ring == 2 * wb14.blocks[0]
     fewer = max(p.blocks_to_swap - 1, 0) if p.blocks_to_swap - 1 >= 3 else 0
     for batched in (True, False):  # one block fewer would not fit
-        assert predict(wb14, WAN14B.dim, WAN14B.ffn_dim, 32_760, 1, swap=fewer, batched_cfg=batched).total > 24 * GIB
+        assert predict(wb14, activations(WAN14B), 32_760, 1, swap=fewer, batched_cfg=batched).total > 24 * GIB
     assert f"swap {p.blocks_to_swap} of 40 blocks" in p.explanation
     assert "Host memory for the swapped blocks" in p.explanation
     small = plan14(wb14, 12, allow_fp8=True)  # fp8 and swapping together
@@ -81,7 +90,7 @@ def test_impossible_budget_says_so_with_the_smallest_peak(wb14):
     assert not p.fits and p.peak.total > 4 * GIB
     assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.offload_embeddings) == (40, True, False, True)
     assert "Does NOT fit" in p.explanation and "Lower the resolution" in p.explanation
-    options = [predict(wb14, WAN14B.dim, WAN14B.ffn_dim, 75_600, 1, swap=s, fp8=f, batched_cfg=b, offload_embeddings=o)
+    options = [predict(wb14, activations(WAN14B), 75_600, 1, swap=s, fp8=f, batched_cfg=b, offload_embeddings=o)
                for s in range(41) for f in (False, True) for b in (False, True) for o in (False, True)]
     assert p.peak.total == min(o.total for o in options)
     assert "or allow fp8" in plan14(wb14, 4, latent=LATENT_720P).explanation
@@ -91,7 +100,7 @@ def test_predictions_grow_with_tokens_and_plans_swap_more(wb14):
     swapped, peaks = [], []
     for frames in (5, 9, 21, 33, 41):
         latent = (1, 16, frames, 90, 160)
-        peaks.append(predict(wb14, WAN14B.dim, WAN14B.ffn_dim, frames * 45 * 80, 1).total)
+        peaks.append(predict(wb14, activations(WAN14B), frames * 45 * 80, 1).total)
         swapped.append(plan14(wb14, 30, latent=latent).blocks_to_swap)
     assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
     assert swapped == sorted(swapped) and swapped[0] == 0 and swapped[-1] > 0
@@ -101,8 +110,8 @@ def test_fp8_prediction_matches_a_model_loaded_in_fp8(tmp_path):
     cfg = WanConfig(**{**synthetic.TINY_WAN.__dict__, "num_layers": 3})
     path = synthetic.save_single(synthetic.wan_state_dict(cfg), tmp_path / "wan.safetensors")
     try:
-        bf16 = weight_bytes(patches.prepare(load_dit(path, "bf16", "bf16")))
-        fp8 = weight_bytes(patches.prepare(load_dit(path, "fp8_e4m3fn_scaled", "bf16")))
+        bf16 = weight_bytes(prepare(load_dit(path, "bf16", "bf16")))
+        fp8 = weight_bytes(prepare(load_dit(path, "fp8_e4m3fn_scaled", "bf16")))
     finally:
         MODULES.clear()
     assert fp8.blocks == bf16.blocks_fp8 and fp8.stored_fp8 and not bf16.stored_fp8
@@ -110,7 +119,7 @@ def test_fp8_prediction_matches_a_model_loaded_in_fp8(tmp_path):
 
 
 def test_on_the_cpu_no_budget_applies(wb14):
-    p = plan_for(wb14, WAN14B.dim, WAN14B.ffn_dim, LATENT_480P, WAN14B.patch_size, None)
+    p = plan_for(wb14, activations(WAN14B), tokens(WAN14B, LATENT_480P), LATENT_480P, None)
     assert p.fits and p.blocks_to_swap == 0 and p.budget is None and "not a CUDA GPU" in p.explanation
 
 
@@ -131,14 +140,14 @@ def test_plan_applies_as_weight_dtype_and_patches(kit):
     dit: DiTHandle = kit["t2v"]
     latent = (1, 16, 5, 8, 8)
     cfg = dit.spec.config
-    wb = weight_bytes(patches.prepare(dit))
-    fp8_peak = predict(wb, cfg.dim, cfg.ffn_dim, 5 * 4 * 4, 1, fp8=True, compute_itemsize=4).total
-    tight = plan(dit, latent, fp8_peak, allow_fp8=True)  # too small for the fp32 weights as loaded
+    wb = weight_bytes(prepare(dit))
+    fp8_peak = predict(wb, activations(cfg), 5 * 4 * 4, 1, fp8=True, compute_itemsize=4).total
+    tight = plan(dit, module_of(dit), latent, fp8_peak, allow_fp8=True)  # too small for the fp32 weights as loaded
     assert (tight.fp8, tight.blocks_to_swap, tight.batched_cfg, tight.fits) == (True, 0, False, True)
     handle = tight.apply(dit)
     assert handle.weight_dtype == "fp8_e4m3fn_scaled" and handle.weights_key != dit.weights_key
     assert handle.patch("block_swap") == BlockSwap(0, False) and handle.patch("cfg_batching") is tight.batched_cfg
-    module = patches.prepare(handle)
+    module = prepare(handle)
     assert module.cfg_batching is tight.batched_cfg and getattr(module, "residency", None) is None
 
 
@@ -165,9 +174,9 @@ def test_each_planned_expert_carries_its_own_settings(kit):
     latent = {"samples": torch.zeros(1, 16, 5, 8, 8)}
     high, low, _ = OpenReelVRAMBudget().apply(kit["high"], latent, 1e-6, False, dit_low_noise=kit["low"])["result"]
     everything = BlockSwap(kit["high"].spec.config.num_layers, True)
-    assert patches.prepare(high).residency.settings == everything
-    assert patches.prepare(low).residency.settings == everything
-    assert getattr(patches.prepare(kit["high"]), "residency", None) is None  # the unplanned handle: off again
+    assert prepare(high).residency.settings == everything
+    assert prepare(low).residency.settings == everything
+    assert getattr(prepare(kit["high"]), "residency", None) is None  # the unplanned handle: off again
 
 
 # Peaks measured on an H200 at full size (bench/RESULTS.md, 2026-11-21, eager): (tokens, swapped blocks, fp8) → GiB
@@ -188,6 +197,6 @@ def test_predictions_match_the_measured_14b_peaks_within_10_percent(case):
         if not re.fullmatch(FP32_PARAMS, name):
             p.data = p.data.to(torch.bfloat16)
     tokens, swap, fp8 = case
-    predicted = predict(weight_bytes(model), cfg.dim, cfg.ffn_dim, tokens, 1, swap=swap, fp8=fp8).total / 2**30
+    predicted = predict(weight_bytes(model), activations(cfg), tokens, 1, swap=swap, fp8=fp8).total / 2**30
     measured = MEASURED_PEAKS_GIB[case]
     assert measured <= predicted <= 1.10 * measured  # never under, at most 10% over

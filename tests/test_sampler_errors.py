@@ -9,7 +9,7 @@ from openreel.handles import TextEmbeds
 from openreel.model_loaders.cache import MODULES
 from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
 from openreel.nodes.sample import OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler
-from openreel.samplers.flow_sampler import sample_wan
+from openreel.samplers.flow import sample_flow
 
 D = synthetic.DIFFUSION_MODELS
 
@@ -31,11 +31,11 @@ def no_sampling(monkeypatch):
     """Refusals must come before sampling: reaching the sampler fails these tests."""
     def reached(*args, **kwargs):
         raise AssertionError("sampling started")
-    monkeypatch.setattr("openreel.samplers.sample.sample_wan", reached)
+    monkeypatch.setattr("openreel.samplers.sample.sample_flow", reached)
 
 
 def embeds(width=synthetic.TINY_TEXT_DIM):
-    return TextEmbeds(torch.zeros(1, 4, width), torch.zeros(1, 2, width), "test")
+    return TextEmbeds(torch.zeros(1, 4, width), torch.zeros(1, 2, width))
 
 
 def image():
@@ -108,7 +108,7 @@ def test_ti2v_refuses_clip_and_end_image(kit):
 
 
 def test_i2v_mask_marks_given_frames():
-    from openreel.samplers.conditioning import wan_i2v_mask
+    from openreel.models.wan.latents import wan_i2v_mask
 
     mask = wan_i2v_mask(9, 2, 2, last=True)  # 9 pixel frames → 3 latent frames × 4 slots
     assert mask.shape == (1, 4, 3, 2, 2)
@@ -119,8 +119,9 @@ def test_i2v_mask_marks_given_frames():
 
 def test_interrupt_between_model_calls_leaves_nothing_loaded(kit, monkeypatch):
     dit, _ = kit
-    from openreel.model_loaders.dit import dit_module
-    from openreel.samplers.flow_sampler import Expert, WanConditioning
+    from openreel.model_loaders.core import module_of as dit_module
+    from openreel.models.common.family import ModelInputs
+    from openreel.samplers.session import Expert
     from openreel.samplers.schedules import wan_unipc_schedule
 
     module = dit_module(dit["wan2.1_t2v_1.3B_fp16.safetensors"])
@@ -128,7 +129,7 @@ def test_interrupt_between_model_calls_leaves_nothing_loaded(kit, monkeypatch):
     module.register_forward_pre_hook(lambda *_: calls.append(1) or (runtime.request_interrupt() if len(calls) == 3 else None))
     monkeypatch.setattr("openreel.memory.patches.offload", lambda m: offloaded.append(m))
     with pytest.raises(runtime.Interrupted):
-        sample_wan([Expert(module, 5.0)], wan_unipc_schedule(4, 5.0), "unipc",
-                   WanConditioning(embeds().positive, embeds().negative),
-                   torch.randn(1, 16, 2, 8, 8), batch_cfg=False)
+        inputs = ModelInputs({"context": embeds().positive[:, :2]}, {"context": embeds().negative})
+        sample_flow([Expert(module, 5.0, inputs)], wan_unipc_schedule(4, 5.0), "unipc",
+                    torch.randn(1, 16, 2, 8, 8), batch_cfg=False)
     assert len(calls) == 3 and offloaded == [module]

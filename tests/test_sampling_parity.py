@@ -4,8 +4,14 @@ same noise, same text embeddings, same steps / shift / CFG; ≤ 1e-4 relative on
 import pytest
 import torch
 
+from types import SimpleNamespace
+
+from openreel.handles import TextEmbeds
+from openreel.latents import ImageConditioning
+from openreel.models.wan.family import WAN
 from openreel.models.wan.model import WanConfig, WanDiT
-from openreel.samplers.flow_sampler import Expert, WanConditioning, sample_wan
+from openreel.samplers.flow import sample_flow
+from openreel.samplers.session import Expert
 from openreel.samplers.schedules import wan_unipc_schedule
 from references import load_official, load_official_util
 
@@ -29,6 +35,13 @@ def model_pair(seed, in_dim=16, out_dim=16, model_type="t2v"):
                             in_dim=in_dim, out_dim=out_dim))
     ours.load_state_dict(ref.state_dict())
     return ref.eval(), ours.eval()
+
+
+def expert(model, guidance, ctx, nctx, y=None):
+    """Our session's expert for `model`, its inputs made by the Wan family adapter."""
+    cond = ImageConditioning("i2v", concat=y) if y is not None else None
+    spec = SimpleNamespace(config=model.cfg)
+    return Expert(model, guidance, WAN.model_inputs(spec, TextEmbeds(ctx, nctx), cond, None), WAN, spec)
 
 
 def official_scheduler(steps, shift):
@@ -66,8 +79,8 @@ def test_t2v_sampling_matches_official(batch_cfg):
     ctx, nctx = texts()
     noise = torch.randn(1, 16, *LATENT)
     expected = official_loop([ref], [5.0], 0.0, noise, ctx, nctx, steps=6, shift=5.0)
-    got = sample_wan([Expert(ours, 5.0)], wan_unipc_schedule(6, 5.0), "unipc", WanConditioning(ctx, nctx),
-                     noise.clone(), batch_cfg=batch_cfg)
+    got = sample_flow([expert(ours, 5.0, ctx, nctx)], wan_unipc_schedule(6, 5.0), "unipc", noise.clone(),
+                      batch_cfg=batch_cfg)
     assert rel_err(got, expected) < TOL
 
 
@@ -83,8 +96,8 @@ def test_wan22_expert_pair_switches_like_official():
     calls = []
     for module in (high, low):
         module.register_forward_pre_hook(lambda m, *_: calls.append(m))
-    got = sample_wan([Expert(high, 4.0), Expert(low, 3.0)], schedule, "unipc", WanConditioning(ctx, nctx),
-                     noise.clone(), boundary=boundary, batch_cfg=False)
+    got = sample_flow([expert(high, 4.0, ctx, nctx), expert(low, 3.0, ctx, nctx)], schedule, "unipc",
+                      noise.clone(), boundary=boundary, batch_cfg=False)
     assert rel_err(got, expected) < TOL
     assert calls == [high] * (2 * n_high) + [low] * (2 * (steps - n_high))
 
@@ -104,8 +117,8 @@ def test_ti2v_image_mode_matches_official():
         return (1.0 - mask) * z + mask * latent
 
     expected = official_loop([ref], [5.0], 0.0, noise, ctx, nctx, 5, 5.0, t_fn=t_fn, paste=paste)
-    got = sample_wan([Expert(ours, 5.0)], wan_unipc_schedule(5, 5.0), "unipc",
-                     WanConditioning(ctx, nctx, given_latent=z.unsqueeze(0)), noise.clone(), batch_cfg=True)
+    got = sample_flow([expert(ours, 5.0, ctx, nctx)], wan_unipc_schedule(5, 5.0), "unipc", noise.clone(),
+                      given=z.unsqueeze(0), batch_cfg=True)
     assert rel_err(got, expected) < TOL
     assert torch.equal(got[:, :, :1], z.unsqueeze(0))  # the given frame is exactly the image latent
 
@@ -124,8 +137,7 @@ def test_i2v_conditioning_reaches_the_model():
             uncond = ref([latent], context=[nctx[0]], **args)[0]
             pred = uncond + 3.5 * (cond - uncond)
             latent = sched.step(pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False)[0].squeeze(0)
-    got = sample_wan([Expert(ours, 3.5)], wan_unipc_schedule(4, 5.0), "unipc", WanConditioning(ctx, nctx, y=y),
-                     noise.clone())
+    got = sample_flow([expert(ours, 3.5, ctx, nctx, y=y)], wan_unipc_schedule(4, 5.0), "unipc", noise.clone())
     assert rel_err(got, latent.unsqueeze(0)) < TOL
 
 

@@ -9,7 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from openreel.errors import DetectionError, InputError
-from openreel.model_loaders.vae import VAEHandle, diffusers_to_official, load_vae, vae_module
+from openreel.handles import VAEHandle
+from openreel.model_loaders.core import module_of as vae_module
+from openreel.model_loaders.vae import load_vae
+from openreel.models.wan.latents import diffusers_to_official
 from openreel.models.wan.vae import WAN21, WAN22, WanVAE, _stream, _tile_by_tile
 from references import load_official, require
 
@@ -234,7 +237,7 @@ def test_every_layout_loads_to_the_same_model(tmp_path, kind):
 
     for path in ("vae.pth", "combined.safetensors", "diffusers"):
         handle = load_vae(tmp_path / path)
-        assert handle.kind == kind and handle.dtype == "fp32"
+        assert handle.latent_format == kind and handle.compute_dtype == "fp32"
         module = vae_module(handle)
         assert module.cfg == TINY[kind][2]
         assert torch.equal(module.decode(z), expected), path
@@ -253,7 +256,7 @@ def _save(tmp_path, tensors, name="file.safetensors"):
 @pytest.mark.parametrize("tensors, message", [
     ({"model.diffusion_model.head.modulation": (1, 2, 8),
       "model.diffusion_model.patch_embedding.weight": (8, 16, 1, 2, 2)},
-     "is a Wan diffusion model, not a VAE"),
+     "is a Wan diffusion transformer, not a VAE"),
     ({"shared.weight": (10, 8), "encoder.block.0.layer.0.SelfAttention.q.weight": (8, 8)}, "a text encoder"),
     ({"visual.patch_embedding.weight": (8, 3, 14, 14), "textual.blocks.0.attn.q.weight": (8, 8)},
      "a CLIP vision encoder"),
@@ -282,7 +285,7 @@ def test_incomplete_or_unreleased_wan_vaes_are_refused(tmp_path):
 
 
 def test_handles_are_small_and_frozen():
-    handle = VAEHandle("wan21", ("a.pth",), ((1, 2),), "fp32")
+    handle = VAEHandle(WAN21, ("a.pth",), ((1, 2),), "auto", "fp32", family="wan", latent_format="wan21")
     with pytest.raises(AttributeError):
-        handle.kind = "wan22"
-    assert handle.weights_key == ("vae", ("a.pth",), ((1, 2),), "fp32")
+        handle.latent_format = "wan22"
+    assert handle.weights_key == ("vae", ("a.pth",), ((1, 2),), "auto", "fp32")

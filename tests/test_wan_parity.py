@@ -7,7 +7,7 @@ embedding, and block-causal attention.
 import pytest
 import torch
 
-from openreel.model_loaders.wan import diffusers_to_official
+from openreel.models.wan.family import diffusers_to_official
 from openreel.models.wan.model import WanConfig, WanDiT
 from references import load_official, require
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from openreel import runtime, synthetic
-from openreel.memory.compile import CompileSettings
-from openreel.memory.patches import prepare
+from openreel.speed.compile import CompileSettings
+from openreel.model_loaders.core import prepare
 from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.dit import load_dit
 from openreel.models.wan.model import WanConfig

@@ -27,11 +27,11 @@ if "openreel" not in sys.modules:  # runs without pytest: the package's modules,
 from openreel import runtime  # noqa: E402
 from openreel.memory import patches  # noqa: E402
 from openreel.memory.block_swap import OFF, BlockSwap  # noqa: E402
-from openreel.memory.estimate import wan_activation_bytes  # noqa: E402
+from openreel.models.wan.family import wan_activation_bytes  # noqa: E402
 from openreel.memory.planner import GIB, predict, weight_bytes  # noqa: E402
 from openreel.model_loaders.build import materialize  # noqa: E402
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
-from openreel.models.wan.model import FP32_PARAMS, WEIGHT_PARAMS, WanConfig, WanDiT  # noqa: E402
+from openreel.models.wan.model import FP32_PARAMS, WanConfig, WanDiT  # noqa: E402
 
 CFG = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=10)   # Wan 1.3B widths, 10 blocks
 LATENT = (1, 16, 9, 30, 52)      # 3,510 tokens: fast, copy-bound (overlap is visible)
@@ -51,9 +51,8 @@ def build(weight_dtype: str) -> WanDiT:
 
     ckpt = Checkpoint((Path("random.safetensors"),), {k: TensorInfo(s, torch.bfloat16) for k, s in shapes.items()},
                       {k: reader(s) for k, s in shapes.items()})
-    model = materialize(lambda: WanDiT(CFG), ckpt, weight_dtype=weight_dtype, compute_dtype=torch.bfloat16,
-                        device=torch.device("cpu"), weight_params=WEIGHT_PARAMS, fp32_params=FP32_PARAMS)
-    model.compute_dtype = torch.bfloat16
+    model = materialize(lambda ops: WanDiT(CFG, ops), ckpt, weight_dtype=weight_dtype, compute_dtype="bf16",
+                        device=torch.device("cpu"), fp32_params=FP32_PARAMS)
     return model
 
 
