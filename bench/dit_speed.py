@@ -181,7 +181,7 @@ def main() -> None:
                         help="variants for resolutions after the first (default: the same)")
     parser.add_argument("--layers", type=int, default=0, help="fewer blocks for a quick run (0: the real count)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peers", nargs="*", default=["diffusers"])
+    parser.add_argument("--peers", nargs="*", default=["diffusers"], help="diffusers (eager), diffusers-compiled")
     parser.add_argument("--profile", action="store_true", help="also write a kernel table of one OpenReel forward")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args()
@@ -212,11 +212,13 @@ def main() -> None:
                     print(_line(res, r), flush=True)
                     if args.profile:
                         profile_forward(module, x, t, ctx, out_dir / f"profile_{args.size}_{res}_{name.replace(' ', '_')}.txt")
-                if storage == "bf16" and "diffusers" in args.peers:
+                for peer_name in (p for p in args.peers if storage == "bf16" and p.startswith("diffusers")):
                     peer = build_diffusers(module, device)
+                    if peer_name == "diffusers-compiled":  # diffusers' own regional compile, its fastest setting
+                        peer.compile_repeated_blocks(fullgraph=True)
                     fn = lambda: peer(x, t, ctx, return_dict=False)[0]  # noqa: E731
                     r = measure(fn, args.repeats)
-                    r.update(name="diffusers", res=res, tokens=tokens, tflops=flops(cfg, tokens) / r["seconds"] / 1e12)
+                    r.update(name=peer_name, res=res, tokens=tokens, tflops=flops(cfg, tokens) / r["seconds"] / 1e12)
                     if reference is not None:
                         r["rel_diff_vs_bf16"] = ((fn().float() - reference).norm() / reference.norm()).item()
                     info["results"].append(r)

@@ -101,7 +101,7 @@ class SwapOnCuda(unittest.TestCase):
         for settings in (BlockSwap(count), BlockSwap(count // 2), BlockSwap(3, offload_embeddings=True)):
             out, peak, _ = run(model, settings)
             self.assertTrue(torch.equal(out, reference), f"{weight_dtype} {settings}")
-            predicted = predict(wb, CFG.dim, CFG.ffn_dim, tokens(LATENT), 1, swap=settings.blocks,
+            predicted = predict(wb, lambda n, b: wan_activation_bytes(CFG.dim, CFG.ffn_dim, n, b), tokens(LATENT), 1, swap=settings.blocks,
                                 offload_embeddings=settings.offload_embeddings).total
             print(f"\n{weight_dtype} {settings}: peak {peak / GIB:.3f} GiB, planner {predicted / GIB:.3f} GiB "
                   f"(resident peak {resident_peak / GIB:.3f} GiB)")
