@@ -7,8 +7,9 @@ final one, no attention scaling. Parameter names are transformers' (= ComfyUI's 
 the official names onto them. The attention and FFN projections are built with `ops.linear`.
 
 Numerics (as the official model): every parameter, norms included, takes the compute dtype and the activations run
-in it; norms compute their statistics in float32, attention its softmax in float32; fp16 activations that overflow
-are clamped back after each residual add.
+in it; norms compute their statistics in float32; attention is SDPA with the position bias (minimum value at padding
+keys) as its additive mask, as transformers computes it (results bit-equal to its `UMT5EncoderModel`); fp16
+activations that overflow are clamped back after each residual add.
 
 Wan's encoding: prompts padded to 512 tokens, the encoder run with the padding mask, and the rows past each
 prompt's length zeroed (the official code trims them and the DiT pads the trimmed context back with zeros).
@@ -75,6 +76,11 @@ def _clamp_fp16(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation, written out in the reference's order of operations (bit-equal results)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
 class _T5Norm(nn.Module):
     """T5's layer norm: x / rms(x) · weight, no mean subtraction, no bias; statistics in float32."""
 
@@ -103,8 +109,8 @@ class _SelfAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2) for proj in (self.q, self.k, self.v))
         bias = self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(q.dtype)
-        bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5 does not scale the scores
+        mask = torch.where(keep, bias, torch.finfo(q.dtype).min).contiguous()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # T5 does not scale the scores
         return self.o(out.transpose(1, 2).flatten(2))
 
 
@@ -118,7 +124,7 @@ class _GatedGeluFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The product goes to `wo` as is, in the activations' dtype (never cast to `wo`'s storage dtype, which may be
         # fp8: a CastLinear computes in its input's dtype).
-        return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
+        return self.wo(_gelu_tanh(self.wi_0(x)) * self.wi_1(x))
 
 
 class _AttentionLayer(nn.Module):
