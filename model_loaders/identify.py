@@ -42,7 +42,14 @@ class Identity:
 
 
 def _any_fragment(*fragments: str) -> Callable[[Checkpoint], bool]:
+    """Some key contains one of `fragments` (for names that only one kind of file uses anywhere in a key)."""
     return lambda ckpt: any(f in k for k in ckpt.keys() for f in fragments)
+
+
+def _any_key(*names: str) -> Callable[[Checkpoint], bool]:
+    """Some key is one of `names`, bare or under a prefix ending in '.' (so `double_blocks.0.attn.q.weight` is not
+    `blocks.0.attn.q.weight`)."""
+    return lambda ckpt: find_prefix(ckpt, names) is not None
 
 
 def is_clip(ckpt: Checkpoint) -> bool:
@@ -50,13 +57,12 @@ def is_clip(ckpt: Checkpoint) -> bool:
         return True
     prefix = find_prefix(ckpt, CLIP_HF_ANCHORS)
     return (prefix is not None and prefix + "embeddings.class_embedding" in ckpt) or \
-        _any_fragment("visual.transformer.", "vision_model.", "visual.patch_embedding.weight")(ckpt)
+        _any_fragment("visual.transformer.", "vision_model.")(ckpt) or _any_key("visual.patch_embedding.weight")(ckpt)
 
 
 def is_t5(ckpt: Checkpoint) -> bool:
-    return find_prefix(ckpt, T5_HF_ANCHORS + UMT5_OFFICIAL_ANCHORS) is not None or \
-        _any_fragment("encoder.block.0.layer.0.SelfAttention.q.weight", "blocks.0.attn.q.weight",
-                      "shared.weight")(ckpt)
+    """umT5 / T5 encoders: transformers names, Wan's official names (per-layer or shared position bias)."""
+    return _any_key(*T5_HF_ANCHORS, *UMT5_OFFICIAL_ANCHORS, "blocks.0.attn.q.weight", "shared.weight")(ckpt)
 
 
 # Kinds without an adapter: (kind, what, todo or None for the kind's loader, runnable, matcher), in order.

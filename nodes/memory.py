@@ -7,7 +7,7 @@ from ..memory.planner import GIB, auto_budget, plan
 from ..model_loaders.core import module_of
 from .common import OpenReelNode, mappings
 
-MAX_BLOCKS = 40  # Wan 14B; models with fewer blocks refuse larger numbers with a clear message
+MAX_BLOCKS = 128  # above every supported model (Wan 14B: 40); each model refuses more than it has, saying how many
 
 
 class OpenReelBlockSwap(OpenReelNode):

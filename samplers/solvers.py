@@ -11,8 +11,6 @@ about 1e-6).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 
@@ -165,26 +163,3 @@ class DPMPP2M(_DataPredictionSolver):
 
 
 SOLVERS: dict[str, type[FlowSolver]] = {"euler": Euler, "unipc": FlowUniPC, "dpm++_2m": DPMPP2M}
-
-VelocityFn = Callable[[torch.Tensor, int], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
-
-
-def sample(solver: str, velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor,
-           callback: Callback | None = None) -> torch.Tensor:
-    """Integrate `x` from sigmas[0] to sigmas[-1] with the solver named `solver` (a key of SOLVERS).
-
-    `velocity_fn(x, i)` returns the model's velocity at x and sigmas[i] (the caller maps i to its model
-    timestep, e.g. `FlowSchedule.timesteps[i]`, and applies guidance). `callback(i, x0, x_next, steps)` after
-    each step gets the step's x0 prediction x − σ_i·v, in the argument order of ComfyUI's sampler callbacks.
-    """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    state = SOLVERS[solver](sigmas)
-    for i in range(state.steps):
-        v = velocity_fn(x, i)
-        x_next = state.step(v, i, x)
-        if callback is not None:
-            callback(i, x - state.sigmas[i] * v, x_next, state.steps)
-        x = x_next
-    return x

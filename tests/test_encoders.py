@@ -219,7 +219,7 @@ def _official_t5():
 
 
 def _hf_names(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official umT5 names → transformers / ComfyUI names (MODEL_FACTS §3.3), written out independently."""
+    """Official umT5 names → transformers / ComfyUI names, written out independently."""
     out = {}
     for key, value in official.items():
         parts = key.split(".")
@@ -365,7 +365,7 @@ def _official_clip_tokens(visual, images: torch.Tensor) -> torch.Tensor:
 
 
 def _hf_clip_names(visual_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official open-clip visual names → transformers `CLIPVisionModelWithProjection` names (MODEL_FACTS §3.4)."""
+    """Official open-clip visual names → transformers `CLIPVisionModelWithProjection` names."""
     dim = CLIP_CFG["dim"]
     out = {"vision_model.embeddings.class_embedding": visual_state["cls_embedding"].reshape(dim),
            "vision_model.embeddings.patch_embedding.weight": visual_state["patch_embedding.weight"],

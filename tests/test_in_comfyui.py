@@ -1,4 +1,4 @@
-"""OPTIONAL: the pack inside a real ComfyUI server (DESIGN §7.5). Skipped unless COMFYUI_PATH is set.
+"""OPTIONAL: the pack inside a real ComfyUI server . Skipped unless COMFYUI_PATH is set.
 
 What it does: starts `main.py` of the ComfyUI checkout at COMFYUI_PATH on 127.0.0.1 with a free port and
 `--base-directory` pointing at a temporary folder, whose `custom_nodes/ComfyUI-OpenReel` is a link to this
@@ -16,8 +16,8 @@ Environment:
     COMFYUI_PYTHON   the interpreter that runs ComfyUI. Default: COMFYUI_PATH/.venv or COMFYUI_PATH/venv if
                      one exists, else the interpreter running pytest.
 
-Setting ComfyUI up is not part of this repository (nothing of ComfyUI is committed here): /work/shared/DESIGN.md §8
-lists what a CPU-only machine of this project's kind needs. Then:
+Setting ComfyUI up is not part of this repository (nothing of ComfyUI is committed here): ARCHITECTURE.md
+("Testing inside a real ComfyUI") lists what a CPU-only machine needs. Then:
     COMFYUI_PATH=<checkout> COMFYUI_PYTHON=<its interpreter> python -m pytest -q tests/test_in_comfyui.py
 """
 from __future__ import annotations

@@ -72,7 +72,9 @@ class DiTFamily:
     anchors: tuple[str, ...] = ()      # any one of these keys (after a prefix) proves the family
     runnable: bool = True              # False: recognized (for clear messages), not yet runnable
     fp32_params: str = ""              # regex of parameters kept in float32
-    guidance: str = "cfg"              # "cfg": a negative branch; "embedded": the scale is a model input
+    # "cfg": classifier-free guidance, a second call (or batch half) on the negative branch of `model_inputs`.
+    # "embedded": the scale is a model input: one call per step, the network's forward takes `guidance=<float>`.
+    guidance: str = "cfg"
 
     # ------------------------------------------------------------------ files
     def normalize(self, ckpt: Checkpoint) -> Checkpoint:
@@ -99,7 +101,8 @@ class DiTFamily:
         raise NotImplementedError
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        """The per-frame timesteps [B, F] (0..1000) in the form the network takes."""
+        """The sampler's per-latent-frame timesteps [B, F] (0..1000; given frames 0) in the form the network
+        takes, e.g. `t[:, 0]` for a network with one timestep per sample."""
         return t
 
     # ------------------------------------------------------------------ memory
@@ -122,7 +125,9 @@ class VAEFamily:
     anchors: tuple[str, ...] = ()
 
     def normalize(self, ckpt: Checkpoint) -> Checkpoint:
-        raise NotImplementedError
+        """The VAE's keys under this family's names: those under the anchor's prefix, with it removed (other
+        models in a combined file are dropped)."""
+        return keep_under(ckpt, find_prefix(ckpt, self.anchors) or "")
 
     def describe(self, ckpt: Checkpoint) -> Any:
         raise NotImplementedError

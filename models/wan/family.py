@@ -124,7 +124,8 @@ class WanFamily(DiTFamily):
 
     # ------------------------------------------------------------------ sampling
     def defaults(self, spec: DiTSpec, pair: bool, width: int, height: int) -> SamplingDefaults:
-        """The official recipes (MODEL_FACTS §1.2 and §4; the official configs). Size matters for Wan2.1 I2V."""
+        """The official recipes (Wan's wan/configs/*.py and generate.py, SkyReels-V2's README). Size matters
+        for Wan2.1 I2V."""
         v = spec.variant.rsplit("_", 1)[0]
         if pair and spec.task == "t2v":
             return SamplingDefaults(40, 12.0, 4.0, 3.0, 0.875, 16, "Wan2.2 T2V-A14B")
