@@ -6,14 +6,14 @@ and read (anchors, normalize, describe, build), what its sampling needs (default
 model inputs, the guidance style, the timestep convention) and what the planner must know (tokens, activation
 memory). Nothing outside a family's own folder asks which family a model is.
 
-Checkpoints reach the adapters as `model_loaders.checkpoint.Checkpoint` objects (keys, shape, dtype, renamed,
-strip_prefix); the adapters only call those methods, so this layer does not import the loaders.
+Checkpoints reach the adapters as `model_loaders.checkpoint.Checkpoint` objects; the adapters use only what
+`Checkpoint` (the protocol below) names, so this layer does not import the loaders.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -23,8 +23,19 @@ from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from .ops import Ops
 
-if TYPE_CHECKING:
-    from ...model_loaders.checkpoint import Checkpoint
+
+
+class Checkpoint(Protocol):
+    """What a family adapter may ask of a checkpoint: its tensors' names and shapes, renamed views of it, the
+    config.json beside it, and a name for messages (model_loaders.checkpoint.Checkpoint is the implementation)."""
+    name: str
+    config: dict | None
+
+    def keys(self) -> list[str]: ...
+    def __contains__(self, key: str) -> bool: ...
+    def shape(self, key: str) -> tuple[int, ...]: ...
+    def renamed(self, rename: Callable[[str], "str | None"]) -> "Checkpoint": ...
+    def strip_prefix(self, prefix: str) -> "Checkpoint": ...
 
 
 def find_prefix(ckpt: Checkpoint, anchors: tuple[str, ...]) -> str | None:

@@ -2,13 +2,9 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from ...handles import DiTSpec
-from ..common.family import DiTFamily, register_family
-
-if TYPE_CHECKING:
-    from ...model_loaders.checkpoint import Checkpoint
+from ..common.family import Checkpoint, DiTFamily, register_family
 
 
 class StepVideoFamily(DiTFamily):

@@ -7,20 +7,16 @@ Layouts: official / ComfyUI names (optionally prefixed, e.g. `model.diffusion_mo
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
-from ..common.family import DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
+from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
 from ..common.ops import Ops
 from . import latents as wan_latents
 from .model import FP32_PARAMS, WanConfig, WanDiT
-
-if TYPE_CHECKING:
-    from ...model_loaders.checkpoint import Checkpoint
 
 OFFICIAL_ANCHORS = ("head.modulation",)
 DIFFUSERS_ANCHORS = ("condition_embedder.time_proj.weight",)

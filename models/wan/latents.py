@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import DetectionError, InputError
 from ...latents import ImageConditioning, LatentFormat, register_latent_format
-from ..common.family import VAEFamily, find_prefix, keep_under, register_vae_family
+from ..common.family import Checkpoint, VAEFamily, find_prefix, keep_under, register_vae_family
 from .vae import WAN21, WAN22, VAEConfig, WanVAE
-
-if TYPE_CHECKING:
-    from ...model_loaders.checkpoint import Checkpoint
 
 PATCH = 2  # the Wan DiTs' spatial patch: sizes must be multiples of the VAE stride × 2
 
