@@ -86,20 +86,6 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
     return path
 
 
-def dequantized(path: Path, prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
-    """What an fp8 file written by `save_fp8` holds, back in float32 with the official names."""
-    from safetensors.torch import load_file
-
-    raw = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
-    out = {}
-    for key, value in raw.items():
-        if key == "scaled_fp8" or key.endswith(".scale_weight"):
-            continue
-        scale = raw.get(key.removesuffix("weight") + "scale_weight")
-        out[key] = value.float() * (scale if scale is not None else 1.0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
 TINY_TEXT_DIM = 64

@@ -16,6 +16,18 @@ from references import require
 CFG = synthetic.TINY_WAN
 
 
+def dequantized(path, prefix=synthetic.COMFY_PREFIX) -> dict[str, torch.Tensor]:
+    """What an fp8 file written by `synthetic.save_fp8` holds, back in float32 with the official names."""
+    raw = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
+    out = {}
+    for key, value in raw.items():
+        if key == "scaled_fp8" or key.endswith(".scale_weight"):
+            continue
+        scale = raw.get(key.removesuffix("weight") + "scale_weight")
+        out[key] = value.float() * (scale if scale is not None else 1.0)
+    return out
+
+
 def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
@@ -110,7 +122,7 @@ def test_fp8_scaled_file_keeps_its_weights_and_scales(models_dir, source):
     assert torch.equal(q.scale_weight, raw[prefix + "scale_weight"].reshape(()))
     # exactly the dequantized file's model ...
     exact = WanDiT(CFG).eval()
-    exact.load_state_dict(synthetic.dequantized(path))
+    exact.load_state_dict(dequantized(path))
     got = run(module, inputs)
     assert rel_err(got, run(exact, inputs)) < 1e-5
     # ... and close to the source: e4m3 keeps 3 mantissa bits, a relative rounding error of at most 2^-4
@@ -139,7 +151,7 @@ def test_fp8_scaled_file_dequantized_to_bf16_on_request(models_dir, source):
     _, module = load_via_node(path.name, weight_dtype="bf16", compute_dtype="fp32")
     assert module.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
     exact = WanDiT(CFG).eval()
-    exact.load_state_dict(synthetic.dequantized(path))
+    exact.load_state_dict(dequantized(path))
     assert rel_err(run(module, inputs), run(exact, inputs)) < 1e-2  # bf16 storage of the fp8 values: exact-ish
 
 
