@@ -8,6 +8,7 @@ from openreel.errors import InputError
 from openreel.handles import TextEmbeds
 from openreel.model_loaders.cache import MODULES
 from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
+from openreel.nodes.encode import OpenReelVAEDecode
 from openreel.nodes.sample import OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler
 from openreel.samplers.flow import sample_flow
 
@@ -97,6 +98,19 @@ def test_sampler_refuses_mismatched_experts_and_text(kit):
             dit_low_noise=dit["wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"])
     with pytest.raises(InputError, match="text embeddings are 32 wide but the model takes 64.*umT5-XXL"):
         run(dit["wan2.1_t2v_1.3B_fp16.safetensors"], latent, width=32)
+
+
+def test_latents_of_unknown_formats_and_native_image_latents_are_refused(kit):
+    dit, vae = kit
+    model = dit["wan2.1_t2v_1.3B_fp16.safetensors"]
+    tagged = {"samples": torch.zeros(1, 16, 2, 8, 8), "latent_format": "sd3"}
+    with pytest.raises(InputError, match="^OpenReel Sampler: the latent format 'sd3' is unknown \\(known: .*wan21"):
+        run(model, tagged)
+    native = {"samples": torch.zeros(1, 4, 8, 8)}  # what ComfyUI's own Empty Latent Image makes
+    with pytest.raises(InputError, match="^OpenReel Sampler: the latent has shape \\(1, 4, 8, 8\\).*OpenReel Empty Latent"):
+        run(model, native)
+    with pytest.raises(InputError, match="^OpenReel VAE Decode: the latent has 16 channels .* decodes 48-channel"):
+        OpenReelVAEDecode().decode(vae["wan22"], OpenReelEmptyLatent().make(vae["wan21"], 64, 64, 5, 1)[0], "off")
 
 
 def test_ti2v_refuses_clip_and_end_image(kit):
