@@ -23,8 +23,9 @@ LOADERS = {
     "clip_vision": "load it with OpenReel CLIP Vision Loader (put it in models/clip_vision)",
     "lora": "apply it to a loaded model with a LoRA node instead of loading it as a model",
 }
-NOUNS = {"dit": "a diffusion model", "vae": "a VAE", "text_encoder": "a text encoder",
+NOUNS = {"dit": "a diffusion transformer", "vae": "a VAE", "text_encoder": "a text encoder",
          "clip_vision": "a CLIP vision encoder"}
+UNKNOWN = {**NOUNS, "dit": "a diffusion model"}   # "… is not a diffusion model OpenReel knows"
 
 UMT5_OFFICIAL_ANCHORS = ("blocks.0.pos_embedding.embedding.weight",)
 T5_HF_ANCHORS = ("encoder.block.0.layer.0.SelfAttention.q.weight",)
@@ -104,7 +105,7 @@ def expect(ckpt: Checkpoint, kind: str, supported: str) -> Identity:
     found = identify(ckpt, kind)
     if found is None:
         sample = ", ".join(sorted(ckpt.keys())[:5])
-        raise DetectionError(f"{ckpt.name} is not {NOUNS[kind]} OpenReel knows (first keys: {sample})", supported)
+        raise DetectionError(f"{ckpt.name} is not {UNKNOWN[kind]} OpenReel knows (first keys: {sample})", supported)
     if found.kind != kind:
         raise DetectionError(f"{ckpt.name} is {found.what}, not {NOUNS[kind]}", found.todo)
     if not found.runnable:

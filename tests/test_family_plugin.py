@@ -278,7 +278,7 @@ def test_registries_identify_the_toy_files(toy):
     assert (vae.family, vae.latent_format) == ("toy", "toy8")
     with pytest.raises(DetectionError, match="OpenReel VAE Loader: .*a Toy diffusion transformer, not a VAE"):
         OpenReelVAELoader().load(str(folder / "diffusion_models" / DIT_FILE), "auto")
-    with pytest.raises(DetectionError, match="video VAE \\(Toy VAE\\), not a diffusion model"):
+    with pytest.raises(DetectionError, match="video VAE \\(Toy VAE\\), not a diffusion transformer"):
         OpenReelDiTLoader().load(str(folder / "vae" / VAE_FILE), "auto", "auto")
 
 
