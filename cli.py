@@ -60,9 +60,12 @@ def _run(args) -> int:
     if args.synthetic:
         import tempfile
 
-        synthetic = args.models or str(Path(tempfile.gettempdir()) / "openreel-synthetic")
-    return run_workflow(args.workflow, None if synthetic else args.models, args.out, args.set or [],
-                        synthetic_dir=synthetic)
+        if args.models:  # the synthetic set is written under the real file names: never into the user's folder
+            print("error: --synthetic runs on its own tiny models in a temporary folder and takes no --models. "
+                  "Leave out --synthetic to run on the models in that folder", file=sys.stderr)
+            return 2
+        synthetic = str(Path(tempfile.gettempdir()) / "openreel-synthetic")
+    return run_workflow(args.workflow, args.models, args.out, args.set or [], synthetic_dir=synthetic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override an input; NODE is a node id, title or class type; VALUE is JSON or text")
     p.add_argument("--synthetic", action="store_true",
                    help="run on the built-in synthetic model set (tiny random weights in the real file layouts, "
-                        "written to --models or a temp folder) with small sizes: checks the graph on any machine")
+                        "written to a temporary folder) with small sizes: checks the graph on any machine")
     p.set_defaults(run=_run)
     p = sub.add_parser("synth", help="write the synthetic demo model set and load it through the loader nodes")
     p.add_argument("--models", default="openreel-synthetic-models", help="models folder to write into")

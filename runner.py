@@ -209,10 +209,13 @@ def use_synthetic_models(prompt: dict, folder: Path, log=print) -> None:
     from . import synthetic
 
     marker = folder / "complete.txt"
-    if not marker.exists():
+    stamp = f"{synthetic.SYNTHETIC_NOTE}\nversion {synthetic.SET_VERSION}\n"
+    if not marker.exists() or marker.read_text() != stamp:
         log(f"writing the synthetic model set to {folder}")
         synthetic.write_model_set(folder / "models", folder / "input")
-        marker.write_text(synthetic.SYNTHETIC_NOTE)
+        marker.write_text(stamp)
+    else:
+        log(f"using the synthetic model set in {folder}")
     runtime.set_models_dir(folder / "models")
     runtime.set_input_dir(folder / "input")
     for node_id, entry in prompt.items():

@@ -84,3 +84,18 @@ def test_a_failing_node_exits_1_naming_the_node(workspace, monkeypatch, capsys):
     path.write_text(json.dumps(COPY_VIDEO))
     assert main(str(path), None, str(workspace / "out"), []) == 1
     assert "error: node 1 (Source) failed: RuntimeError: disk on fire" in capsys.readouterr().err
+
+
+def test_synthetic_runs_never_write_into_a_users_models_folder(tmp_path, capsys):
+    from pathlib import Path
+
+    from openreel.cli import main as cli_main
+
+    mine = tmp_path / "models" / "vae" / "wan_2.1_vae.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    workflow = Path(__file__).resolve().parents[1] / "workflows" / "api" / "wan21_t2v.json"
+    code = cli_main(["run", str(workflow), "--synthetic", "--models", str(tmp_path / "models")])
+    assert code == EXIT_INVALID and "takes no --models" in capsys.readouterr().err
+    assert mine.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["wan_2.1_vae.safetensors"]
