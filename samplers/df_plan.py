@@ -96,8 +96,9 @@ def latent_count(pixel_frames: int, name: str) -> int:
 
 def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, block_size: int = 1,
                  ar_step: int = 0, image_prefix: int = 0) -> list[Window]:
-    """The windows of a video of `num_frames` pixel frames, checked before any compute: every window must have a
-    whole causal block to generate, and with ar_step > 0 each window's frame count must be whole blocks."""
+    """The windows of a video of `num_frames` pixel frames, checked before any compute: every window must be whole
+    causal blocks (the original leaves the frames past the last whole block as noise) with at least one to
+    generate (the original crashes on a window of given frames only)."""
     total = latent_count(num_frames, "num_frames")
     base = latent_count(base_num_frames, "base_num_frames")
     if total > base:
@@ -108,7 +109,7 @@ def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, bl
     windows = _windows(total, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix)
     problem = _problem(windows, block_size, ar_step)
     if problem is not None:
-        if len(windows) > 1 and windows[0].frames % block_size and ar_step > 0:
+        if len(windows) > 1 and windows[0].frames % block_size:
             whole = [n for n in range(base_num_frames - 4 * block_size, base_num_frames + 4 * block_size + 1, 4)
                      if n > 0 and ((n - 1) // 4 + 1) % block_size == 0]  # one below and one above
             raise InputError(problem, f"use a base_num_frames whose latent frames are whole blocks, e.g. "
@@ -136,9 +137,9 @@ def _problem(windows: list[Window], block_size: int, ar_step: int) -> str | None
         if w.frames // block_size <= w.prefix // block_size:
             return (f"{name} would hold only given frames ({w.frames} latent frames, of which {w.prefix} given, in "
                     f"causal blocks of {block_size})")
-        if ar_step > 0 and w.frames % block_size:
-            return (f"with ar_step > 0 every window must be whole causal blocks, but {name} has {w.frames} latent "
-                    f"frames and causal_block_size is {block_size}")
+        if w.frames % block_size:  # the original would leave the frames past the last whole block as noise
+            return (f"every window must be whole causal blocks, but {name} has {w.frames} latent frames and "
+                    f"causal_block_size is {block_size}")
     return None
 
 

@@ -115,8 +115,8 @@ def original_windows(num_frames, base_num_frames, overlap_history, block, image_
 
 
 @pytest.mark.parametrize("num_frames, base, overlap, block", [
-    (97, 97, 17, 1), (257, 97, 17, 1), (377, 121, 37, 1), (737, 97, 17, 1), (1457, 97, 17, 1), (737, 121, 17, 5),
-    (257, 97, 37, 5), (1457, 121, 37, 1)])
+    (97, 97, 17, 1), (257, 97, 17, 1), (377, 121, 37, 1), (737, 97, 17, 1), (1457, 97, 17, 1), (737, 117, 17, 5),
+    (257, 97, 37, 5), (1457, 121, 37, 1), (737, 117, 37, 5)])
 def test_windows_follow_the_original_loop(num_frames, base, overlap, block):
     windows = plan_windows(num_frames, base, overlap, block)
     assert [(w.frames, w.prefix) for w in windows] == original_windows(num_frames, base, overlap, block)
@@ -134,7 +134,9 @@ def test_a_short_video_is_one_window_with_its_image_prefix():
     ((257, 97, 97), "overlap_history 97 is not shorter than base_num_frames 97", "17 or 37"),
     ((237, 121, 17, 5, 5), "window 1 of 3 has 31 latent frames and causal_block_size is 5",
      "base_num_frames .* 117 or 137"),
-    ((377, 121, 37, 5), "window 5 of 5 would hold only given frames", "num_frames 373 or 393"),
+    ((101, 121, 17, 5), "window 1 of 1 has 26 latent frames and causal_block_size is 5", "num_frames 97 or 117"),
+    ((245, 117, 17, 5), "window 3 of 3 has 12 latent frames", "num_frames 237 or 257"),
+    ((1, 97, 17, 1, 0, 1), "window 1 of 1 would hold only given frames", "num_frames 5"),
 ])
 def test_impossible_plans_are_refused_with_the_nearest_working_numbers(args, message, todo):
     with pytest.raises(InputError, match=message) as caught:
@@ -142,10 +144,11 @@ def test_impossible_plans_are_refused_with_the_nearest_working_numbers(args, mes
     assert __import__("re").search(todo, caught.value.todo), caught.value.todo
 
 
-def test_refused_windows_are_those_the_original_crashes_on():
-    # the original stacks an empty list when a window has no block to generate (237 / 121 / block 5, ar_step 0)
-    with pytest.raises(InputError, match="would hold only given frames"):
-        plan_windows(237, 121, 17, 5)
+@pytest.mark.parametrize("args", [(237, 121, 17, 5), (377, 121, 37, 5)])
+def test_plans_the_original_crashes_on_are_refused(args):
+    # the original stacks an empty list when a window has no whole block to generate 
+    with pytest.raises(InputError, match="must be whole causal blocks"):
+        plan_windows(*args)
 
 
 def test_ar_step_too_small_for_a_sliding_window_is_refused():
