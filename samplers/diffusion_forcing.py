@@ -46,6 +46,7 @@ def sample_window(session: SamplingSession, expert: int, schedule: FlowSchedule,
     quirk = {"skyreels_inplace_quirk": True} if original_solver_quirk and SOLVERS[solver] is FlowUniPC else {}
     solvers = [SOLVERS[solver](schedule.sigmas, **quirk) for _ in range(frames)]
     session.activate(expert, x)
+    session.set_remaining(matrix.iterations * session.calls_per_step(expert))
     for k in range(matrix.iterations):
         start, end = matrix.intervals[k]
         x_in = x[:, :, start:end].clone()
