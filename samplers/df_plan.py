@@ -95,10 +95,11 @@ def latent_count(pixel_frames: int, name: str) -> int:
 
 
 def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, block_size: int = 1,
-                 ar_step: int = 0, image_prefix: int = 0) -> list[Window]:
+                 ar_step: int = 0, image_prefix: int = 0, end_frames: int = 0) -> list[Window]:
     """The windows of a video of `num_frames` pixel frames, checked before any compute: every window must be whole
     causal blocks (the original leaves the frames past the last whole block as noise) with at least one to
-    generate (the original crashes on a window of given frames only)."""
+    generate (the original crashes on a window of given frames only). `end_frames` given frames (an end image)
+    follow the last window and count in its blocks."""
     total = latent_count(num_frames, "num_frames")
     base = latent_count(base_num_frames, "base_num_frames")
     if total > base:
@@ -107,14 +108,14 @@ def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, bl
             raise InputError(f"overlap_history {overlap_history} is not shorter than base_num_frames "
                              f"{base_num_frames}", "use an overlap of about a sixth of the window, e.g. 17 or 37")
     windows = _windows(total, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix)
-    problem = _problem(windows, block_size, ar_step)
+    problem = _problem(windows, block_size, ar_step, end_frames)
     if problem is not None:
         if len(windows) > 1 and windows[0].frames % block_size:
             whole = [n for n in range(base_num_frames - 4 * block_size, base_num_frames + 4 * block_size + 1, 4)
                      if n > 0 and ((n - 1) // 4 + 1) % block_size == 0]  # one below and one above
             raise InputError(problem, f"use a base_num_frames whose latent frames are whole blocks, e.g. "
                                       f"{' or '.join(map(str, whole))}")
-        valid = _valid_neighbours(num_frames, base, overlap_history, block_size, ar_step, image_prefix)
+        valid = _valid_neighbours(num_frames, base, overlap_history, block_size, ar_step, image_prefix, end_frames)
         raise InputError(problem, f"use num_frames {' or '.join(map(str, valid))}" if valid else
                          "use another num_frames, base_num_frames or causal_block_size")
     return windows
@@ -131,27 +132,29 @@ def _windows(total: int, base: int, overlap: int, block_size: int, image_prefix:
     return windows
 
 
-def _problem(windows: list[Window], block_size: int, ar_step: int) -> str | None:
+def _problem(windows: list[Window], block_size: int, ar_step: int, end_frames: int = 0) -> str | None:
     for i, w in enumerate(windows):
         name = f"window {i + 1} of {len(windows)}"
-        if w.frames // block_size <= w.prefix // block_size:
+        end = end_frames if i == len(windows) - 1 else 0
+        if w.frames <= w.prefix or (w.frames + end) // block_size <= w.prefix // block_size:
             return (f"{name} would hold only given frames ({w.frames} latent frames, of which {w.prefix} given, in "
                     f"causal blocks of {block_size})")
-        if w.frames % block_size:  # the original would leave the frames past the last whole block as noise
-            return (f"every window must be whole causal blocks, but {name} has {w.frames} latent frames and "
+        if (w.frames + end) % block_size:  # the original would leave the frames past the last whole block as noise
+            held = f" + {end} (the end image)" if end else ""
+            return (f"every window must be whole causal blocks, but {name} has {w.frames}{held} latent frames and "
                     f"causal_block_size is {block_size}")
     return None
 
 
 def _valid_neighbours(num_frames: int, base: int, overlap_history: int, block_size: int, ar_step: int,
-                      image_prefix: int) -> list[int]:
+                      image_prefix: int, end_frames: int) -> list[int]:
     """The nearest valid frame counts below and above `num_frames` (4n+1), for the error message."""
     found = []
     for direction in (-4, 4):
         n = num_frames + direction
         while 1 <= n <= num_frames + 4000:
             windows = _windows((n - 1) // 4 + 1, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix)
-            if _problem(windows, block_size, ar_step) is None:
+            if _problem(windows, block_size, ar_step, end_frames) is None:
                 found.append(n)
                 break
             n += direction

@@ -14,9 +14,11 @@ the default is the original algorithm.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from .df_plan import TimestepMatrix
+from .df_plan import TimestepMatrix, Window, timestep_matrix
 from .schedules import FlowSchedule
 from .session import SamplingSession
 from .solvers import SOLVERS, FlowUniPC
@@ -64,3 +66,65 @@ def sample_window(session: SamplingSession, expert: int, schedule: FlowSchedule,
         if session.latent_format is not None:
             session.show(x)
     return x
+
+
+def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, windows: list[Window],
+                 latent_shape: tuple[int, int, int], *, seed: int, ar_step: int = 0, block_size: int = 1,
+                 solver: str = "unipc", addnoise_condition: int = 0, start: torch.Tensor | None = None,
+                 end: torch.Tensor | None = None, overlap_history: int = 0,
+                 roundtrip: tuple[Callable, Callable] | None = None,
+                 on_window: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
+                 original_solver_quirk: bool = True) -> torch.Tensor:
+    """Every window of a video (samplers/df_plan.py `plan_windows`), each conditioned on the end of the one before;
+    returns the whole video's latent [1, C, L, H, W] (CPU), each window's overlap counted once.
+
+    `latent_shape` (C, H, W); `start` / `end`: given latent frames [1, C, n, H, W] at the video's start (window 0)
+    and end (last window). How a window starts from the previous one:
+    - `roundtrip` None: the last `overlap` latent frames are reused as they are (diffusers' way: no VAE pass, no
+      colour drift at joins);
+    - `roundtrip` = (decode, encode): the original's way: every window is decoded (`decode(latent)` → frames
+      [1, 3, f, H, W] in [-1, 1]), and the video's last `overlap_history` pixel frames, clamped to [-1, 1], are
+      encoded again (`encode(frames)` → latent) as the next window's start.
+    Either way the given start is cut to whole causal blocks from its end, as the original does. Noise comes from
+    one CPU generator seeded with `seed`, window after window (addnoise_condition noise from a second, seed + 1).
+    `on_window(i, window latent, new pixel frames or None)` sees each finished window (to stream it out)."""
+    channels, height, width = latent_shape
+    noise = torch.Generator().manual_seed(int(seed) % 2**64)
+    extra = torch.Generator().manual_seed((int(seed) + 1) % 2**64)
+    video, tail = None, None   # the latent so far; the last overlap_history pixel frames (roundtrip only)
+    for i, window in enumerate(windows):
+        frames = window.frames
+        x = torch.randn(1, channels, frames, height, width, generator=noise, dtype=torch.float32)
+        if i == 0:
+            given = start
+        elif roundtrip is None:
+            given = video[:, :, video.shape[2] - overlap_latents(overlap_history):]
+        else:
+            given = roundtrip[1](tail)
+        prefix = 0 if given is None else given.shape[2] - given.shape[2] % block_size if i else given.shape[2]
+        if prefix:
+            x[:, :, :prefix] = given[:, :, :prefix].to(torch.float32).cpu()
+        end_frames = end.shape[2] if end is not None and i == len(windows) - 1 else 0
+        if end_frames:
+            x = torch.cat([x, end.to(torch.float32).cpu()], dim=2)
+        matrix = timestep_matrix(x.shape[2], schedule.timesteps, x.shape[2], ar_step, prefix, block_size)
+        latent = sample_window(session, expert, schedule, matrix, x, solver=solver, prefix=prefix,
+                               end_frames=end_frames, addnoise_condition=addnoise_condition, noise_generator=extra,
+                               original_solver_quirk=original_solver_quirk).cpu()
+        latent = latent[:, :, :latent.shape[2] - end_frames]
+        overlap = 0 if i == 0 else overlap_latents(overlap_history)
+        pixels = None
+        if roundtrip is not None:
+            decoded = roundtrip[0](latent).clamp(-1.0, 1.0)
+            pixels = decoded if i == 0 else decoded[:, :, overlap_history:]
+            tail = pixels[:, :, -overlap_history:] if tail is None or pixels.shape[2] >= overlap_history else \
+                torch.cat([tail, pixels], dim=2)[:, :, -overlap_history:]
+        new = latent[:, :, overlap:]
+        video = new if video is None else torch.cat([video, new], dim=2)
+        if on_window is not None:
+            on_window(i, latent, pixels)
+    return video
+
+
+def overlap_latents(overlap_history: int) -> int:
+    return (overlap_history - 1) // 4 + 1

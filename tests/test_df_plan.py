@@ -137,6 +137,7 @@ def test_a_short_video_is_one_window_with_its_image_prefix():
     ((101, 121, 17, 5), "window 1 of 1 has 26 latent frames and causal_block_size is 5", "num_frames 97 or 117"),
     ((245, 117, 17, 5), "window 3 of 3 has 12 latent frames", "num_frames 237 or 257"),
     ((1, 97, 17, 1, 0, 1), "window 1 of 1 would hold only given frames", "num_frames 5"),
+    ((29, 13, 5, 2, 1, 0, 1), "window 3 of 3 has 4 \\+ 1 \\(the end image\\) latent frames", "num_frames 25 or 33"),
 ])
 def test_impossible_plans_are_refused_with_the_nearest_working_numbers(args, message, todo):
     with pytest.raises(InputError, match=message) as caught:

@@ -147,3 +147,88 @@ def test_given_frames_stay_clean_when_they_do_not_fill_a_causal_block():
     got = ours_window(dit, x, ctx, nctx, 3, 8.0, 1, 2, 1, 0, 0, None)
     assert torch.equal(got[:, :, :1], x[:, :, :1])
     assert all(t[0, 0].item() == 0.0 for t in seen)  # the model always sees the image frame as clean
+
+
+# ----------------------------------------------------------------------------------------- long videos
+def tiny_vae():
+    from dataclasses import replace
+
+    from openreel.models.wan.vae import WAN21, WanVAE
+
+    torch.manual_seed(4)
+    vae = WanVAE(replace(WAN21, dim=8, dec_dim=8)).eval()
+    for p in vae.parameters():
+        p.data = torch.randn(p.shape) * 0.05
+    return vae
+
+
+@torch.no_grad()
+def original_video(dit, vae, scheduler_cls, num_frames, base, overlap, seed, ar_step, block, start, end, ctx, nctx,
+                   reuse_latents):
+    """The original long-video loop (`__call__`, long path) in our words; `reuse_latents`: diffusers' variant."""
+    latent, base_latent, overlap_latent = (num_frames - 1) // 4 + 1, (base - 1) // 4 + 1, (overlap - 1) // 4 + 1
+    n_iter = 1 + (latent - base_latent - 1) // (base_latent - overlap_latent) + 1
+    noise, extra = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    output, accumulated = None, None
+    for i in range(n_iter):
+        if i == 0:
+            prefix, frames = start, base_latent
+        else:
+            prefix = accumulated[:, :, -overlap_latent:] if reuse_latents else vae.encode(output[:, :, -overlap:])
+            prefix = prefix[:, :, : prefix.shape[2] - prefix.shape[2] % block]
+            finished = i * (base_latent - overlap_latent) + overlap_latent
+            frames = min(latent - finished + overlap_latent, base_latent)
+        x = torch.randn(1, 16, frames, 4, 6, generator=noise)
+        given = 0 if prefix is None else prefix.shape[2]
+        if given:
+            x[:, :, :given] = prefix
+        last_end = end is not None and i == n_iter - 1
+        if last_end:
+            x = torch.cat([x, end], dim=2)
+        window = original_window(dit, scheduler_cls, x, ctx, nctx, 3, 8.0, ar_step, block, given,
+                                 end.shape[2] if last_end else 0, 0, extra)
+        if last_end:
+            window = window[:, :, : -end.shape[2]]
+        accumulated = window if i == 0 else torch.cat([accumulated, window[:, :, overlap_latent:]], dim=2)
+        decoded = vae.decode(window).clamp(-1, 1)
+        output = decoded if i == 0 else torch.cat([output, decoded[:, :, overlap:]], dim=2)
+    return accumulated, output
+
+
+@pytest.mark.parametrize("num_frames, ar_step, block, with_start, with_end, reuse_latents", [
+    (25, 0, 1, False, False, False),
+    (25, 1, 1, True, False, False),
+    (25, 1, 1, False, True, False),
+    (29, 1, 2, False, False, False),
+    (25, 0, 1, True, True, True),
+    (29, 1, 2, False, False, True),
+])
+def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block, with_start, with_end,
+                                                     reuse_latents):
+    from openreel.samplers.df_plan import plan_windows
+    from openreel.samplers.diffusion_forcing import sample_video
+
+    base, overlap, seed = 13, 5, 21
+    dit, vae = model(), tiny_vae()
+    gen = torch.Generator().manual_seed(8)
+    ctx, nctx = torch.randn(1, 7, CFG.text_dim, generator=gen), torch.randn(1, 4, CFG.text_dim, generator=gen)
+    start = torch.randn(1, 16, 1, 4, 6, generator=gen) if with_start else None
+    end = torch.randn(1, 16, 1, 4, 6, generator=gen) if with_end else None
+    expected_latent, expected_pixels = original_video(dit, vae, wan22_scheduler(), num_frames, base, overlap, seed,
+                                                      ar_step, block, start, end, ctx, nctx, reuse_latents)
+
+    spec = SimpleNamespace(config=dit.cfg)
+    inputs = WAN.model_inputs(spec, TextEmbeds(ctx, nctx), None, DEFAULTS)
+    windows = plan_windows(num_frames, base, overlap, block, ar_step, image_prefix=1 if with_start else 0,
+                           end_frames=1 if with_end else 0)
+    assert len(windows) == 3
+    pixels = []
+    with SamplingSession([Expert(dit, GUIDANCE, inputs, WAN, spec)], batch_cfg=False) as session:
+        got = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=seed, ar_step=ar_step,
+                           block_size=block, start=start, end=end, overlap_history=overlap,
+                           roundtrip=None if reuse_latents else (vae.decode, vae.encode),
+                           on_window=lambda i, latent, new: pixels.append(new))
+    assert got.shape == expected_latent.shape == (1, 16, (num_frames - 1) // 4 + 1, 4, 6)
+    assert rel_err(got, expected_latent) < TOL
+    if not reuse_latents:
+        assert rel_err(torch.cat(pixels, dim=2), expected_pixels) < TOL
