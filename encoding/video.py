@@ -44,6 +44,19 @@ def encode_video(handle: VAEHandle, video: torch.Tensor, tiling: str = "auto") -
         runtime.offload_model(module)
 
 
+def decode_pixels(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") -> torch.Tensor:
+    """Normalized latent → frames [B, 3, F, H, W] in [-1, 1] (CPU, float32), for work that continues in pixels
+    (e.g. diffusion forcing re-encoding the end of a window). The VAE is on the GPU only for the call."""
+    module = module_of(handle)
+    device = runtime.load_model(module)
+    try:
+        s = module.cfg.spatial_stride
+        tile = _tile_for(handle, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
+        return module.decode(latent, tile_size=tile).cpu()
+    finally:
+        runtime.offload_model(module)
+
+
 def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") -> Iterator[torch.Tensor]:
     """Normalized latent → IMAGE chunks [f, H, W, 3] in 0..1 on the CPU, batch item 0 then 1 …, streamed when
     untiled (a video writer can consume them as they come); the VAE is offloaded when the last chunk is out."""

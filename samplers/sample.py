@@ -1,16 +1,23 @@
-"""Sampling from handles: the family's defaults and checks, schedule, noise and experts → the flow loop → a LATENT."""
+"""Sampling from handles: the family's defaults and checks, schedule, noise and experts → a sampling loop (flow, or
+diffusion forcing window by window) → a LATENT."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
+from ..encoding.video import decode_pixels, encode_video
 from ..errors import InputError
-from ..handles import DiTHandle, TextEmbeds
+from ..handles import DiTHandle, TextEmbeds, VAEHandle
 from ..latents import conditioning_of, format_of, latent_format
 from ..model_loaders.core import prepare
+from ..models.common.images import fit_image
 from ..models.registry import family_of
+from .df_plan import plan_windows
+from .diffusion_forcing import sample_video
 from .flow import sample_flow
 from .schedules import FlowSchedule, add_noise, linear_schedule, wan_unipc_schedule
-from .session import Expert
+from .session import Expert, SamplingSession
 
 SOLVER_CHOICES = ("unipc", "dpm++_2m", "euler")
 
@@ -66,3 +73,45 @@ def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps
     out = sample_flow(experts, schedule, solver, x, boundary=boundary or d.boundary,
                       given=cond.given if cond is not None else None, latent_format=fmt)
     return {"samples": out, "latent_format": fmt.name}
+
+
+JOINS = ("vae_roundtrip", "reuse_latents")
+
+
+def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle, *, width: int, height: int,
+                             num_frames: int, base_num_frames: int, overlap_history: int, seed: int,
+                             ar_step: int = 0, causal_block_size: int = 1, addnoise_condition: int = 0,
+                             steps: int = 0, guidance: float = 0.0, shift: float = 0.0, fps: int = 24,
+                             solver: str = "unipc", join: str = "vae_roundtrip",
+                             start_image: torch.Tensor | None = None,
+                             end_image: torch.Tensor | None = None) -> dict:
+    """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
+    video's LATENT. Zeros mean the official DF recipe. Everything is checked before any model runs."""
+    if solver not in SOLVER_CHOICES:
+        raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
+    if join not in JOINS:
+        raise InputError(f"unknown window join {join!r}", f"use one of {JOINS}")
+    family, fmt = family_of(dit.spec), latent_format(dit.spec.latent_format)
+    d = replace(family.diffusion_forcing(dit.spec), fps=fps)
+    if vae.latent_format != fmt.name:
+        raise InputError(f"this VAE makes {latent_format(vae.latent_format).title} latents but "
+                         f"{dit.spec.description} takes {fmt.title} latents", "connect the VAE of this model")
+    _, _, h, w = fmt.latent_size(width, height, 1)
+    windows = plan_windows(num_frames, base_num_frames, overlap_history, causal_block_size, ar_step,
+                           image_prefix=0 if start_image is None else 1, end_frames=0 if end_image is None else 1)
+    family.check(dit.spec, fmt, None, embeds, None)
+    steps, guidance, shift = steps or d.steps, guidance or d.guidance, shift or d.shift
+    schedule = wan_unipc_schedule(steps, shift) if solver != "dpm++_2m" else linear_schedule(steps, shift)
+    frame = lambda image: encode_video(vae, fit_image(image[:1], width, height).unsqueeze(2))  # noqa: E731
+    start = None if start_image is None else frame(start_image)
+    end = None if end_image is None else frame(end_image)
+    expert = Expert(prepare(dit), guidance, family.model_inputs(dit.spec, embeds, None, d), family, dit.spec)
+    roundtrip = None
+    if join == "vae_roundtrip":
+        roundtrip = (lambda latent: decode_pixels(vae, latent), lambda pixels: encode_video(vae, pixels))
+    with SamplingSession([expert], latent_format=fmt,
+                         label=f"OpenReel diffusion forcing ({len(windows)} windows)") as session:
+        video = sample_video(session, 0, schedule, windows, (fmt.channels, h, w), seed=seed, ar_step=ar_step,
+                             block_size=causal_block_size, solver=solver, addnoise_condition=addnoise_condition,
+                             start=start, end=end, overlap_history=overlap_history, roundtrip=roundtrip)
+    return {"samples": video, "latent_format": fmt.name}

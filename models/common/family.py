@@ -111,6 +111,10 @@ class DiTFamily:
                      defaults: SamplingDefaults) -> ModelInputs:
         raise NotImplementedError
 
+    def diffusion_forcing(self, spec: DiTSpec) -> SamplingDefaults:
+        """The official diffusion-forcing recipe for `spec`, or an InputError when it is no diffusion-forcing model."""
+        raise InputError(f"{spec.description} is not a diffusion-forcing model", "use OpenReel Sampler")
+
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The sampler's per-latent-frame timesteps [B, F] (0..1000; given frames 0) in the form the network
         takes, e.g. `t[:, 0]` for a network with one timestep per sample."""

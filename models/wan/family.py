@@ -140,6 +140,15 @@ class WanFamily(DiTFamily):
             return SamplingDefaults(30, 8.0, 6.0, 6.0, 0.0, 24, "SkyReels-V2 DF")
         return SamplingDefaults(50, 5.0, 5.0, 5.0, 0.0, 16, "Wan2.1 T2V")
 
+    def diffusion_forcing(self, spec: DiTSpec) -> SamplingDefaults:
+        """SkyReels-V2 DF models (generate_video_df.py: 30 steps, shift 8, guidance 6, 24 fps). DF-14B has the shapes
+        of a 14B text-to-video model, so any Wan text-to-video model is let through (DF-1.3B is told by its fps
+        embedding); image-conditioned models are not diffusion-forcing models."""
+        if spec.task != "t2v":
+            raise InputError(f"{spec.description} is not a diffusion-forcing model (SkyReels-V2 DF models are "
+                             f"text-to-video shaped)", "use OpenReel Sampler for it, or load a SkyReels-V2 DF model")
+        return SamplingDefaults(30, 8.0, 6.0, 6.0, 0.0, 24, "SkyReels-V2 DF")
+
     def check(self, spec: DiTSpec, fmt: LatentFormat, cond: ImageConditioning | None, embeds: TextEmbeds,
               pair: DiTSpec | None) -> None:
         if pair is not None and (pair.task, pair.config.in_dim) != (spec.task, spec.config.in_dim):

@@ -16,11 +16,11 @@ from dataclasses import replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ...errors import DetectionError, InputError
 from ...latents import ImageConditioning, LatentFormat, register_latent_format
 from ..common.family import Checkpoint, VAEFamily, find_prefix, keep_under, register_vae_family
+from ..common.images import fit_image
 from .vae import WAN21, WAN22, VAEConfig, WanVAE
 
 PATCH = 2  # the Wan DiTs' spatial patch: sizes must be multiples of the VAE stride × 2
@@ -160,20 +160,6 @@ class WanVAEFamily(VAEFamily):
         return {"samples": empty, "latent_format": fmt.name,
                 "openreel": ImageConditioning("flf2v" if end is not None else "i2v", concat=concat,
                                               image_tokens=tokens)}
-
-
-def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE [B, H, W, C] 0..1 → [B, 3, height, width] in [-1, 1]: centre-cropped to the aspect, bicubic resize."""
-    x = image[..., :3].permute(0, 3, 1, 2).float()
-    h, w = x.shape[2:]
-    if w * height > h * width:  # too wide: crop the sides
-        new_w = round(h * width / height)
-        x = x[:, :, :, (w - new_w) // 2:(w - new_w) // 2 + new_w]
-    elif w * height < h * width:
-        new_h = round(w * height / width)
-        x = x[:, :, (h - new_h) // 2:(h - new_h) // 2 + new_h]
-    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False)
-    return (x * 2 - 1).clamp(-1, 1)
 
 
 def wan_i2v_mask(frames: int, h: int, w: int, first: bool = True, last: bool = False) -> torch.Tensor:

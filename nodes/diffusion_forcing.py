@@ -1,0 +1,89 @@
+"""The diffusion-forcing sampler node: SkyReels-V2 DF videos of any length, the window loop inside the node."""
+from __future__ import annotations
+
+from ..samplers.sample import JOINS, SOLVER_CHOICES, sample_diffusion_forcing
+from .common import OpenReelNode, mappings
+
+_SIZE = {"min": 16, "max": 4096, "step": 16}
+
+
+class OpenReelDiffusionForcingSampler(OpenReelNode):
+    """Makes a video of any length with a SkyReels-V2 diffusion-forcing model (DF-1.3B-540P, DF-14B-540P/720P),
+    window by window inside this node: each window of base_num_frames continues the last overlap_history frames of
+    the one before. Synchronous (ar_step 0: all frames of a window at one noise level) or asynchronous (ar_step > 0:
+    causal blocks of frames trail one another). Optional start and end images. The result is one LATENT of the
+    whole video: decode it with OpenReel VAE Decode or stream it into OpenReel Save Video. Every setting is checked
+    before any model runs (frame counts, window plan, causal blocks), with the nearest working numbers."""
+
+    NODE_ID = "OpenReelDiffusionForcingSampler"
+    DISPLAY_NAME = "OpenReel Diffusion Forcing Sampler"
+    CATEGORY = "OpenReel/sampling"
+    FUNCTION = "run"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "dit": ("OPENREEL_DIT", {"tooltip": "A SkyReels-V2 DF model."}),
+                "embeds": ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."}),
+                "vae": ("OPENREEL_VAE", {"tooltip": "The Wan2.1 VAE: encodes start / end images and, with the "
+                                                    "vae_roundtrip join, the end of each window."}),
+                "width": ("INT", {"default": 960, **_SIZE, "tooltip": "Video width (540P models: 960×544)."}),
+                "height": ("INT", {"default": 544, **_SIZE, "tooltip": "Video height."}),
+                "num_frames": ("INT", {"default": 257, "min": 1, "max": 100_001, "step": 4,
+                                       "tooltip": "Frames of the whole video, 4n+1 (257 ≈ 10 s at 24 fps)."}),
+                "base_num_frames": ("INT", {"default": 97, "min": 5, "max": 1025, "step": 4,
+                                            "tooltip": "Frames per window, 4n+1 (the models were trained on 97 at "
+                                                       "540P, 121 at 720P)."}),
+                "overlap_history": ("INT", {"default": 17, "min": 1, "max": 1021, "step": 4,
+                                            "tooltip": "Frames each window takes over from the one before, 4n+1 "
+                                                       "(17 or 37 recommended)."}),
+                "ar_step": ("INT", {"default": 0, "min": 0, "max": 100,
+                                    "tooltip": "0: synchronous. > 0: asynchronous, each causal block trails the one "
+                                               "before by this many steps (5 with causal_block_size 5 in the "
+                                               "official recipe); more model calls, smoother motion across a "
+                                               "window."}),
+                "causal_block_size": ("INT", {"default": 1, "min": 1, "max": 32,
+                                              "tooltip": "Latent frames denoised together (5 for asynchronous "
+                                                         "runs). Every window must be whole blocks."}),
+                "addnoise_condition": ("INT", {"default": 0, "min": 0, "max": 60,
+                                               "tooltip": "Noise added to the frames a window continues from (0.001 "
+                                                          "× this, model told t = this): 20 recommended for long "
+                                                          "videos, against drift; above 60 hurts consistency."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
+                                 "tooltip": "Noise seed; the same seed gives the same video on any device."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+                                  "tooltip": "Denoising steps per frame; 0 = official (30)."}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                  "tooltip": "Guidance scale; 0 = official (6.0)."}),
+                "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                    "tooltip": "Flow shift; 0 = official (8.0)."}),
+                "fps": (["24", "16"], {"default": "24", "tooltip": "DF-1.3B's fps embedding (24 or 16); the other "
+                                                             "models ignore it."}),
+                "join": (list(JOINS), {"default": "vae_roundtrip",
+                                       "tooltip": "How a window continues the one before. vae_roundtrip: as the "
+                                                  "original — the last overlap_history frames are decoded and "
+                                                  "encoded again. reuse_latents: their latents are reused "
+                                                  "(diffusers' way): no VAE pass per window and less colour drift "
+                                                  "at joins, but not the original's numbers."}),
+                "solver": (list(SOLVER_CHOICES), {"default": "unipc", "tooltip": "unipc: the original's FlowUniPC."}),
+            },
+            "optional": {
+                "start_image": ("IMAGE", {"tooltip": "The first frame (image-to-video), kept as given."}),
+                "end_image": ("IMAGE", {"tooltip": "The last frame, kept as given."}),
+            },
+        }
+
+    def run(self, dit, embeds, vae, width, height, num_frames, base_num_frames, overlap_history, ar_step,
+            causal_block_size, addnoise_condition, seed, steps, cfg, shift, fps, join, solver, start_image=None,
+            end_image=None):
+        return (sample_diffusion_forcing(
+            dit, embeds, vae, width=width, height=height, num_frames=num_frames, base_num_frames=base_num_frames,
+            overlap_history=overlap_history, seed=seed, ar_step=ar_step, causal_block_size=causal_block_size,
+            addnoise_condition=addnoise_condition, steps=steps, guidance=cfg, shift=shift, fps=int(fps),
+            solver=solver, join=join, start_image=start_image, end_image=end_image),)
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiffusionForcingSampler)

@@ -1,0 +1,95 @@
+"""The diffusion-forcing sampler node on the synthetic SkyReels-V2 DF-1.3B: a three-window video through the node,
+both window joins, start and end images, repeatability, and every refusal before a model runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openreel import runtime, synthetic
+from openreel.errors import InputError
+from openreel.handles import TextEmbeds
+from openreel.model_loaders.cache import MODULES
+from openreel.nodes.diffusion_forcing import OpenReelDiffusionForcingSampler
+from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
+
+DF = "SkyReels-V2-DF-1.3B-540P/model.safetensors"
+I2V = "SkyReels-V2-I2V-1.3B-540P/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    synthetic.write_model_set(folder)
+    runtime.set_models_dir(folder)
+    dit = {name: OpenReelDiTLoader().load(name, "auto", "fp32")[0] for name in (DF, I2V)}
+    vae = {kind: OpenReelVAELoader().load(name, "fp32")[0] for name, kind in synthetic.VAES.items()}
+    yield dit, vae
+    runtime.set_models_dir(None)
+    MODULES.clear()
+
+
+def embeds():
+    gen = torch.Generator().manual_seed(3)
+    width = synthetic.TINY_TEXT_DIM
+    return TextEmbeds(torch.randn(1, 6, width, generator=gen), torch.randn(1, 3, width, generator=gen))
+
+
+def run(dit, vae, **kw):
+    args = dict(width=64, height=64, num_frames=25, base_num_frames=13, overlap_history=5, ar_step=0,
+                causal_block_size=1, addnoise_condition=0, seed=7, steps=2, cfg=0.0, shift=0.0, fps="24",
+                join="vae_roundtrip", solver="unipc")
+    args.update(kw)
+    return OpenReelDiffusionForcingSampler().run(dit, embeds(), vae, **args)[0]
+
+
+def test_a_three_window_video_through_the_node(kit, monkeypatch):
+    dit, vae = kit
+    calls = []
+    module = __import__("openreel.model_loaders.core", fromlist=["module_of"]).module_of(dit[DF])
+    hook = module.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[2]))
+    try:
+        latent = run(dit[DF], vae["wan21"])
+    finally:
+        hook.remove()
+    assert latent["latent_format"] == "wan21" and latent["samples"].shape == (1, 16, 7, 8, 8)
+    assert torch.isfinite(latent["samples"]).all()
+    # windows of 4, 4 and 3 latent frames, 2 steps each (guidance batched on the CPU: one call per step)
+    assert calls == [4] * 2 + [4] * 2 + [3] * 2
+    again = run(dit[DF], vae["wan21"])
+    assert torch.equal(again["samples"], latent["samples"])  # the same seed gives the same video
+    reused = run(dit[DF], vae["wan21"], join="reuse_latents")
+    assert reused["samples"].shape == latent["samples"].shape
+    assert not torch.equal(reused["samples"], latent["samples"])  # the joins differ after the first window
+    assert torch.equal(reused["samples"][:, :, :4], latent["samples"][:, :, :4])
+
+
+def test_start_and_end_images_asynchronous(kit):
+    dit, vae = kit
+    image = torch.rand(1, 48, 64, 3)
+    latent = run(dit[DF], vae["wan21"], start_image=image, end_image=image, ar_step=1, addnoise_condition=20)
+    assert latent["samples"].shape == (1, 16, 7, 8, 8) and torch.isfinite(latent["samples"]).all()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"num_frames": 24}, "num_frames is 24, not of the form 4n\\+1"),
+    ({"overlap_history": 13}, "overlap_history 13 is not shorter than base_num_frames 13"),
+    ({"causal_block_size": 3, "ar_step": 1}, "every window must be whole causal blocks.*Use"),
+    ({"width": 72}, "72×64 is not a multiple of 16"),
+    ({"join": "blend"}, "unknown window join 'blend'"),
+])
+def test_bad_settings_are_refused_before_any_model_runs(kit, kw, message, monkeypatch):
+    dit, vae = kit
+    monkeypatch.setattr("openreel.samplers.sample.sample_video",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampling started")))
+    with pytest.raises(InputError, match="^OpenReel Diffusion Forcing Sampler: .*" + message):
+        run(dit[DF], vae["wan21"], **kw)
+
+
+def test_models_that_are_no_diffusion_forcing_models_are_refused(kit, monkeypatch):
+    dit, vae = kit
+    monkeypatch.setattr("openreel.samplers.sample.sample_video",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampling started")))
+    with pytest.raises(InputError, match="is not a diffusion-forcing model.*OpenReel Sampler"):
+        run(dit[I2V], vae["wan21"])
+    with pytest.raises(InputError, match="this VAE makes 48-channel .* takes 16-channel"):
+        run(dit[DF], vae["wan22"])
