@@ -209,6 +209,11 @@ class Progress:
         else:
             self._tqdm.update(n)
 
+    def describe(self, text: str) -> None:
+        """A label for the bar (shown on a terminal; ComfyUI's bar shows progress and previews only)."""
+        if self._tqdm is not None:
+            self._tqdm.set_description(text, refresh=True)
+
     def set_total(self, total: int) -> None:
         """Correct the total once it is known (e.g. after a model was loaded and its call pattern chosen)."""
         self.total = int(total)

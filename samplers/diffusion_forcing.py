@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from .df_plan import TimestepMatrix, Window, timestep_matrix
+from .resume import ResumeStore
 from .schedules import FlowSchedule
 from .session import SamplingSession
 from .solvers import SOLVERS, FlowUniPC
@@ -48,7 +49,6 @@ def sample_window(session: SamplingSession, expert: int, schedule: FlowSchedule,
     quirk = {"skyreels_inplace_quirk": True} if original_solver_quirk and SOLVERS[solver] is FlowUniPC else {}
     solvers = [SOLVERS[solver](schedule.sigmas, **quirk) for _ in range(frames)]
     session.activate(expert, x)
-    session.set_remaining(matrix.iterations * session.calls_per_step(expert))
     for k in range(matrix.iterations):
         start, end = matrix.intervals[k]
         x_in = x[:, :, start:end].clone()
@@ -74,7 +74,7 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
                  end: torch.Tensor | None = None, overlap_history: int = 0,
                  roundtrip: tuple[Callable, Callable] | None = None,
                  on_window: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
-                 original_solver_quirk: bool = True) -> torch.Tensor:
+                 resume: ResumeStore | None = None, original_solver_quirk: bool = True) -> torch.Tensor:
     """Every window of a video (samplers/df_plan.py `plan_windows`), each conditioned on the end of the one before;
     returns the whole video's latent [1, C, L, H, W] (CPU), each window's overlap counted once.
 
@@ -87,13 +87,27 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
       encoded again (`encode(frames)` → latent) as the next window's start.
     Either way the given start is cut to whole causal blocks from its end, as the original does. Noise comes from
     one CPU generator seeded with `seed`, window after window (addnoise_condition noise from a second, seed + 1).
-    `on_window(i, window latent, new pixel frames or None)` sees each finished window (to stream it out)."""
+    `on_window(i, window latent, new pixel frames or None)` sees each finished window (to stream it out).
+    `resume`: after each window the state goes there; a run that finds a state of the same render continues after
+    its last finished window, with the same result as an uninterrupted run."""
     channels, height, width = latent_shape
     noise = torch.Generator().manual_seed(int(seed) % 2**64)
     extra = torch.Generator().manual_seed((int(seed) + 1) % 2**64)
-    video, tail = None, None   # the latent so far; the last overlap_history pixel frames (roundtrip only)
-    for i, window in enumerate(windows):
-        frames = window.frames
+    video, tail, first = None, None, 0   # the latent so far; the last overlap_history pixel frames (roundtrip)
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        first, video, tail = state["next_window"], state["video"], state["tail"]
+        noise.set_state(state["noise"])
+        extra.set_state(state["extra"])
+    prefixes = [0 if start is None else start.shape[2]] + \
+        [overlap_latents(overlap_history) - overlap_latents(overlap_history) % block_size] * (len(windows) - 1)
+    ends = [0] * (len(windows) - 1) + [0 if end is None else end.shape[2]]
+    matrices = [timestep_matrix(w.frames + e, schedule.timesteps, w.frames + e, ar_step, p, block_size)
+                for w, p, e in zip(windows, prefixes, ends)]
+    session.set_remaining(sum(m.iterations for m in matrices[first:]) * session.calls_per_step(expert))
+    for i in range(first, len(windows)):
+        window, frames = windows[i], windows[i].frames
+        session.describe(f"window {i + 1}/{len(windows)}")
         x = torch.randn(1, channels, frames, height, width, generator=noise, dtype=torch.float32)
         if i == 0:
             given = start
@@ -101,13 +115,11 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
             given = video[:, :, video.shape[2] - overlap_latents(overlap_history):]
         else:
             given = roundtrip[1](tail)
-        prefix = 0 if given is None else given.shape[2] - given.shape[2] % block_size if i else given.shape[2]
+        prefix, end_frames, matrix = prefixes[i], ends[i], matrices[i]
         if prefix:
             x[:, :, :prefix] = given[:, :, :prefix].to(torch.float32).cpu()
-        end_frames = end.shape[2] if end is not None and i == len(windows) - 1 else 0
         if end_frames:
             x = torch.cat([x, end.to(torch.float32).cpu()], dim=2)
-        matrix = timestep_matrix(x.shape[2], schedule.timesteps, x.shape[2], ar_step, prefix, block_size)
         latent = sample_window(session, expert, schedule, matrix, x, solver=solver, prefix=prefix,
                                end_frames=end_frames, addnoise_condition=addnoise_condition, noise_generator=extra,
                                original_solver_quirk=original_solver_quirk).cpu()
@@ -123,6 +135,11 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
         video = new if video is None else torch.cat([video, new], dim=2)
         if on_window is not None:
             on_window(i, latent, pixels)
+        if resume is not None:
+            resume.save({"next_window": i + 1, "video": video, "tail": tail, "noise": noise.get_state(),
+                         "extra": extra.get_state()})
+    if resume is not None:
+        resume.finish()
     return video
 
 

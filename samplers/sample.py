@@ -16,6 +16,7 @@ from ..models.registry import family_of
 from .df_plan import plan_windows
 from .diffusion_forcing import sample_video
 from .flow import sample_flow
+from .resume import ResumeStore, render_key
 from .schedules import FlowSchedule, add_noise, linear_schedule, wan_unipc_schedule
 from .session import Expert, SamplingSession
 
@@ -86,7 +87,9 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              start_image: torch.Tensor | None = None,
                              end_image: torch.Tensor | None = None) -> dict:
     """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
-    video's LATENT. Zeros mean the official DF recipe. Everything is checked before any model runs."""
+    video's LATENT. Zeros mean the official DF recipe. Everything is checked before any model runs. After each
+    window the render's state is saved in the output folder (samplers/resume.py): the same graph run again after
+    an interrupt or a crash continues after the last finished window, with the same result."""
     if solver not in SOLVER_CHOICES:
         raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
     if join not in JOINS:
@@ -105,6 +108,10 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     frame = lambda image: encode_video(vae, fit_image(image[:1], width, height).unsqueeze(2))  # noqa: E731
     start = None if start_image is None else frame(start_image)
     end = None if end_image is None else frame(end_image)
+    key = render_key("diffusion forcing", dit.weights_key, dit.patches, vae.weights_key, embeds.positive,
+                     embeds.negative, start_image, end_image, width, height, num_frames, base_num_frames,
+                     overlap_history, seed, ar_step, causal_block_size, addnoise_condition, steps, guidance, shift,
+                     fps, solver, join)
     expert = Expert(prepare(dit), guidance, family.model_inputs(dit.spec, embeds, None, d), family, dit.spec)
     roundtrip = None
     if join == "vae_roundtrip":
@@ -113,5 +120,6 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                          label=f"OpenReel diffusion forcing ({len(windows)} windows)") as session:
         video = sample_video(session, 0, schedule, windows, (fmt.channels, h, w), seed=seed, ar_step=ar_step,
                              block_size=causal_block_size, solver=solver, addnoise_condition=addnoise_condition,
-                             start=start, end=end, overlap_history=overlap_history, roundtrip=roundtrip)
+                             start=start, end=end, overlap_history=overlap_history, roundtrip=roundtrip,
+                             resume=ResumeStore(key))
     return {"samples": video, "latent_format": fmt.name}

@@ -128,6 +128,10 @@ class SamplingSession:
             return self.active[index].calls_per_step
         return 1 if self.experts[index].unguided else 2
 
+    def describe(self, text: str) -> None:
+        """Where the run is, for a person (e.g. "window 2/5"), beside the progress bar where the host shows text."""
+        self.bar.describe(f"{self.label}: {text}")
+
     def set_remaining(self, calls: int) -> None:
         """The progress bar's total: calls made so far plus `calls` still to come."""
         self.bar.set_total(self.bar.value + calls)

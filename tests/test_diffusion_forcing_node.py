@@ -21,25 +21,27 @@ def kit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     synthetic.write_model_set(folder)
     runtime.set_models_dir(folder)
+    runtime.set_output_dir(tmp_path_factory.mktemp("output"))
     dit = {name: OpenReelDiTLoader().load(name, "auto", "fp32")[0] for name in (DF, I2V)}
     vae = {kind: OpenReelVAELoader().load(name, "fp32")[0] for name, kind in synthetic.VAES.items()}
     yield dit, vae
     runtime.set_models_dir(None)
+    runtime.set_output_dir(None)
     MODULES.clear()
 
 
-def embeds():
-    gen = torch.Generator().manual_seed(3)
+def embeds(seed=3):
+    gen = torch.Generator().manual_seed(seed)
     width = synthetic.TINY_TEXT_DIM
     return TextEmbeds(torch.randn(1, 6, width, generator=gen), torch.randn(1, 3, width, generator=gen))
 
 
-def run(dit, vae, **kw):
+def run(dit, vae, prompt_seed=3, **kw):
     args = dict(width=64, height=64, num_frames=25, base_num_frames=13, overlap_history=5, ar_step=0,
                 causal_block_size=1, addnoise_condition=0, seed=7, steps=2, cfg=0.0, shift=0.0, fps="24",
                 join="vae_roundtrip", solver="unipc")
     args.update(kw)
-    return OpenReelDiffusionForcingSampler().run(dit, embeds(), vae, **args)[0]
+    return OpenReelDiffusionForcingSampler().run(dit, embeds(prompt_seed), vae, **args)[0]
 
 
 def test_a_three_window_video_through_the_node(kit, monkeypatch):
@@ -93,3 +95,59 @@ def test_models_that_are_no_diffusion_forcing_models_are_refused(kit, monkeypatc
         run(dit[I2V], vae["wan21"])
     with pytest.raises(InputError, match="this VAE makes 48-channel .* takes 16-channel"):
         run(dit[DF], vae["wan22"])
+
+
+def resume_files():
+    return sorted((runtime.output_dir() / "openreel-resume").glob("*"))
+
+
+@pytest.mark.parametrize("join", ["vae_roundtrip", "reuse_latents"])
+def test_an_interrupted_render_resumes_after_its_last_window_with_the_same_result(kit, join):
+    from openreel.model_loaders.core import module_of
+
+    dit, vae = kit
+    whole = run(dit[DF], vae["wan21"], join=join)["samples"]
+    assert resume_files() == []  # a finished render leaves no state behind
+    calls = []
+    module = module_of(dit[DF])
+    hook = module.register_forward_pre_hook(
+        lambda m, args: calls.append(1) or (runtime.request_interrupt() if len(calls) == 4 else None))
+    try:
+        with pytest.raises(runtime.Interrupted):
+            run(dit[DF], vae["wan21"], join=join)  # stops in window 3, after windows 1 and 2 (two calls each)
+        assert len(resume_files()) == 1
+        calls.clear()
+        hook.remove()
+        hook = module.register_forward_pre_hook(lambda m, args: calls.append(1))
+        resumed = run(dit[DF], vae["wan21"], join=join)["samples"]
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # only window 3 ran again
+    assert torch.equal(resumed, whole)
+    assert resume_files() == []
+
+
+def test_a_changed_graph_never_resumes_from_another_render(kit):
+    from openreel.model_loaders.core import module_of
+
+    dit, vae = kit
+    calls = []
+    module = module_of(dit[DF])
+    hook = module.register_forward_pre_hook(
+        lambda m, args: calls.append(1) or (runtime.request_interrupt() if len(calls) == 3 else None))
+    try:
+        with pytest.raises(runtime.Interrupted):
+            run(dit[DF], vae["wan21"])
+    finally:
+        hook.remove()
+    stale = resume_files()
+    assert len(stale) == 1
+    other = run(dit[DF], vae["wan21"], prompt_seed=4)["samples"]  # another prompt: starts from scratch
+    fresh_dir = runtime.output_dir()
+    runtime.set_output_dir(fresh_dir / "elsewhere")
+    try:
+        assert torch.equal(other, run(dit[DF], vae["wan21"], prompt_seed=4)["samples"])
+    finally:
+        runtime.set_output_dir(fresh_dir)
+    assert resume_files() == stale  # the interrupted render's state is still there for its own graph
+    stale[0].unlink()
