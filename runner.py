@@ -200,7 +200,9 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
 # A synthetic run keeps every size small: the models are tiny and random, the point is to exercise the graph.
 SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64, "frames": 5},
                    "OpenReelImageToVideo": {"width": 64, "height": 64, "frames": 5},
-                   "OpenReelSampler": {"steps": 2}}
+                   "OpenReelSampler": {"steps": 2},
+                   "OpenReelDiffusionForcingSampler": {"width": 64, "height": 64, "num_frames": 53,
+                                                       "base_num_frames": 37, "overlap_history": 21, "steps": 2}}
 
 
 def use_synthetic_models(prompt: dict, folder: Path, log=print) -> None:

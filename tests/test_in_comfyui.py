@@ -294,7 +294,9 @@ def test_example_workflow_runs_in_comfyui(comfy, name):
     (saved,) = [item for out in entry["outputs"].values() for item in out.get("images", [])]
     path = server.base / "output" / saved["subfolder"] / saved["filename"]
     frames, _ = read_video(path)
-    assert frames.shape == (SYNTHETIC_SIZES["OpenReelEmptyLatent"]["frames"], 64, 64, 3)
+    count = SYNTHETIC_SIZES["OpenReelDiffusionForcingSampler"]["num_frames"] if "_df_" in name else \
+        SYNTHETIC_SIZES["OpenReelEmptyLatent"]["frames"]
+    assert frames.shape == (count, 64, 64, 3)
     embedded = json.loads(read_metadata(path)["prompt"])  # ComfyUI adds its own keys (e.g. is_changed)
     assert {k: (v["class_type"], v["inputs"]) for k, v in embedded.items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}

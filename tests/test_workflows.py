@@ -13,7 +13,8 @@ from openreel.workflow_format import UI_ONLY_NODES, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
-FPS = {"wan22_ti2v_5b_t2v": 24, "wan22_ti2v_5b_i2v": 24, "skyreels_v2_t2v": 24, "skyreels_v2_i2v": 24}
+FPS = {"wan22_ti2v_5b_t2v": 24, "wan22_ti2v_5b_i2v": 24, "skyreels_v2_t2v": 24, "skyreels_v2_i2v": 24,
+       **{name: 24 for name in NAMES if name.startswith("skyreels_v2_df")}}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,9 @@ def synthetic_dir(tmp_path_factory):
 
 def test_the_workflow_set_is_complete():
     assert NAMES == sorted(["wan21_t2v", "wan21_i2v", "wan21_flf2v", "wan22_t2v_a14b", "wan22_i2v_a14b",
-                            "wan22_ti2v_5b_t2v", "wan22_ti2v_5b_i2v", "skyreels_v2_t2v", "skyreels_v2_i2v"])
+                            "wan22_ti2v_5b_t2v", "wan22_ti2v_5b_i2v", "skyreels_v2_t2v", "skyreels_v2_i2v",
+                            "skyreels_v2_df_t2v_10s", "skyreels_v2_df_t2v_30s_async", "skyreels_v2_df_i2v",
+                            "skyreels_v2_df_start_end"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
@@ -65,7 +68,9 @@ def test_api_workflow_runs_headless_and_writes_an_mp4(name, synthetic_dir, tmp_p
     assert code == EXIT_OK
     (video,) = out.rglob("*.mp4")
     frames, fps = read_video(video)
-    width, height, count = (SYNTHETIC_SIZES["OpenReelEmptyLatent"][k] for k in ("width", "height", "frames"))
+    node, count_key = ("OpenReelDiffusionForcingSampler", "num_frames") if "_df_" in name else \
+        ("OpenReelEmptyLatent", "frames")
+    width, height, count = (SYNTHETIC_SIZES[node][k] for k in ("width", "height", count_key))
     assert frames.shape == (count, height, width, 3)
     assert fps == pytest.approx(FPS.get(name, 16))
     assert json.loads(read_metadata(video)["prompt"])["8"]["class_type"] == "OpenReelSaveVideo"
