@@ -69,6 +69,10 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
                                                   "(diffusers' way): no VAE pass per window and less colour drift "
                                                   "at joins, but not the original's numbers."}),
                 "solver": (list(SOLVER_CHOICES), {"default": "unipc", "tooltip": "unipc: the original's FlowUniPC."}),
+                "causal_attention": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Block-causal attention over causal blocks (the original's --causal_attention). Off "
+                               "by default, as in the original: the released DF models were not trained for it."}),
             },
             "optional": {
                 "start_image": ("IMAGE", {"tooltip": "The first frame (image-to-video), kept as given."}),
@@ -77,13 +81,14 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
         }
 
     def run(self, dit, embeds, vae, width, height, num_frames, base_num_frames, overlap_history, ar_step,
-            causal_block_size, addnoise_condition, seed, steps, cfg, shift, fps, join, solver, start_image=None,
-            end_image=None):
+            causal_block_size, addnoise_condition, seed, steps, cfg, shift, fps, join, solver, causal_attention,
+            start_image=None, end_image=None):
         return (sample_diffusion_forcing(
             dit, embeds, vae, width=width, height=height, num_frames=num_frames, base_num_frames=base_num_frames,
             overlap_history=overlap_history, seed=seed, ar_step=ar_step, causal_block_size=causal_block_size,
             addnoise_condition=addnoise_condition, steps=steps, guidance=cfg, shift=shift, fps=int(fps),
-            solver=solver, join=join, start_image=start_image, end_image=end_image),)
+            solver=solver, join=join, causal_attention=causal_attention, start_image=start_image,
+            end_image=end_image),)
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiffusionForcingSampler)

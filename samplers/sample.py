@@ -83,7 +83,7 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              num_frames: int, base_num_frames: int, overlap_history: int, seed: int,
                              ar_step: int = 0, causal_block_size: int = 1, addnoise_condition: int = 0,
                              steps: int = 0, guidance: float = 0.0, shift: float = 0.0, fps: int = 24,
-                             solver: str = "unipc", join: str = "vae_roundtrip",
+                             solver: str = "unipc", join: str = "vae_roundtrip", causal_attention: bool = False,
                              start_image: torch.Tensor | None = None,
                              end_image: torch.Tensor | None = None) -> dict:
     """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
@@ -111,8 +111,11 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     key = render_key("diffusion forcing", dit.weights_key, dit.patches, vae.weights_key, embeds.positive,
                      embeds.negative, start_image, end_image, width, height, num_frames, base_num_frames,
                      overlap_history, seed, ar_step, causal_block_size, addnoise_condition, steps, guidance, shift,
-                     fps, solver, join)
-    expert = Expert(prepare(dit), guidance, family.model_inputs(dit.spec, embeds, None, d), family, dit.spec)
+                     fps, solver, join, causal_attention)
+    inputs = family.model_inputs(dit.spec, embeds, None, d)
+    if causal_attention:
+        inputs.shared.update(family.causal_attention(dit.spec, causal_block_size))
+    expert = Expert(prepare(dit), guidance, inputs, family, dit.spec)
     roundtrip = None
     if join == "vae_roundtrip":
         roundtrip = (lambda latent: decode_pixels(vae, latent), lambda pixels: encode_video(vae, pixels))

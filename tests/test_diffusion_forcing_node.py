@@ -39,7 +39,7 @@ def embeds(seed=3):
 def run(dit, vae, prompt_seed=3, **kw):
     args = dict(width=64, height=64, num_frames=25, base_num_frames=13, overlap_history=5, ar_step=0,
                 causal_block_size=1, addnoise_condition=0, seed=7, steps=2, cfg=0.0, shift=0.0, fps="24",
-                join="vae_roundtrip", solver="unipc")
+                join="vae_roundtrip", solver="unipc", causal_attention=False)
     args.update(kw)
     return OpenReelDiffusionForcingSampler().run(dit, embeds(prompt_seed), vae, **args)[0]
 
@@ -151,3 +151,22 @@ def test_a_changed_graph_never_resumes_from_another_render(kit):
         runtime.set_output_dir(fresh_dir)
     assert resume_files() == stale  # the interrupted render's state is still there for its own graph
     stale[0].unlink()
+
+
+def test_block_causal_attention_only_when_asked(kit):
+    from openreel.model_loaders.core import module_of
+
+    dit, vae = kit
+    seen = []
+    hook = module_of(dit[DF]).register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("causal_block_size")), with_kwargs=True)
+    try:
+        plain = run(dit[DF], vae["wan21"], num_frames=13, causal_block_size=2, base_num_frames=13)["samples"]
+        assert set(seen) == {None}  # the original's default: bidirectional attention
+        seen.clear()
+        causal = run(dit[DF], vae["wan21"], num_frames=13, causal_block_size=2, base_num_frames=13,
+                     causal_attention=True)["samples"]
+        assert set(seen) == {2}
+    finally:
+        hook.remove()
+    assert not torch.equal(plain, causal)

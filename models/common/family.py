@@ -115,6 +115,10 @@ class DiTFamily:
         """The official diffusion-forcing recipe for `spec`, or an InputError when it is no diffusion-forcing model."""
         raise InputError(f"{spec.description} is not a diffusion-forcing model", "use OpenReel Sampler")
 
+    def causal_attention(self, spec: DiTSpec, block_size: int) -> dict[str, Any]:
+        """Model inputs that make attention block-causal over groups of `block_size` latent frames."""
+        raise InputError(f"{spec.description} has no block-causal attention", "switch causal_attention off")
+
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The sampler's per-latent-frame timesteps [B, F] (0..1000; given frames 0) in the form the network
         takes, e.g. `t[:, 0]` for a network with one timestep per sample."""

@@ -149,6 +149,9 @@ class WanFamily(DiTFamily):
                              f"text-to-video shaped)", "use OpenReel Sampler for it, or load a SkyReels-V2 DF model")
         return SamplingDefaults(30, 8.0, 6.0, 6.0, 0.0, 24, "SkyReels-V2 DF")
 
+    def causal_attention(self, spec: DiTSpec, block_size: int) -> dict:
+        return {"causal_block_size": block_size}
+
     def check(self, spec: DiTSpec, fmt: LatentFormat, cond: ImageConditioning | None, embeds: TextEmbeds,
               pair: DiTSpec | None) -> None:
         if pair is not None and (pair.task, pair.config.in_dim) != (spec.task, spec.config.in_dim):
