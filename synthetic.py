@@ -88,7 +88,7 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
 
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
-SET_VERSION = "2"  # bump when the set's files change: a set written by another version is written anew
+SET_VERSION = "3"  # bump when the set's files change: a set written by another version is written anew
 TINY_TEXT_DIM = 64
 TINY_CLIP_DIM = 64
 
@@ -109,6 +109,7 @@ TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22"}  # file → its latent format
 INPUT_IMAGES = ("openreel_start.png", "openreel_end.png")
+INPUT_VIDEO = "openreel_clip.mp4"   # 33 frames at 24 fps, for the video-extension workflow
 
 
 def _random(shapes: dict, seed: int, scale: float = 0.1) -> dict[str, torch.Tensor]:
@@ -193,3 +194,8 @@ def write_model_set(models: Path, inputs: Path | None = None) -> None:
         for seed, name in enumerate(INPUT_IMAGES):
             pixels = torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(seed))
             Image.fromarray((pixels * 255).byte().numpy()).save(inputs / name)
+        from .video_io import save_mp4
+
+        clip = torch.rand(33, 96, 128, 3, generator=torch.Generator().manual_seed(7))
+        path, _ = save_mp4([clip], inputs, "openreel_clip", 24.0)
+        path.replace(inputs / INPUT_VIDEO)

@@ -10,7 +10,7 @@ _SIZE = {"min": 16, "max": 4096, "step": 16}
 class OpenReelDiffusionForcingSampler(OpenReelNode):
     """Makes a video of any length with a SkyReels-V2 diffusion-forcing model (DF-1.3B-540P, DF-14B-540P/720P),
     window by window inside this node: each window of base_num_frames continues the last overlap_history frames of
-    the one before. Synchronous (ar_step 0: all frames of a window at one noise level) or asynchronous (ar_step > 0:
+    the one before, or from the end of a video to extend. Synchronous (ar_step 0: all frames of a window at one noise level) or asynchronous (ar_step > 0:
     causal blocks of frames trail one another). Optional start and end images. The result is one LATENT of the
     whole video: decode it with OpenReel VAE Decode or stream it into OpenReel Save Video. Every setting is checked
     before any model runs (frame counts, window plan, causal blocks), with the nearest working numbers."""
@@ -77,18 +77,23 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
             "optional": {
                 "start_image": ("IMAGE", {"tooltip": "The first frame (image-to-video), kept as given."}),
                 "end_image": ("IMAGE", {"tooltip": "The last frame, kept as given."}),
+                "extend_video": ("IMAGE", {"tooltip": "Frames of a video to continue (e.g. from OpenReel Load Video): "
+                                                      "the first window starts from its last overlap_history "
+                                                      "frames. The output (num_frames frames) starts with those, "
+                                                      "then continues: join it after your video from frame "
+                                                      "overlap_history on."}),
             },
         }
 
     def run(self, dit, embeds, vae, width, height, num_frames, base_num_frames, overlap_history, ar_step,
             causal_block_size, addnoise_condition, seed, steps, cfg, shift, fps, join, solver, causal_attention,
-            start_image=None, end_image=None):
+            start_image=None, end_image=None, extend_video=None):
         return (sample_diffusion_forcing(
             dit, embeds, vae, width=width, height=height, num_frames=num_frames, base_num_frames=base_num_frames,
             overlap_history=overlap_history, seed=seed, ar_step=ar_step, causal_block_size=causal_block_size,
             addnoise_condition=addnoise_condition, steps=steps, guidance=cfg, shift=shift, fps=int(fps),
             solver=solver, join=join, causal_attention=causal_attention, start_image=start_image,
-            end_image=end_image),)
+            end_image=end_image, extend_video=extend_video),)
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiffusionForcingSampler)

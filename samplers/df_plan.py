@@ -95,19 +95,21 @@ def latent_count(pixel_frames: int, name: str) -> int:
 
 
 def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, block_size: int = 1,
-                 ar_step: int = 0, image_prefix: int = 0, end_frames: int = 0) -> list[Window]:
+                 ar_step: int = 0, image_prefix: int = 0, end_frames: int = 0, extend: bool = False) -> list[Window]:
     """The windows of a video of `num_frames` pixel frames, checked before any compute: every window must be whole
     causal blocks (the original leaves the frames past the last whole block as noise) with at least one to
     generate (the original crashes on a window of given frames only). `end_frames` given frames (an end image)
-    follow the last window and count in its blocks."""
+    follow the last window and count in its blocks. `extend`: the video continues a given one (the original's
+    `extend_video`): every window, the first too, starts from the last `overlap_history` frames before it, and
+    `num_frames` counts those of the given video too."""
     total = latent_count(num_frames, "num_frames")
     base = latent_count(base_num_frames, "base_num_frames")
-    if total > base:
+    if total > base or extend:
         latent_count(overlap_history, "overlap_history")
         if overlap_history >= base_num_frames:
             raise InputError(f"overlap_history {overlap_history} is not shorter than base_num_frames "
                              f"{base_num_frames}", "use an overlap of about a sixth of the window, e.g. 17 or 37")
-    windows = _windows(total, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix)
+    windows = _windows(total, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix, extend)
     problem = _problem(windows, block_size, ar_step, end_frames)
     if problem is not None:
         if len(windows) > 1 and windows[0].frames % block_size:
@@ -115,18 +117,20 @@ def plan_windows(num_frames: int, base_num_frames: int, overlap_history: int, bl
                      if n > 0 and ((n - 1) // 4 + 1) % block_size == 0]  # one below and one above
             raise InputError(problem, f"use a base_num_frames whose latent frames are whole blocks, e.g. "
                                       f"{' or '.join(map(str, whole))}")
-        valid = _valid_neighbours(num_frames, base, overlap_history, block_size, ar_step, image_prefix, end_frames)
+        valid = _valid_neighbours(num_frames, base, overlap_history, block_size, ar_step, image_prefix, end_frames,
+                                  extend)
         raise InputError(problem, f"use num_frames {' or '.join(map(str, valid))}" if valid else
                          "use another num_frames, base_num_frames or causal_block_size")
     return windows
 
 
-def _windows(total: int, base: int, overlap: int, block_size: int, image_prefix: int) -> list[Window]:
-    if total <= base:
+def _windows(total: int, base: int, overlap: int, block_size: int, image_prefix: int,
+             extend: bool = False) -> list[Window]:
+    if total <= base and not extend:
         return [Window(total, image_prefix, image_prefix)]
     prefix = overlap - overlap % block_size  # the re-encoded history, cut to whole blocks as the original does
-    windows = [Window(base, image_prefix, image_prefix)]
-    for i in range(1, 1 + (total - base - 1) // (base - overlap) + 1):
+    windows = [] if extend else [Window(base, image_prefix, image_prefix)]
+    for i in range(0 if extend else 1, 1 + (total - base - 1) // (base - overlap) + 1):
         finished = i * (base - overlap) + overlap
         windows.append(Window(min(total - finished + overlap, base), prefix, finished))
     return windows
@@ -147,13 +151,14 @@ def _problem(windows: list[Window], block_size: int, ar_step: int, end_frames: i
 
 
 def _valid_neighbours(num_frames: int, base: int, overlap_history: int, block_size: int, ar_step: int,
-                      image_prefix: int, end_frames: int) -> list[int]:
+                      image_prefix: int, end_frames: int, extend: bool) -> list[int]:
     """The nearest valid frame counts below and above `num_frames` (4n+1), for the error message."""
     found = []
     for direction in (-4, 4):
         n = num_frames + direction
         while 1 <= n <= num_frames + 4000:
-            windows = _windows((n - 1) // 4 + 1, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix)
+            windows = _windows((n - 1) // 4 + 1, base, (overlap_history - 1) // 4 + 1, block_size, image_prefix,
+                               extend)
             if _problem(windows, block_size, ar_step, end_frames) is None:
                 found.append(n)
                 break

@@ -72,7 +72,8 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
                  latent_shape: tuple[int, int, int], *, seed: int, ar_step: int = 0, block_size: int = 1,
                  solver: str = "unipc", addnoise_condition: int = 0, start: torch.Tensor | None = None,
                  end: torch.Tensor | None = None, overlap_history: int = 0,
-                 roundtrip: tuple[Callable, Callable] | None = None,
+                 roundtrip: tuple[Callable, Callable] | None = None, history: torch.Tensor | None = None,
+                 encode: Callable | None = None,
                  on_window: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
                  resume: ResumeStore | None = None, original_solver_quirk: bool = True) -> torch.Tensor:
     """Every window of a video (samplers/df_plan.py `plan_windows`), each conditioned on the end of the one before;
@@ -87,20 +88,28 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
       encoded again (`encode(frames)` → latent) as the next window's start.
     Either way the given start is cut to whole causal blocks from its end, as the original does. Noise comes from
     one CPU generator seeded with `seed`, window after window (addnoise_condition noise from a second, seed + 1).
+    `history`: frames [1, 3, n, H, W] in [-1, 1] of a video to continue (the windows come from
+    `plan_windows(..., extend=True)`): the first window starts from its last `overlap_history` frames, encoded by
+    `roundtrip[1]` or `encode`, and the result starts with those frames as encoded (so that it decodes to as many
+    frames as the plan's `num_frames`: the overlap, then the new ones).
     `on_window(i, window latent, new pixel frames or None)` sees each finished window (to stream it out).
     `resume`: after each window the state goes there; a run that finds a state of the same render continues after
     its last finished window, with the same result as an uninterrupted run."""
     channels, height, width = latent_shape
     noise = torch.Generator().manual_seed(int(seed) % 2**64)
     extra = torch.Generator().manual_seed((int(seed) + 1) % 2**64)
-    video, tail, first = None, None, 0   # the latent so far; the last overlap_history pixel frames (roundtrip)
+    extend = history is not None
+    carried = overlap_latents(overlap_history) - overlap_latents(overlap_history) % block_size
+    # the latent so far, the last window's latent, the video's last overlap_history pixel frames (to re-encode)
+    video, last, tail, first = None, None, None, 0
+    if extend:
+        tail = history[:, :, -overlap_history:].float().cpu()
     state = resume.load() if resume is not None else None
     if state is not None:
-        first, video, tail = state["next_window"], state["video"], state["tail"]
+        first, video, last, tail = state["next_window"], state["video"], state["last"], state["tail"]
         noise.set_state(state["noise"])
         extra.set_state(state["extra"])
-    prefixes = [0 if start is None else start.shape[2]] + \
-        [overlap_latents(overlap_history) - overlap_latents(overlap_history) % block_size] * (len(windows) - 1)
+    prefixes = ([carried] if extend else [0 if start is None else start.shape[2]]) + [carried] * (len(windows) - 1)
     ends = [0] * (len(windows) - 1) + [0 if end is None else end.shape[2]]
     matrices = [timestep_matrix(w.frames + e, schedule.timesteps, w.frames + e, ar_step, p, block_size)
                 for w, p, e in zip(windows, prefixes, ends)]
@@ -109,12 +118,12 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
         window, frames = windows[i], windows[i].frames
         session.describe(f"window {i + 1}/{len(windows)}")
         x = torch.randn(1, channels, frames, height, width, generator=noise, dtype=torch.float32)
-        if i == 0:
+        if i == 0 and not extend:
             given = start
-        elif roundtrip is None:
-            given = video[:, :, video.shape[2] - overlap_latents(overlap_history):]
+        elif roundtrip is None and i > 0:
+            given = last[:, :, last.shape[2] - overlap_latents(overlap_history):]
         else:
-            given = roundtrip[1](tail)
+            given = (roundtrip[1] if roundtrip is not None else encode)(tail)
         prefix, end_frames, matrix = prefixes[i], ends[i], matrices[i]
         if prefix:
             x[:, :, :prefix] = given[:, :, :prefix].to(torch.float32).cpu()
@@ -124,20 +133,20 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
                                end_frames=end_frames, addnoise_condition=addnoise_condition, noise_generator=extra,
                                original_solver_quirk=original_solver_quirk).cpu()
         latent = latent[:, :, :latent.shape[2] - end_frames]
-        overlap = 0 if i == 0 else overlap_latents(overlap_history)
+        overlap = overlap_latents(overlap_history) if i > 0 else 0
         pixels = None
         if roundtrip is not None:
             decoded = roundtrip[0](latent).clamp(-1.0, 1.0)
-            pixels = decoded if i == 0 else decoded[:, :, overlap_history:]
+            pixels = decoded[:, :, overlap_history:] if i > 0 else decoded
             tail = pixels[:, :, -overlap_history:] if tail is None or pixels.shape[2] >= overlap_history else \
                 torch.cat([tail, pixels], dim=2)[:, :, -overlap_history:]
-        new = latent[:, :, overlap:]
+        new, last = latent[:, :, overlap:], latent
         video = new if video is None else torch.cat([video, new], dim=2)
         if on_window is not None:
             on_window(i, latent, pixels)
         if resume is not None:
-            resume.save({"next_window": i + 1, "video": video, "tail": tail, "noise": noise.get_state(),
-                         "extra": extra.get_state()})
+            resume.save({"next_window": i + 1, "video": video, "last": last, "tail": tail,
+                         "noise": noise.get_state(), "extra": extra.get_state()})
     if resume is not None:
         resume.finish()
     return video

@@ -84,10 +84,11 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              ar_step: int = 0, causal_block_size: int = 1, addnoise_condition: int = 0,
                              steps: int = 0, guidance: float = 0.0, shift: float = 0.0, fps: int = 24,
                              solver: str = "unipc", join: str = "vae_roundtrip", causal_attention: bool = False,
-                             start_image: torch.Tensor | None = None,
-                             end_image: torch.Tensor | None = None) -> dict:
+                             start_image: torch.Tensor | None = None, end_image: torch.Tensor | None = None,
+                             extend_video: torch.Tensor | None = None) -> dict:
     """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
-    video's LATENT. Zeros mean the official DF recipe. Everything is checked before any model runs. After each
+    video's LATENT (with `extend_video` frames, IMAGE [n, H, W, C]: its continuation, `num_frames` frames that start
+    with the video's last `overlap_history` frames, as encoded, then the new ones). Zeros mean the official DF recipe. Everything is checked before any model runs. After each
     window the render's state is saved in the output folder (samplers/resume.py): the same graph run again after
     an interrupt or a crash continues after the last finished window, with the same result."""
     if solver not in SOLVER_CHOICES:
@@ -100,8 +101,16 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
         raise InputError(f"this VAE makes {latent_format(vae.latent_format).title} latents but "
                          f"{dit.spec.description} takes {fmt.title} latents", "connect the VAE of this model")
     _, _, h, w = fmt.latent_size(width, height, 1)
+    if extend_video is not None:
+        if start_image is not None:
+            raise InputError("a start image and a video to extend are both connected",
+                             "connect one: the video to extend already gives the first frames")
+        if extend_video.shape[0] < overlap_history:
+            raise InputError(f"the video to extend has {extend_video.shape[0]} frames, fewer than overlap_history "
+                             f"{overlap_history}", "give a longer video or a smaller overlap_history")
     windows = plan_windows(num_frames, base_num_frames, overlap_history, causal_block_size, ar_step,
-                           image_prefix=0 if start_image is None else 1, end_frames=0 if end_image is None else 1)
+                           image_prefix=0 if start_image is None else 1, end_frames=0 if end_image is None else 1,
+                           extend=extend_video is not None)
     family.check(dit.spec, fmt, None, embeds, None)
     steps, guidance, shift = steps or d.steps, guidance or d.guidance, shift or d.shift
     schedule = wan_unipc_schedule(steps, shift) if solver != "dpm++_2m" else linear_schedule(steps, shift)
@@ -109,13 +118,16 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     start = None if start_image is None else frame(start_image)
     end = None if end_image is None else frame(end_image)
     key = render_key("diffusion forcing", dit.weights_key, dit.patches, vae.weights_key, embeds.positive,
-                     embeds.negative, start_image, end_image, width, height, num_frames, base_num_frames,
+                     embeds.negative, start_image, end_image, extend_video, width, height, num_frames, base_num_frames,
                      overlap_history, seed, ar_step, causal_block_size, addnoise_condition, steps, guidance, shift,
                      fps, solver, join, causal_attention)
     inputs = family.model_inputs(dit.spec, embeds, None, d)
     if causal_attention:
         inputs.shared.update(family.causal_attention(dit.spec, causal_block_size))
     expert = Expert(prepare(dit), guidance, inputs, family, dit.spec)
+    history = None
+    if extend_video is not None:  # only the frames a window starts from: the rest of the video is not needed
+        history = fit_image(extend_video[-overlap_history:], width, height).permute(1, 0, 2, 3).unsqueeze(0)
     roundtrip = None
     if join == "vae_roundtrip":
         roundtrip = (lambda latent: decode_pixels(vae, latent), lambda pixels: encode_video(vae, pixels))
@@ -124,5 +136,6 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
         video = sample_video(session, 0, schedule, windows, (fmt.channels, h, w), seed=seed, ar_step=ar_step,
                              block_size=causal_block_size, solver=solver, addnoise_condition=addnoise_condition,
                              start=start, end=end, overlap_history=overlap_history, roundtrip=roundtrip,
+                             history=history, encode=lambda pixels: encode_video(vae, pixels),
                              resume=ResumeStore(key))
     return {"samples": video, "latent_format": fmt.name}

@@ -232,3 +232,42 @@ def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block,
     assert rel_err(got, expected_latent) < TOL
     if not reuse_latents:
         assert rel_err(torch.cat(pixels, dim=2), expected_pixels) < TOL
+
+
+@torch.no_grad()
+def original_extension(dit, vae, scheduler_cls, given, num_frames, base, overlap, seed, ctx, nctx):
+    """The original `extend_video` loop in our words: every window starts from the re-encoded end of the video."""
+    latent, base_latent, overlap_latent = (num_frames - 1) // 4 + 1, (base - 1) // 4 + 1, (overlap - 1) // 4 + 1
+    n_iter = 1 + (latent - base_latent - 1) // (base_latent - overlap_latent) + 1
+    noise, extra = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    output = given.clone()
+    for i in range(n_iter):
+        prefix = vae.encode(output[:, :, -overlap:])
+        finished = i * (base_latent - overlap_latent) + overlap_latent
+        frames = min(latent - finished + overlap_latent, base_latent)
+        x = torch.randn(1, 16, frames, 4, 6, generator=noise)
+        x[:, :, : prefix.shape[2]] = prefix
+        window = original_window(dit, scheduler_cls, x, ctx, nctx, 3, 8.0, 0, 1, prefix.shape[2], 0, 20, extra)
+        output = torch.cat([output, vae.decode(window).clamp(-1, 1)[:, :, overlap:]], dim=2)
+    return output[:, :, given.shape[2]:]
+
+
+def test_extending_a_video_matches_the_original_extend_video():
+    from openreel.samplers.df_plan import plan_windows
+    from openreel.samplers.diffusion_forcing import sample_video
+
+    dit, vae = model(), tiny_vae()
+    gen = torch.Generator().manual_seed(9)
+    ctx, nctx = torch.randn(1, 7, CFG.text_dim, generator=gen), torch.randn(1, 4, CFG.text_dim, generator=gen)
+    given = torch.rand(1, 3, 9, 32, 48, generator=gen) * 2 - 1
+    expected = original_extension(dit, vae, wan22_scheduler(), given, 21, 13, 5, 21, ctx, nctx)
+    spec = SimpleNamespace(config=dit.cfg)
+    inputs = WAN.model_inputs(spec, TextEmbeds(ctx, nctx), None, DEFAULTS)
+    windows = plan_windows(21, 13, 5, extend=True)
+    pixels = []
+    with SamplingSession([Expert(dit, GUIDANCE, inputs, WAN, spec)], batch_cfg=False) as session:
+        latent = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=21,
+                              addnoise_condition=20, overlap_history=5, roundtrip=(vae.decode, vae.encode),
+                              history=given, on_window=lambda i, w, new: pixels.append(new))
+    assert len(windows) == 2 and latent.shape[2] == 6  # the overlap taken over, then the new frames
+    assert rel_err(torch.cat(pixels, dim=2)[:, :, 5:], expected) < TOL

@@ -170,3 +170,14 @@ def test_block_causal_attention_only_when_asked(kit):
     finally:
         hook.remove()
     assert not torch.equal(plain, causal)
+
+
+def test_extending_a_video_gives_its_continuation(kit):
+    dit, vae = kit
+    video = torch.rand(9, 48, 64, 3)  # 9 frames, fitted to 64×64 like a start image
+    latent = run(dit[DF], vae["wan21"], extend_video=video, num_frames=25)["samples"]
+    assert latent.shape == (1, 16, 7, 8, 8)  # 25 frames = 7 latent frames, the first 2 the overlap taken over
+    with pytest.raises(InputError, match="fewer than overlap_history 5"):
+        run(dit[DF], vae["wan21"], extend_video=video[:3])
+    with pytest.raises(InputError, match="a start image and a video to extend are both connected"):
+        run(dit[DF], vae["wan21"], extend_video=video, start_image=video[:1])

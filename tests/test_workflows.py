@@ -31,7 +31,7 @@ def test_the_workflow_set_is_complete():
     assert NAMES == sorted(["wan21_t2v", "wan21_i2v", "wan21_flf2v", "wan22_t2v_a14b", "wan22_i2v_a14b",
                             "wan22_ti2v_5b_t2v", "wan22_ti2v_5b_i2v", "skyreels_v2_t2v", "skyreels_v2_i2v",
                             "skyreels_v2_df_t2v_10s", "skyreels_v2_df_t2v_30s_async", "skyreels_v2_df_i2v",
-                            "skyreels_v2_df_start_end"])
+                            "skyreels_v2_df_start_end", "skyreels_v2_df_extend"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
