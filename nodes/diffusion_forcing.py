@@ -10,10 +10,11 @@ _SIZE = {"min": 16, "max": 4096, "step": 16}
 class OpenReelDiffusionForcingSampler(OpenReelNode):
     """Makes a video of any length with a SkyReels-V2 diffusion-forcing model (DF-1.3B-540P, DF-14B-540P/720P),
     window by window inside this node: each window of base_num_frames continues the last overlap_history frames of
-    the one before, or from the end of a video to extend. Synchronous (ar_step 0: all frames of a window at one noise level) or asynchronous (ar_step > 0:
-    causal blocks of frames trail one another). Optional start and end images. The result is one LATENT of the
-    whole video: decode it with OpenReel VAE Decode or stream it into OpenReel Save Video. Every setting is checked
-    before any model runs (frame counts, window plan, causal blocks), with the nearest working numbers."""
+    the one before, or from the end of a video to extend. Synchronous (ar_step 0: all frames of a window at one
+    noise level) or asynchronous (ar_step > 0: causal blocks of frames trail one another). Optional start and end
+    images. The result is one LATENT of the whole video: decode it with OpenReel VAE Decode or stream it into
+    OpenReel Save Video. Every setting is checked before any model runs (frame counts, window plan, causal blocks),
+    with the nearest working numbers."""
 
     NODE_ID = "OpenReelDiffusionForcingSampler"
     DISPLAY_NAME = "OpenReel Diffusion Forcing Sampler"

@@ -35,7 +35,8 @@ def sample_flow(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, 
         keep = torch.ones(1, 1, frames, 1, 1)
         keep[:, :, : given.shape[2]] = 0
         keep = keep.to(device)
-        given = torch.cat([given, given.new_zeros(*given.shape[:2], frames - given.shape[2], *given.shape[3:])], 2).to(device)
+        pad = given.new_zeros(*given.shape[:2], frames - given.shape[2], *given.shape[3:])
+        given = torch.cat([given, pad], 2).to(device)
     x = x.to(device, torch.float32)
     if keep is not None:
         x = (1 - keep) * given + keep * x

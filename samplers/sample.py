@@ -88,9 +88,10 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              extend_video: torch.Tensor | None = None) -> dict:
     """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
     video's LATENT (with `extend_video` frames, IMAGE [n, H, W, C]: its continuation, `num_frames` frames that start
-    with the video's last `overlap_history` frames, as encoded, then the new ones). Zeros mean the official DF recipe. Everything is checked before any model runs. After each
-    window the render's state is saved in the output folder (samplers/resume.py): the same graph run again after
-    an interrupt or a crash continues after the last finished window, with the same result."""
+    with the video's last `overlap_history` frames, as encoded, then the new ones). Zeros mean the official DF
+    recipe. Everything is checked before any model runs. After each window the render's state is saved in the output
+    folder (samplers/resume.py): the same graph run again after an interrupt or a crash continues after the last
+    finished window, with the same result."""
     if solver not in SOLVER_CHOICES:
         raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
     if join not in JOINS:

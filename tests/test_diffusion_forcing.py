@@ -113,6 +113,8 @@ CASES = {  # steps, shift, ar_step, causal block size, prefix frames, end frames
     "asynchronous, block 2": (3, 5.0, 1, 2, 0, 0, 0),
     "image prefix with addnoise_condition": (4, 8.0, 0, 1, 1, 0, 20),
     "video prefix, asynchronous, block 2": (3, 8.0, 2, 2, 2, 0, 20),
+    "asynchronous, block 5": (3, 8.0, 1, 5, 0, 0, 0),
+    "video prefix, asynchronous, block 5": (3, 8.0, 2, 5, 5, 0, 20),
     "start and end image": (4, 8.0, 0, 1, 1, 1, 0),
 }
 
@@ -124,7 +126,7 @@ def test_window_matches_the_original_loop(case, scheduler):
     scheduler_cls = wan22_scheduler() if scheduler == "wan22" else original_scheduler()
     dit = model()
     gen = torch.Generator().manual_seed(11)
-    x = torch.randn(1, 16, 6, 4, 6, generator=gen)
+    x = torch.randn(1, 16, 10 if block == 5 else 6, 4, 6, generator=gen)
     ctx, nctx = torch.randn(1, 7, CFG.text_dim, generator=gen), torch.randn(1, 4, CFG.text_dim, generator=gen)
     expected = original_window(dit, scheduler_cls, x, ctx, nctx, steps, shift, ar_step, block, prefix, end,
                                addnoise, torch.Generator().manual_seed(5))
@@ -164,7 +166,7 @@ def tiny_vae():
 
 @torch.no_grad()
 def original_video(dit, vae, scheduler_cls, num_frames, base, overlap, seed, ar_step, block, start, end, ctx, nctx,
-                   reuse_latents):
+                   reuse_latents, addnoise=0):
     """The original long-video loop (`__call__`, long path) in our words; `reuse_latents`: diffusers' variant."""
     latent, base_latent, overlap_latent = (num_frames - 1) // 4 + 1, (base - 1) // 4 + 1, (overlap - 1) // 4 + 1
     n_iter = 1 + (latent - base_latent - 1) // (base_latent - overlap_latent) + 1
@@ -186,7 +188,7 @@ def original_video(dit, vae, scheduler_cls, num_frames, base, overlap, seed, ar_
         if last_end:
             x = torch.cat([x, end], dim=2)
         window = original_window(dit, scheduler_cls, x, ctx, nctx, 3, 8.0, ar_step, block, given,
-                                 end.shape[2] if last_end else 0, 0, extra)
+                                 end.shape[2] if last_end else 0, addnoise, extra)
         if last_end:
             window = window[:, :, : -end.shape[2]]
         accumulated = window if i == 0 else torch.cat([accumulated, window[:, :, overlap_latent:]], dim=2)
@@ -195,16 +197,16 @@ def original_video(dit, vae, scheduler_cls, num_frames, base, overlap, seed, ar_
     return accumulated, output
 
 
-@pytest.mark.parametrize("num_frames, ar_step, block, with_start, with_end, reuse_latents", [
-    (25, 0, 1, False, False, False),
-    (25, 1, 1, True, False, False),
-    (25, 1, 1, False, True, False),
-    (29, 1, 2, False, False, False),
-    (25, 0, 1, True, True, True),
-    (29, 1, 2, False, False, True),
+@pytest.mark.parametrize("num_frames, ar_step, block, with_start, with_end, reuse_latents, addnoise", [
+    (25, 0, 1, False, False, False, 0),
+    (25, 1, 1, True, False, False, 20),
+    (25, 1, 1, False, True, False, 0),
+    (29, 1, 2, False, False, False, 20),
+    (25, 0, 1, True, True, True, 0),
+    (29, 1, 2, False, False, True, 20),
 ])
 def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block, with_start, with_end,
-                                                     reuse_latents):
+                                                     reuse_latents, addnoise):
     from openreel.samplers.df_plan import plan_windows
     from openreel.samplers.diffusion_forcing import sample_video
 
@@ -215,7 +217,7 @@ def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block,
     start = torch.randn(1, 16, 1, 4, 6, generator=gen) if with_start else None
     end = torch.randn(1, 16, 1, 4, 6, generator=gen) if with_end else None
     expected_latent, expected_pixels = original_video(dit, vae, wan22_scheduler(), num_frames, base, overlap, seed,
-                                                      ar_step, block, start, end, ctx, nctx, reuse_latents)
+                                                      ar_step, block, start, end, ctx, nctx, reuse_latents, addnoise)
 
     spec = SimpleNamespace(config=dit.cfg)
     inputs = WAN.model_inputs(spec, TextEmbeds(ctx, nctx), None, DEFAULTS)
@@ -225,7 +227,7 @@ def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block,
     pixels = []
     with SamplingSession([Expert(dit, GUIDANCE, inputs, WAN, spec)], batch_cfg=False) as session:
         got = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=seed, ar_step=ar_step,
-                           block_size=block, start=start, end=end, overlap_history=overlap,
+                           block_size=block, start=start, end=end, overlap_history=overlap, addnoise_condition=addnoise,
                            roundtrip=None if reuse_latents else (vae.decode, vae.encode),
                            on_window=lambda i, latent, new: pixels.append(new))
     assert got.shape == expected_latent.shape == (1, 16, (num_frames - 1) // 4 + 1, 4, 6)
