@@ -105,6 +105,22 @@ class ImageConditioning:
     given: torch.Tensor | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class DecodeWindows:
+    """LATENT["windows"]: how a video made window by window decodes as its sampler did (SkyReels-V2 DF's original):
+    each window's latent [1, C, f, H, W] decoded whole, and every window after the first without its first
+    `overlap_frames` pixel frames (the frames it took over). The LATENT's "samples" hold the same video joined."""
+    latents: tuple[torch.Tensor, ...]
+    overlap_frames: int
+
+    def fits(self, samples: torch.Tensor) -> bool:
+        """Whether the windows still describe `samples` (a native latent node may have changed the latent)."""
+        overlap = (self.overlap_frames - 1) // 4 + 1
+        frames = sum(w.shape[2] for w in self.latents) - overlap * (len(self.latents) - 1)
+        return samples.shape[0] == 1 and all(w.shape[3:] == samples.shape[3:] for w in self.latents) and \
+            frames == samples.shape[2]
+
+
 def conditioning_of(latent: dict) -> ImageConditioning | None:
     cond = latent.get("openreel")
     if cond is not None and not isinstance(cond, ImageConditioning):

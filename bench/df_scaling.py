@@ -51,7 +51,7 @@ def run(module, cfg, frames: int, steps: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     with SamplingSession([expert]) as session:
-        latent = sample_video(session, 0, wan_unipc_schedule(steps, 8.0), windows, (16, HEIGHT // 8, WIDTH // 8),
+        latent, _ = sample_video(session, 0, wan_unipc_schedule(steps, 8.0), windows, (16, HEIGHT // 8, WIDTH // 8),
                               seed=0, overlap_history=OVERLAP)
     torch.cuda.synchronize()
     return {"frames": frames, "windows": len(windows), "seconds": time.perf_counter() - start,

@@ -8,7 +8,7 @@ import torch
 from .. import runtime
 from ..errors import InputError
 from ..handles import VAEHandle
-from ..latents import LatentFormat, format_of, latent_format
+from ..latents import DecodeWindows, LatentFormat, format_of, latent_format
 from ..model_loaders.core import module_of
 
 TILE_CHOICES = ("auto", "off", "512", "384", "256")
@@ -73,6 +73,21 @@ def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") 
                 yield ((chunk[0].float() + 1) / 2).permute(1, 2, 3, 0).cpu()
     finally:
         runtime.offload_model(module)
+
+
+def decode_latent(handle: VAEHandle, latent: dict, tiling: str = "auto") -> Iterator[torch.Tensor]:
+    """A LATENT → IMAGE chunks as `decode_video`; a video made window by window (LATENT["windows"]) decodes window
+    by window, as its sampler's original does (see `latents.DecodeWindows`)."""
+    windows = latent.get("windows")
+    if not isinstance(windows, DecodeWindows) or not windows.fits(latent["samples"]):
+        yield from decode_video(handle, latent["samples"], tiling)
+        return
+    for i, window in enumerate(windows.latents):
+        skip = windows.overlap_frames if i else 0
+        for chunk in decode_video(handle, window, tiling):
+            chunk, skip = chunk[skip:], max(0, skip - chunk.shape[0])
+            if chunk.shape[0]:
+                yield chunk
 
 
 def check_latent_for(vae: VAEHandle, latent: dict) -> LatentFormat:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..encoding.prompts import encode_prompts
-from ..encoding.video import TILE_CHOICES, check_latent_for, decode_video, encode_video
+from ..encoding.video import TILE_CHOICES, check_latent_for, decode_latent, encode_video
 from .common import OpenReelNode, mappings
 
 # The official Wan negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
@@ -62,7 +62,7 @@ class OpenReelVAEDecode(OpenReelNode):
 
     def decode(self, vae, latent, tiling: str):
         check_latent_for(vae, latent)
-        return (torch.cat(list(decode_video(vae, latent["samples"], tiling))),)
+        return (torch.cat(list(decode_latent(vae, latent, tiling))),)
 
 
 class OpenReelVAEEncode(OpenReelNode):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import runtime
 from ..errors import InputError
-from ..encoding.video import check_latent_for, decode_video
+from ..encoding.video import check_latent_for, decode_latent
 from ..video_io import PIXEL_FORMATS, comfy_metadata, iter_chunks, read_video, save_mp4
 from .common import OpenReelNode, mappings
 
@@ -68,7 +68,7 @@ class OpenReelSaveVideo(OpenReelNode):
             frames = iter_chunks(images)
         else:
             check_latent_for(vae, latent)
-            frames = decode_video(vae, latent["samples"][:1])
+            frames = decode_latent(vae, {**latent, "samples": latent["samples"][:1]})
         path, _ = save_mp4(frames, folder, stem, fps, crf=crf, pix_fmt=pix_fmt,
                            metadata=comfy_metadata(prompt, extra_pnginfo))
         return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],

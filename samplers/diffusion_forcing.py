@@ -75,9 +75,11 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
                  roundtrip: tuple[Callable, Callable] | None = None, history: torch.Tensor | None = None,
                  encode: Callable | None = None,
                  on_window: Callable[[int, torch.Tensor, torch.Tensor | None], None] | None = None,
-                 resume: ResumeStore | None = None, original_solver_quirk: bool = True) -> torch.Tensor:
+                 resume: ResumeStore | None = None,
+                 original_solver_quirk: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every window of a video (samplers/df_plan.py `plan_windows`), each conditioned on the end of the one before;
-    returns the whole video's latent [1, C, L, H, W] (CPU), each window's overlap counted once.
+    returns the whole video's latent [1, C, L, H, W] (CPU), each window's overlap counted once, and every window's
+    own latent (its given start included, its end frames not), as the original decodes them.
 
     `latent_shape` (C, H, W); `start` / `end`: given latent frames [1, C, n, H, W] at the video's start (window 0)
     and end (last window). How a window starts from the previous one:
@@ -101,12 +103,13 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
     extend = history is not None
     carried = overlap_latents(overlap_history) - overlap_latents(overlap_history) % block_size
     # the latent so far, the last window's latent, the video's last overlap_history pixel frames (to re-encode)
-    video, last, tail, first = None, None, None, 0
+    video, last, tail, first, done = None, None, None, 0, []
     if extend:
         tail = history[:, :, -overlap_history:].float().cpu()
     state = resume.load() if resume is not None else None
     if state is not None:
-        first, video, last, tail = state["next_window"], state["video"], state["last"], state["tail"]
+        first, video, last, tail, done = (state["next_window"], state["video"], state["last"], state["tail"],
+                                          state["windows"])
         noise.set_state(state["noise"])
         extra.set_state(state["extra"])
     prefixes = ([carried] if extend else [0 if start is None else start.shape[2]]) + [carried] * (len(windows) - 1)
@@ -141,15 +144,16 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
             tail = pixels[:, :, -overlap_history:] if tail is None or pixels.shape[2] >= overlap_history else \
                 torch.cat([tail, pixels], dim=2)[:, :, -overlap_history:]
         new, last = latent[:, :, overlap:], latent
+        done.append(latent)
         video = new if video is None else torch.cat([video, new], dim=2)
         if on_window is not None:
             on_window(i, latent, pixels)
         if resume is not None:
-            resume.save({"next_window": i + 1, "video": video, "last": last, "tail": tail,
+            resume.save({"next_window": i + 1, "video": video, "last": last, "tail": tail, "windows": done,
                          "noise": noise.get_state(), "extra": extra.get_state()})
     if resume is not None:
         resume.finish()
-    return video
+    return video, done
 
 
 def overlap_latents(overlap_history: int) -> int:

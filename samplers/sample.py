@@ -9,7 +9,7 @@ import torch
 from ..encoding.video import decode_pixels, encode_video
 from ..errors import InputError
 from ..handles import DiTHandle, TextEmbeds, VAEHandle
-from ..latents import conditioning_of, format_of, latent_format
+from ..latents import DecodeWindows, conditioning_of, format_of, latent_format
 from ..model_loaders.core import prepare
 from ..models.common.images import fit_image
 from ..models.registry import family_of
@@ -134,9 +134,12 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
         roundtrip = (lambda latent: decode_pixels(vae, latent), lambda pixels: encode_video(vae, pixels))
     with SamplingSession([expert], latent_format=fmt,
                          label=f"OpenReel diffusion forcing ({len(windows)} windows)") as session:
-        video = sample_video(session, 0, schedule, windows, (fmt.channels, h, w), seed=seed, ar_step=ar_step,
+        video, parts = sample_video(session, 0, schedule, windows, (fmt.channels, h, w), seed=seed, ar_step=ar_step,
                              block_size=causal_block_size, solver=solver, addnoise_condition=addnoise_condition,
                              start=start, end=end, overlap_history=overlap_history, roundtrip=roundtrip,
                              history=history, encode=lambda pixels: encode_video(vae, pixels),
                              resume=ResumeStore(key))
-    return {"samples": video, "latent_format": fmt.name}
+    latent = {"samples": video, "latent_format": fmt.name}
+    if join == "vae_roundtrip" and len(parts) > 1:  # decoded as the original does: window by window
+        latent["windows"] = DecodeWindows(tuple(parts), overlap_history)
+    return latent

@@ -226,7 +226,7 @@ def test_long_video_matches_the_original_window_loop(num_frames, ar_step, block,
     assert len(windows) == 3
     pixels = []
     with SamplingSession([Expert(dit, GUIDANCE, inputs, WAN, spec)], batch_cfg=False) as session:
-        got = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=seed, ar_step=ar_step,
+        got, _ = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=seed, ar_step=ar_step,
                            block_size=block, start=start, end=end, overlap_history=overlap, addnoise_condition=addnoise,
                            roundtrip=None if reuse_latents else (vae.decode, vae.encode),
                            on_window=lambda i, latent, new: pixels.append(new))
@@ -268,7 +268,7 @@ def test_extending_a_video_matches_the_original_extend_video():
     windows = plan_windows(21, 13, 5, extend=True)
     pixels = []
     with SamplingSession([Expert(dit, GUIDANCE, inputs, WAN, spec)], batch_cfg=False) as session:
-        latent = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=21,
+        latent, _ = sample_video(session, 0, wan_unipc_schedule(3, 8.0), windows, (16, 4, 6), seed=21,
                               addnoise_condition=20, overlap_history=5, roundtrip=(vae.decode, vae.encode),
                               history=given, on_window=lambda i, w, new: pixels.append(new))
     assert len(windows) == 2 and latent.shape[2] == 6  # the overlap taken over, then the new frames

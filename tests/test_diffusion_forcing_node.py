@@ -181,3 +181,23 @@ def test_extending_a_video_gives_its_continuation(kit):
         run(dit[DF], vae["wan21"], extend_video=video[:3])
     with pytest.raises(InputError, match="a start image and a video to extend are both connected"):
         run(dit[DF], vae["wan21"], extend_video=video, start_image=video[:1])
+
+
+def test_the_video_decodes_window_by_window_as_the_original(kit):
+    from openreel.encoding.video import decode_pixels
+    from openreel.nodes.encode import OpenReelVAEDecode
+
+    dit, vae = kit
+    latent = run(dit[DF], vae["wan21"])
+    windows = latent["windows"]
+    assert len(windows.latents) == 3 and windows.overlap_frames == 5
+    frames = OpenReelVAEDecode().decode(vae["wan21"], latent, "off")[0]
+    # the original: every window decoded whole, clamped, and appended without the frames it took over
+    parts = [decode_pixels(vae["wan21"], w, "off").clamp(-1, 1) for w in windows.latents]
+    expected = torch.cat([parts[0]] + [p[:, :, 5:] for p in parts[1:]], dim=2)
+    expected = ((expected[0] + 1) / 2).permute(1, 2, 3, 0)
+    assert frames.shape == (25, 64, 64, 3)
+    torch.testing.assert_close(frames, expected, rtol=0, atol=1e-6)
+    joined = OpenReelVAEDecode().decode(vae["wan21"], {**latent, "windows": None}, "off")[0]
+    assert joined.shape == frames.shape and not torch.equal(joined, frames)  # one pass over the joined latent
+    assert "windows" not in run(dit[DF], vae["wan21"], join="reuse_latents")  # diffusers decodes the joined latent
