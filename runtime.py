@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -192,6 +193,7 @@ class Progress:
     def __init__(self, total: int, desc: str = "OpenReel"):
         self.total = int(total)
         self.value = 0
+        self._start = time.monotonic()
         if IN_COMFYUI:
             self._bar = _comfy_utils.ProgressBar(self.total)
             self._tqdm = None
@@ -210,9 +212,23 @@ class Progress:
             self._tqdm.update(n)
 
     def describe(self, text: str) -> None:
-        """A label for the bar (shown on a terminal; ComfyUI's bar shows progress and previews only)."""
+        """Where the run is, in words: the bar's label on a terminal; inside ComfyUI the text shown on the node
+        (ComfyUI's progress-text message, where this ComfyUI has it), with the time left estimated from the bar."""
         if self._tqdm is not None:
             self._tqdm.set_description(text, refresh=True)
+            return
+        elapsed = time.monotonic() - self._start
+        if self.value:
+            left = int(elapsed / self.value * (self.total - self.value))
+            text += f" · about {left // 60} min {left % 60:02d} s left"
+        try:
+            from comfy_execution.utils import get_executing_context
+            from server import PromptServer
+        except ImportError:  # an older ComfyUI: the bar alone
+            return
+        context = get_executing_context()
+        if context is not None:
+            PromptServer.instance.send_progress_text(text, context.node_id)
 
     def set_total(self, total: int) -> None:
         """Correct the total once it is known (e.g. after a model was loaded and its call pattern chosen)."""

@@ -117,9 +117,11 @@ def sample_video(session: SamplingSession, expert: int, schedule: FlowSchedule, 
     matrices = [timestep_matrix(w.frames + e, schedule.timesteps, w.frames + e, ar_step, p, block_size)
                 for w, p, e in zip(windows, prefixes, ends)]
     session.set_remaining(sum(m.iterations for m in matrices[first:]) * session.calls_per_step(expert))
+    total_frames = windows[0].frames + sum(w.frames - overlap_latents(overlap_history) for w in windows[1:])
     for i in range(first, len(windows)):
-        window, frames = windows[i], windows[i].frames
-        session.describe(f"window {i + 1}/{len(windows)}")
+        frames = windows[i].frames
+        done_frames = 0 if video is None else video.shape[2]
+        session.describe(f"window {i + 1} of {len(windows)} · {done_frames} of {total_frames} latent frames done")
         x = torch.randn(1, channels, frames, height, width, generator=noise, dtype=torch.float32)
         if i == 0 and not extend:
             given = start
