@@ -90,6 +90,15 @@ def decode_latent(handle: VAEHandle, latent: dict, tiling: str = "auto") -> Iter
                 yield chunk
 
 
+def last_frames(handle: VAEHandle, latent: dict, count: int) -> torch.Tensor:
+    """The last `count` frames of a LATENT's video, [1, 3, count, H, W] in [-1, 1], decoded chunk by chunk so that
+    only those frames are kept (a long video never sits in memory whole)."""
+    kept = None
+    for chunk in decode_latent(handle, {**latent, "samples": latent["samples"][:1]}):
+        kept = chunk if kept is None else torch.cat([kept, chunk])[-count:]
+    return (kept[-count:] * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)
+
+
 def check_latent_for(vae: VAEHandle, latent: dict) -> LatentFormat:
     """The latent's format, when it is the one `vae` decodes; else a clear error."""
     fmt, want = format_of(latent), latent_format(vae.latent_format)

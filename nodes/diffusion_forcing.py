@@ -83,18 +83,21 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
                                                       "frames. The output (num_frames frames) starts with those, "
                                                       "then continues: join it after your video from frame "
                                                       "overlap_history on."}),
+                "extend_latent": ("LATENT", {"tooltip": "Or the latent of a video to continue (e.g. this node's own "
+                                                        "output, for one more stretch): its last overlap_history "
+                                                        "frames are decoded and continued the same way."}),
             },
         }
 
     def run(self, dit, embeds, vae, width, height, num_frames, base_num_frames, overlap_history, ar_step,
             causal_block_size, addnoise_condition, seed, steps, cfg, shift, fps, join, solver, causal_attention,
-            start_image=None, end_image=None, extend_video=None):
+            start_image=None, end_image=None, extend_video=None, extend_latent=None):
         return (sample_diffusion_forcing(
             dit, embeds, vae, width=width, height=height, num_frames=num_frames, base_num_frames=base_num_frames,
             overlap_history=overlap_history, seed=seed, ar_step=ar_step, causal_block_size=causal_block_size,
             addnoise_condition=addnoise_condition, steps=steps, guidance=cfg, shift=shift, fps=int(fps),
             solver=solver, join=join, causal_attention=causal_attention, start_image=start_image,
-            end_image=end_image, extend_video=extend_video),)
+            end_image=end_image, extend_video=extend_video, extend_latent=extend_latent),)
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelDiffusionForcingSampler)

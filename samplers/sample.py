@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from ..encoding.video import decode_pixels, encode_video
+from ..encoding.video import check_latent_for, decode_pixels, encode_video, last_frames
 from ..errors import InputError
 from ..handles import DiTHandle, TextEmbeds, VAEHandle
 from ..latents import DecodeWindows, conditioning_of, format_of, latent_format
@@ -85,7 +85,7 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              steps: int = 0, guidance: float = 0.0, shift: float = 0.0, fps: int = 24,
                              solver: str = "unipc", join: str = "vae_roundtrip", causal_attention: bool = False,
                              start_image: torch.Tensor | None = None, end_image: torch.Tensor | None = None,
-                             extend_video: torch.Tensor | None = None) -> dict:
+                             extend_video: torch.Tensor | None = None, extend_latent: dict | None = None) -> dict:
     """A video of any length with a diffusion-forcing model (SkyReels-V2 DF), window by window; returns the whole
     video's LATENT (with `extend_video` frames, IMAGE [n, H, W, C]: its continuation, `num_frames` frames that start
     with the video's last `overlap_history` frames, as encoded, then the new ones). Zeros mean the official DF
@@ -102,6 +102,18 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
         raise InputError(f"this VAE makes {latent_format(vae.latent_format).title} latents but "
                          f"{dit.spec.description} takes {fmt.title} latents", "connect the VAE of this model")
     _, _, h, w = fmt.latent_size(width, height, 1)
+    if extend_video is not None and extend_latent is not None:
+        raise InputError("both a video and a latent to extend are connected", "connect one of them")
+    if extend_latent is not None:
+        check_latent_for(vae, extend_latent)
+        frames = fmt.pixel_frames(extend_latent["samples"].shape[2])
+        if extend_latent["samples"].shape[3:] != (h, w):
+            raise InputError(f"the latent to extend is {extend_latent['samples'].shape[4] * fmt.spatial_stride}×"
+                             f"{extend_latent['samples'].shape[3] * fmt.spatial_stride}, the video {width}×{height}",
+                             "give the same width and height")
+        if frames < overlap_history:
+            raise InputError(f"the latent to extend holds {frames} frames, fewer than overlap_history "
+                             f"{overlap_history}", "give a longer video or a smaller overlap_history")
     if extend_video is not None:
         if start_image is not None:
             raise InputError("a start image and a video to extend are both connected",
@@ -111,7 +123,7 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                              f"{overlap_history}", "give a longer video or a smaller overlap_history")
     windows = plan_windows(num_frames, base_num_frames, overlap_history, causal_block_size, ar_step,
                            image_prefix=0 if start_image is None else 1, end_frames=0 if end_image is None else 1,
-                           extend=extend_video is not None)
+                           extend=extend_video is not None or extend_latent is not None)
     family.check(dit.spec, fmt, None, embeds, None)
     steps, guidance, shift = steps or d.steps, guidance or d.guidance, shift or d.shift
     schedule = wan_unipc_schedule(steps, shift) if solver != "dpm++_2m" else linear_schedule(steps, shift)
@@ -119,7 +131,8 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     start = None if start_image is None else frame(start_image)
     end = None if end_image is None else frame(end_image)
     key = render_key("diffusion forcing", dit.weights_key, dit.patches, vae.weights_key, embeds.positive,
-                     embeds.negative, start_image, end_image, extend_video, width, height, num_frames, base_num_frames,
+                     embeds.negative, start_image, end_image, extend_video,
+                     None if extend_latent is None else extend_latent["samples"], width, height, num_frames, base_num_frames,
                      overlap_history, seed, ar_step, causal_block_size, addnoise_condition, steps, guidance, shift,
                      fps, solver, join, causal_attention)
     inputs = family.model_inputs(dit.spec, embeds, None, d)
@@ -129,6 +142,8 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     history = None
     if extend_video is not None:  # only the frames a window starts from: the rest of the video is not needed
         history = fit_image(extend_video[-overlap_history:], width, height).permute(1, 0, 2, 3).unsqueeze(0)
+    elif extend_latent is not None:
+        history = last_frames(vae, extend_latent, overlap_history)
     roundtrip = None
     if join == "vae_roundtrip":
         roundtrip = (lambda latent: decode_pixels(vae, latent), lambda pixels: encode_video(vae, pixels))

@@ -201,3 +201,17 @@ def test_the_video_decodes_window_by_window_as_the_original(kit):
     joined = OpenReelVAEDecode().decode(vae["wan21"], {**latent, "windows": None}, "off")[0]
     assert joined.shape == frames.shape and not torch.equal(joined, frames)  # one pass over the joined latent
     assert "windows" not in run(dit[DF], vae["wan21"], join="reuse_latents")  # diffusers decodes the joined latent
+
+
+def test_a_latent_can_be_extended_like_its_decoded_video(kit):
+    from openreel.nodes.encode import OpenReelVAEDecode
+
+    dit, vae = kit
+    first = run(dit[DF], vae["wan21"], num_frames=13, base_num_frames=13)
+    frames = OpenReelVAEDecode().decode(vae["wan21"], first, "off")[0]
+    by_latent = run(dit[DF], vae["wan21"], extend_latent=first, num_frames=25)["samples"]
+    by_frames = run(dit[DF], vae["wan21"], extend_video=frames, num_frames=25)["samples"]
+    assert by_latent.shape == (1, 16, 7, 8, 8)
+    torch.testing.assert_close(by_latent, by_frames, rtol=0, atol=1e-4)  # the same frames, by two routes
+    with pytest.raises(InputError, match="both a video and a latent to extend"):
+        run(dit[DF], vae["wan21"], extend_latent=first, extend_video=frames)
