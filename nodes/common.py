@@ -35,6 +35,12 @@ def _naming_errors(fn, cls):
     return wrapper
 
 
+SIZE = {"min": 16, "max": 4096, "step": 16}  # width and height inputs (each model checks its own multiple)
+EMBEDS_INPUT = ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."})
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
+                      "tooltip": "Noise seed; the same seed gives the same video on any device."})
+
+
 def mappings(*node_classes: type[OpenReelNode]) -> tuple[dict, dict]:
     """NODE_CLASS_MAPPINGS and NODE_DISPLAY_NAME_MAPPINGS for `node_classes`."""
     return ({c.NODE_ID: c for c in node_classes}, {c.NODE_ID: c.DISPLAY_NAME for c in node_classes})

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.sample import JOINS, SOLVER_CHOICES, sample_diffusion_forcing
-from .common import OpenReelNode, mappings
-
-_SIZE = {"min": 16, "max": 4096, "step": 16}
+from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
 
 
 class OpenReelDiffusionForcingSampler(OpenReelNode):
@@ -28,11 +26,11 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
         return {
             "required": {
                 "dit": ("OPENREEL_DIT", {"tooltip": "A SkyReels-V2 DF model."}),
-                "embeds": ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."}),
+                "embeds": EMBEDS_INPUT,
                 "vae": ("OPENREEL_VAE", {"tooltip": "The Wan2.1 VAE: encodes start / end images and, with the "
                                                     "vae_roundtrip join, the end of each window."}),
-                "width": ("INT", {"default": 960, **_SIZE, "tooltip": "Video width (540P models: 960×544)."}),
-                "height": ("INT", {"default": 544, **_SIZE, "tooltip": "Video height."}),
+                "width": ("INT", {"default": 960, **SIZE, "tooltip": "Video width (540P models: 960×544)."}),
+                "height": ("INT", {"default": 544, **SIZE, "tooltip": "Video height."}),
                 "num_frames": ("INT", {"default": 257, "min": 1, "max": 100_001, "step": 4,
                                        "tooltip": "Frames of the whole video, 4n+1 (257 ≈ 10 s at 24 fps)."}),
                 "base_num_frames": ("INT", {"default": 97, "min": 5, "max": 1025, "step": 4,
@@ -53,8 +51,7 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
                                                "tooltip": "Noise added to the frames a window continues from (0.001 "
                                                           "× this, model told t = this): 20 recommended for long "
                                                           "videos, against drift; above 60 hurts consistency."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
-                                 "tooltip": "Noise seed; the same seed gives the same video on any device."}),
+                "seed": SEED_INPUT,
                 "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                                   "tooltip": "Denoising steps per frame; 0 = official (30)."}),
                 "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,

@@ -7,9 +7,7 @@ from ..latents import empty_latent, latent_format
 from ..models.registry import vae_family_of
 from ..samplers.sample import SOLVER_CHOICES, sample
 from ..samplers.schedules import linear_schedule, wan_unipc_schedule
-from .common import OpenReelNode, mappings
-
-_SIZE = {"min": 16, "max": 4096, "step": 16}
+from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
 
 
 class OpenReelEmptyLatent(OpenReelNode):
@@ -28,8 +26,8 @@ class OpenReelEmptyLatent(OpenReelNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": ("OPENREEL_VAE", {"tooltip": "Decides the latent format (channels and stride)."}),
-            "width": ("INT", {"default": 832, **_SIZE, "tooltip": "Video width in pixels."}),
-            "height": ("INT", {"default": 480, **_SIZE, "tooltip": "Video height in pixels."}),
+            "width": ("INT", {"default": 832, **SIZE, "tooltip": "Video width in pixels."}),
+            "height": ("INT", {"default": 480, **SIZE, "tooltip": "Video height in pixels."}),
             "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
             "batch": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos made at once."}),
         }}
@@ -56,8 +54,8 @@ class OpenReelImageToVideo(OpenReelNode):
             "required": {
                 "vae": ("OPENREEL_VAE", {"tooltip": "Encodes the image (Wan2.2 VAE for TI2V-5B, else Wan2.1 VAE)."}),
                 "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
-                "width": ("INT", {"default": 832, **_SIZE, "tooltip": "Video width in pixels."}),
-                "height": ("INT", {"default": 480, **_SIZE, "tooltip": "Video height in pixels."}),
+                "width": ("INT", {"default": 832, **SIZE, "tooltip": "Video width in pixels."}),
+                "height": ("INT", {"default": 480, **SIZE, "tooltip": "Video height in pixels."}),
                 "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
             },
             "optional": {
@@ -92,10 +90,9 @@ class OpenReelSampler(OpenReelNode):
         return {
             "required": {
                 "dit": ("OPENREEL_DIT", {"tooltip": "The model, or the HIGH-noise expert of a Wan2.2 A14B pair."}),
-                "embeds": ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."}),
+                "embeds": EMBEDS_INPUT,
                 "latent": ("LATENT", {"tooltip": "From OpenReel Empty Latent (text-to-video) or Image To Video."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,
-                                 "tooltip": "Noise seed; the same seed gives the same video on any device."}),
+                "seed": SEED_INPUT,
                 "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                                   "tooltip": "Denoising steps; 0 = official default (Wan2.1 50, Wan2.2 A14B 40, "
                                              "TI2V-5B 50, SkyReels DF 30)."}),
