@@ -46,6 +46,9 @@ def load_workflow(path: Path) -> tuple[dict, dict | None]:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"cannot read workflow {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{path} is not a workflow: it holds a JSON {type(data).__name__}, not an object; save "
+                            f"the workflow from ComfyUI (Save, or Export (API)) and run that file")
     if is_ui_format(data):
         try:
             return ui_to_api(data, NODE_CLASS_MAPPINGS), data
@@ -63,10 +66,18 @@ def apply_overrides(prompt: dict, sets: list[str]) -> None:
         node_ref, dot, name = target.rpartition(".")
         if not sep or not dot:
             raise WorkflowError(f"--set {item!r}: expected NODE.INPUT=VALUE")
-        matches = [i for i, n in prompt.items() if node_ref in (i, n.get("_meta", {}).get("title"), n["class_type"])]
+        matches = [i for i, n in prompt.items()
+                   if node_ref in (i, n.get("_meta", {}).get("title"), n["class_type"], _title(prompt, i))]
         if len(matches) != 1:
-            raise WorkflowError(f"--set {item!r}: {node_ref!r} names {len(matches)} nodes; use a node id "
-                                f"({', '.join(sorted(prompt, key=_id_key))})")
+            nodes = ", ".join(f"{i} ({_title(prompt, i)})" for i in sorted(prompt, key=_id_key))
+            raise WorkflowError(f"--set {item!r}: {node_ref!r} names {len(matches)} nodes; use a node id: {nodes}")
+        cls = NODE_CLASS_MAPPINGS.get(prompt[matches[0]]["class_type"])
+        if cls is not None:
+            spec = cls.INPUT_TYPES()
+            inputs = [*spec.get("required", {}), *spec.get("optional", {})]
+            if name not in inputs:
+                raise WorkflowError(f"--set {item!r}: {_title(prompt, matches[0])} (node {matches[0]}) has no input "
+                                    f"{name!r}; its inputs: {', '.join(inputs)}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -108,7 +119,12 @@ def validate(prompt: dict) -> list[str]:
             elif isinstance(kind, (list, tuple)):
                 if value not in kind:
                     shown = ", ".join(map(str, kind[:8])) + (" …" if len(kind) > 8 else "")
-                    problems.append(f"{where}: {name} = {value!r} is not one of the choices ({shown or 'none found'})")
+                    folder = getattr(cls, "MODEL_FOLDER", None) if name == "model_name" else None
+                    searched = "" if folder is None else (
+                        f"; searched {', '.join(str(f) for f in runtime.model_folders(folder))}: put the file there, "
+                        f"or point --models (or OPENREEL_MODELS) at the folder that holds {folder}/")
+                    problems.append(f"{where}: {name} = {value!r} is not one of the choices "
+                                    f"({shown or 'none found'}){searched}")
             elif kind in ("INT", "FLOAT"):
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     problems.append(f"{where}: {name} = {value!r} is not a number")

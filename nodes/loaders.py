@@ -22,6 +22,7 @@ class OpenReelDiTLoader(OpenReelNode):
     models/diffusion_models. The model kind is detected from the weights, never the file name; single files,
     sharded sets (pick any shard), diffusers folders and ComfyUI fp8_scaled files all work."""
 
+    MODEL_FOLDER = "diffusion_models"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelDiTLoader"
     DISPLAY_NAME = "OpenReel DiT Loader"
     CATEGORY = "OpenReel/loaders"
@@ -63,6 +64,7 @@ class OpenReelTextEncoderLoader(OpenReelNode):
     The tokenizer comes from the file itself (ComfyUI's files carry it), from beside it, or from
     models/text_encoders/tokenizers/umt5-xxl/."""
 
+    MODEL_FOLDER = "text_encoders"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelTextEncoderLoader"
     DISPLAY_NAME = "OpenReel Text Encoder Loader"
     CATEGORY = "OpenReel/loaders"
@@ -85,6 +87,7 @@ class OpenReelCLIPVisionLoader(OpenReelNode):
     """Loads the CLIP ViT-H/14 image encoder that Wan2.1 / SkyReels-V2 image-to-video and FLF2V models need, from
     models/clip_vision: ComfyUI's clip_vision_h.safetensors or the official open-clip .pth."""
 
+    MODEL_FOLDER = "clip_vision"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelCLIPVisionLoader"
     DISPLAY_NAME = "OpenReel CLIP Vision Loader"
     CATEGORY = "OpenReel/loaders"
@@ -107,6 +110,7 @@ class OpenReelVAELoader(OpenReelNode):
     """Loads a Wan VAE from models/vae: the Wan2.1 VAE (16-channel latents: Wan2.1, Wan2.2 A14B, SkyReels-V2) or
     the Wan2.2 VAE (48-channel: TI2V-5B only), official .pth or ComfyUI / diffusers safetensors."""
 
+    MODEL_FOLDER = "vae"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelVAELoader"
     DISPLAY_NAME = "OpenReel VAE Loader"
     CATEGORY = "OpenReel/loaders"

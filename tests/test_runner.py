@@ -99,3 +99,41 @@ def test_synthetic_runs_never_write_into_a_users_models_folder(tmp_path, capsys)
     assert code == EXIT_INVALID and "takes no --models" in capsys.readouterr().err
     assert mine.read_bytes() == b"the user's own file"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["wan_2.1_vae.safetensors"]
+
+
+def _write(tmp_path, data, name="wf.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_set_rejects_an_input_the_node_does_not_have_and_takes_display_names(tmp_path, capsys):
+    prompt = {"1": {"class_type": "OpenReelSchedule", "inputs": {"schedule": "wan_unipc", "steps": 4, "shift": 5.0,
+                                                                 "denoise": 1.0}}}
+    path = _write(tmp_path, prompt)
+    assert main(path, None, str(tmp_path / "out"), ["1.stepz=5"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "OpenReel Schedule (node 1) has no input 'stepz'; its inputs: schedule, steps, shift, denoise" in err
+    assert main(path, None, str(tmp_path / "out"), ["Nothing.steps=5"]) == EXIT_INVALID
+    assert "use a node id: 1 (OpenReel Schedule)" in capsys.readouterr().err
+    prompt["2"] = {"class_type": "OpenReelSchedule", "inputs": dict(prompt["1"]["inputs"]), "_meta": {"title": "B"}}
+    from openreel.runner import apply_overrides
+
+    apply_overrides(prompt, ["OpenReel Schedule.steps=7"])  # the name the runner prints, when it is unique
+    assert prompt["1"]["inputs"]["steps"] == 7 and prompt["2"]["inputs"]["steps"] == 4
+
+
+def test_a_missing_model_names_the_folders_searched(tmp_path):
+    runtime.set_models_dir(tmp_path / "models")
+    try:
+        problems = validate({"1": {"class_type": "OpenReelVAELoader",
+                                   "inputs": {"model_name": "wan_2.1_vae.safetensors", "dtype": "auto"}}})
+    finally:
+        runtime.set_models_dir(None)
+    assert len(problems) == 1 and "(none found); searched " + str(tmp_path / "models" / "vae") in problems[0]
+    assert "--models (or OPENREEL_MODELS)" in problems[0]
+
+
+def test_a_workflow_file_that_is_no_object_is_refused(tmp_path, capsys):
+    assert main(_write(tmp_path, [1, 2]), None, None, []) == EXIT_INVALID
+    assert "holds a JSON list, not an object" in capsys.readouterr().err
