@@ -5,20 +5,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import runtime
 from .errors import OpenReelError
 
 
 def _inspect(args) -> int:
-    from .model_loaders.dit import inspect_dit
+    from .model_loaders.inspect import inspect_path
 
-    _, ckpt, handle = inspect_dit(args.path)
-    spec = handle.spec
-    print(f"{ckpt.name}: {spec.description}")
-    print(f"  family {spec.family}, variant {spec.variant}, task {spec.task}, latent {spec.latent_format}, "
-          f"CLIP {'yes' if spec.needs_clip else 'no'}")
-    print(f"  config {spec.config}")
-    print(f"  files: {len(handle.files)}, tensors: {len(ckpt)}")
+    print("\n".join(inspect_path(args.path)))
     return 0
 
 
@@ -30,6 +23,8 @@ def _synth(args) -> int:
     from .nodes.loaders import OpenReelDiTLoader
 
     models = Path(args.models)
+    from . import runtime
+
     runtime.set_models_dir(models)
     folder = models / "diffusion_models" / "openreel-synthetic"
     print(f"Writing the SYNTHETIC demo model set (random weights, real file layouts) to {folder}")

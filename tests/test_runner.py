@@ -137,3 +137,18 @@ def test_a_missing_model_names_the_folders_searched(tmp_path):
 def test_a_workflow_file_that_is_no_object_is_refused(tmp_path, capsys):
     assert main(_write(tmp_path, [1, 2]), None, None, []) == EXIT_INVALID
     assert "holds a JSON list, not an object" in capsys.readouterr().err
+
+
+def test_inspect_says_what_every_kind_of_file_is_and_lists_a_folder(tmp_path, capsys):
+    from openreel import synthetic
+    from openreel.cli import main as cli_main
+
+    models = tmp_path / "models"
+    synthetic.write_model_set(models)
+    for folder, what in (("vae/wan_2.1_vae.safetensors", "a video VAE"), ("clip_vision", "a CLIP vision encoder"),
+                         ("text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors", "an umT5 encoder")):
+        assert cli_main(["inspect", str(models / folder)]) == 0
+        assert what in capsys.readouterr().out
+    assert cli_main(["inspect", str(models / "diffusion_models")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Load it with OpenReel DiT Loader") == len(synthetic.DIFFUSION_MODELS)  # subfolders too
