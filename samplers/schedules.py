@@ -47,8 +47,21 @@ class FlowSchedule:
 
     @classmethod
     def from_sigmas(cls, sigmas: torch.Tensor) -> FlowSchedule:
-        """Wrap SIGMAS from elsewhere (e.g. a native ComfyUI scheduler) with float timesteps σ·1000."""
+        """Wrap SIGMAS from elsewhere (e.g. a native ComfyUI scheduler) with float timesteps σ·1000; SIGMAS that are
+        no flow-matching schedule (outside [0, 1], not descending, fewer than two levels) are refused, saying why."""
+        if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < 2:
+            shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
+            raise InputError(f"the sigmas ({shape}) are not a schedule of at least two noise levels",
+                             "connect SIGMAS from a scheduler node, e.g. OpenReel Schedule")
         sigmas = sigmas.detach().to("cpu", torch.float32)
+        if sigmas.max() > 1.0 or sigmas.min() < 0.0:
+            raise InputError(f"the sigmas run from {sigmas.max():.4g} to {sigmas.min():.4g}, but flow-matching models "
+                             f"take noise levels in [0, 1] (Karras or EDM schedules are for other models)",
+                             "use OpenReel Schedule, or a scheduler made for flow models (e.g. simple or beta with "
+                             "the model's shift)")
+        if (sigmas[1:] > sigmas[:-1]).any():
+            raise InputError("the sigmas rise somewhere (a flipped schedule?); sampling goes from noise to the image, "
+                             "so they must fall", "remove the node that flips or reorders them")
         return cls(sigmas, sigmas[:-1] * NUM_TRAIN_TIMESTEPS)
 
     def tail(self, steps: int) -> FlowSchedule:

@@ -147,3 +147,29 @@ def test_interrupt_between_model_calls_leaves_nothing_loaded(kit, monkeypatch):
         sample_flow([Expert(module, 5.0, inputs)], wan_unipc_schedule(4, 5.0), "unipc",
                     torch.randn(1, 16, 2, 8, 8), batch_cfg=False)
     assert len(calls) == 3 and offloaded == [module]
+
+
+@pytest.mark.parametrize("sigmas, message", [
+    (torch.tensor([14.6, 7.0, 2.0, 0.0]), "the sigmas run from 14.6 to 0, but flow-matching models take noise levels in \\[0, 1\\]"),
+    (torch.tensor([0.0, 0.5, 1.0]), "the sigmas rise somewhere"),
+    (torch.tensor([1.0]), "the sigmas .* are not a schedule of at least two noise levels"),
+])
+def test_sigmas_that_are_no_flow_schedule_are_refused_before_sampling(kit, sigmas, message):
+    dit, vae = kit
+    latent = OpenReelEmptyLatent().make(vae["wan21"], 64, 64, 5, 1)[0]
+    with pytest.raises(InputError, match="^OpenReel Sampler: " + message):
+        run(dit["wan2.1_t2v_1.3B_fp16.safetensors"], latent, sigmas=sigmas)
+
+
+def test_flf2v_takes_start_and_end_images_of_different_sizes(kit, monkeypatch):
+    _, vae = kit
+    seen = []
+
+    def clip_tokens(handle, images):
+        seen.append(tuple(images.shape))
+        return torch.zeros(len(images), 257, synthetic.TINY_CLIP_DIM)
+    monkeypatch.setattr("openreel.nodes.sample.encode_image", clip_tokens)
+    latent = OpenReelImageToVideo().make(vae["wan21"], torch.rand(1, 48, 64, 3), 64, 64, 5, clip_vision="clip",
+                                         end_image=torch.rand(1, 96, 80, 3))[0]
+    assert latent["openreel"].image_tokens.shape == (1, 514, synthetic.TINY_CLIP_DIM)
+    assert seen == [(1, 48, 64, 3), (1, 96, 80, 3)]  # each image on its own: the encoder resizes each

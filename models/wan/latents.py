@@ -155,7 +155,9 @@ class WanVAEFamily(VAEFamily):
         concat = torch.cat([wan_i2v_mask(frames, h, w, last=end is not None), encode(video)], dim=1)
         tokens = None
         if clip_tokens is not None:
-            found = clip_tokens(start[:1] if end is None else torch.cat([start[:1], end[:1]]))  # [n, 257, width]
+            same_size = end is None or start.shape[1:] == end.shape[1:]
+            found = clip_tokens(start[:1] if end is None else torch.cat([start[:1], end[:1]])) if same_size else \
+                torch.cat([clip_tokens(start[:1]), clip_tokens(end[:1])])  # [n, 257, width]; each image resized
             tokens = found.reshape(1, -1, found.shape[-1])  # FLF2V: first and last frame's tokens side by side
         return {"samples": empty, "latent_format": fmt.name,
                 "openreel": ImageConditioning("flf2v" if end is not None else "i2v", concat=concat,
