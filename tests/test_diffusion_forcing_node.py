@@ -30,6 +30,14 @@ def kit(tmp_path_factory):
     MODULES.clear()
 
 
+@pytest.fixture
+def no_sampling(monkeypatch):
+    """Refusals must come before sampling: reaching the window loop fails the test."""
+    def reached(*args, **kwargs):
+        raise AssertionError("sampling started")
+    monkeypatch.setattr("openreel.samplers.sample.sample_video", reached)
+
+
 def embeds(seed=3):
     gen = torch.Generator().manual_seed(seed)
     width = synthetic.TINY_TEXT_DIM
@@ -79,22 +87,28 @@ def test_start_and_end_images_asynchronous(kit):
     ({"width": 72}, "72×64 is not a multiple of 16"),
     ({"join": "blend"}, "unknown window join 'blend'"),
 ])
-def test_bad_settings_are_refused_before_any_model_runs(kit, kw, message, monkeypatch):
+def test_bad_settings_are_refused_before_any_model_runs(kit, kw, message, no_sampling):
     dit, vae = kit
-    monkeypatch.setattr("openreel.samplers.sample.sample_video",
-                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampling started")))
     with pytest.raises(InputError, match="^OpenReel Diffusion Forcing Sampler: .*" + message):
         run(dit[DF], vae["wan21"], **kw)
 
 
-def test_models_that_are_no_diffusion_forcing_models_are_refused(kit, monkeypatch):
+def test_models_that_are_no_diffusion_forcing_models_are_refused(kit, no_sampling):
     dit, vae = kit
-    monkeypatch.setattr("openreel.samplers.sample.sample_video",
-                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampling started")))
     with pytest.raises(InputError, match="is not a diffusion-forcing model.*OpenReel Sampler"):
         run(dit[I2V], vae["wan21"])
     with pytest.raises(InputError, match="this VAE makes 48-channel .* takes 16-channel"):
         run(dit[DF], vae["wan22"])
+
+
+def interrupt_after(dit, calls: int):
+    """Run the DF node until its `calls`-th model call, which asks for an interrupt (the run stops before the next)."""
+    from openreel.model_loaders.core import module_of
+
+    seen = []
+    hook = module_of(dit).register_forward_pre_hook(
+        lambda m, args: seen.append(1) or (runtime.request_interrupt() if len(seen) == calls else None))
+    return hook
 
 
 def resume_files():
@@ -108,17 +122,16 @@ def test_an_interrupted_render_resumes_after_its_last_window_with_the_same_resul
     dit, vae = kit
     whole = run(dit[DF], vae["wan21"], join=join)["samples"]
     assert resume_files() == []  # a finished render leaves no state behind
-    calls = []
-    module = module_of(dit[DF])
-    hook = module.register_forward_pre_hook(
-        lambda m, args: calls.append(1) or (runtime.request_interrupt() if len(calls) == 4 else None))
+    hook = interrupt_after(dit[DF], 4)
     try:
         with pytest.raises(runtime.Interrupted):
             run(dit[DF], vae["wan21"], join=join)  # stops in window 3, after windows 1 and 2 (two calls each)
-        assert len(resume_files()) == 1
-        calls.clear()
+    finally:
         hook.remove()
-        hook = module.register_forward_pre_hook(lambda m, args: calls.append(1))
+    assert len(resume_files()) == 1
+    calls = []
+    hook = module_of(dit[DF]).register_forward_pre_hook(lambda m, args: calls.append(1))
+    try:
         resumed = run(dit[DF], vae["wan21"], join=join)["samples"]
     finally:
         hook.remove()
@@ -128,13 +141,8 @@ def test_an_interrupted_render_resumes_after_its_last_window_with_the_same_resul
 
 
 def test_a_changed_graph_never_resumes_from_another_render(kit):
-    from openreel.model_loaders.core import module_of
-
     dit, vae = kit
-    calls = []
-    module = module_of(dit[DF])
-    hook = module.register_forward_pre_hook(
-        lambda m, args: calls.append(1) or (runtime.request_interrupt() if len(calls) == 3 else None))
+    hook = interrupt_after(dit[DF], 3)
     try:
         with pytest.raises(runtime.Interrupted):
             run(dit[DF], vae["wan21"])
