@@ -86,10 +86,13 @@ class TextEmbeds:
     """OPENREEL_EMBEDS: encoded positive and negative prompts, real tokens only (the DiT pads to its text length).
 
     `*_mask` [1, L] marks real tokens for encoders whose models attend with a mask; `*_pooled` [1, width] is a
-    pooled vector for models that take one (e.g. HunyuanVideo's CLIP-L). umT5 embeddings have neither."""
+    pooled vector for models that take one (e.g. HunyuanVideo's CLIP-L). umT5 embeddings have neither.
+    `embedded_guidance` is the guidance scale a guidance-distilled model takes as an input (HunyuanVideo's
+    cfg-distilled DiT); None: the model's official value (OpenReel Embedded Guidance sets it)."""
     positive: torch.Tensor   # [1, L, width]
     negative: torch.Tensor   # [1, L', width]
     positive_mask: torch.Tensor | None = None
     negative_mask: torch.Tensor | None = None
     positive_pooled: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
+    embedded_guidance: float | None = None

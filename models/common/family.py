@@ -62,6 +62,7 @@ class SamplingDefaults:
     boundary: float             # switch point of a pair as a fraction of the 1000 timesteps (0: no pair)
     fps: float
     source: str                 # which official recipe these come from
+    embedded_guidance: float = 0.0  # the scale a guidance-distilled model takes as an input (0: it takes none)
 
 
 @dataclass(frozen=True, eq=False)
