@@ -1,6 +1,8 @@
 """Sampling nodes: latents and image conditioning in, denoised latents out."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..encoding.images import encode_image
 from ..encoding.video import encode_video
 from ..latents import empty_latent, latent_format
@@ -128,6 +130,31 @@ class OpenReelSampler(OpenReelNode):
                        denoise=denoise, sigmas=sigmas),)
 
 
+class OpenReelEmbeddedGuidance(OpenReelNode):
+    """Sets the guidance scale a guidance-distilled model takes as an input (HunyuanVideo T2V: official 6.0). It
+    travels with the embeddings, like ComfyUI's FluxGuidance; without this node the model's official value is used.
+    It is not classifier-free guidance: that is the sampler's cfg (off at 1.0, one model call per step)."""
+
+    NODE_ID = "OpenReelEmbeddedGuidance"
+    DISPLAY_NAME = "OpenReel Embedded Guidance"
+    CATEGORY = "OpenReel/conditioning"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("OPENREEL_EMBEDS",)
+    RETURN_NAMES = ("embeds",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "embeds": EMBEDS_INPUT,
+            "guidance": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                   "tooltip": "The distilled guidance scale (HunyuanVideo's official value is 6.0). "
+                                              "Models without embedded guidance ignore it."}),
+        }}
+
+    def apply(self, embeds, guidance: float):
+        return (replace(embeds, embedded_guidance=float(guidance)),)
+
+
 class OpenReelSchedule(OpenReelNode):
     """Wan's noise schedules as ComfyUI SIGMAS, so native sigma nodes (SplitSigmas, …) can cut or inspect them and
     OpenReel Sampler (or a native sampler) can use them. wan_unipc: the official FlowUniPC table (σ from 0.999);
@@ -157,4 +184,4 @@ class OpenReelSchedule(OpenReelNode):
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelEmptyLatent, OpenReelImageToVideo, OpenReelSampler,
-                                                           OpenReelSchedule)
+                                                           OpenReelEmbeddedGuidance, OpenReelSchedule)

@@ -6,7 +6,8 @@ inputs for this run and its guidance scale: a single DiT is one expert, a Wan2.2
 the active expert on the GPU (offloading the other first), asks the family how much working memory a call needs,
 decides batched or sequential classifier-free guidance (the VRAM plan's choice, else whether a second sample's
 activations fit), makes each model call with an interrupt check before it and a progress tick after it, and shows
-a preview per step. Families with embedded guidance (the scale is a model input) make one call per step.
+a preview per step. A guidance-distilled model's embedded scale is one of its inputs (the family puts it in
+`ModelInputs.shared`); classifier-free guidance is the expert's `guidance` and may come on top.
 """
 from __future__ import annotations
 
@@ -32,12 +33,8 @@ class Expert:
     spec: DiTSpec | None = None
 
     @property
-    def embedded_guidance(self) -> bool:
-        return self.family is not None and self.family.guidance == "embedded"
-
-    @property
     def unguided(self) -> bool:
-        return self.embedded_guidance or self.guidance == 1.0 or self.inputs.negative is None
+        return self.guidance == 1.0 or self.inputs.negative is None
 
 
 def _on(value: Any, device: torch.device) -> Any:
@@ -55,8 +52,6 @@ class _Active:
         self.expert, self.batched = expert, batched
         inputs = expert.inputs
         self.shared = {k: _on(v, device) for k, v in inputs.shared.items()}
-        if expert.embedded_guidance:
-            self.shared["guidance"] = expert.guidance
         self.positive = {k: _on(v, device) for k, v in inputs.positive.items()}
         self.negative = {k: _on(v, device) for k, v in (inputs.negative or {}).items()}
 

@@ -34,7 +34,7 @@ from openreel.models.common.wrappers import WrappedModel, Wrapper
 from openreel.nodes.encode import OpenReelVAEDecode
 from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
 from openreel.nodes.memory import OpenReelBlockSwap
-from openreel.nodes.sample import OpenReelEmptyLatent, OpenReelSampler
+from openreel.nodes.sample import OpenReelEmbeddedGuidance, OpenReelEmptyLatent, OpenReelSampler
 
 TEXT_DIM = 24
 STEPS = 3
@@ -115,7 +115,6 @@ class ToyFamily(DiTFamily):
     name = "toy"
     title = "Toy"
     anchors = ("double_blocks.0.img_mlp.weight",)
-    guidance = "embedded"
 
     def normalize(self, ckpt):
         return keep_under(ckpt, find_prefix(ckpt, self.anchors) or "")
@@ -133,7 +132,7 @@ class ToyFamily(DiTFamily):
         return ToyDiT(spec.config, ops)
 
     def defaults(self, spec, pair, width, height):
-        return SamplingDefaults(STEPS, 3.0, GUIDANCE, GUIDANCE, 0.0, 24, "toy")
+        return SamplingDefaults(STEPS, 3.0, 1.0, 1.0, 0.0, 24, "toy", embedded_guidance=GUIDANCE)
 
     def check(self, spec, fmt, cond, embeds, pair):
         if embeds.positive.shape[-1] != spec.config.text_dim:
@@ -141,7 +140,7 @@ class ToyFamily(DiTFamily):
                              f"{spec.config.text_dim}", "encode the prompt with the toy text encoder")
 
     def model_inputs(self, spec, embeds, cond, defaults):
-        return ModelInputs({"context": embeds.positive}, None, {})
+        return ModelInputs({"context": embeds.positive}, None, {"guidance": self.embedded_scale(embeds, defaults)})
 
     def activation_bytes(self, spec, tokens, batch=1):
         return batch * tokens * spec.config.dim * 4 * 8
@@ -332,7 +331,8 @@ def test_toy_family_samples_through_the_nodes_with_block_swap(toy):
     assert torch.equal(images0, images)
 
     # the guidance scale is a real model input: another scale gives another video
-    other = OpenReelSampler().run(dit0, _embeds(), OpenReelEmptyLatent().make(vae, WIDTH, HEIGHT, FRAMES, 1)[0], 7,
-                                  0, 2.0, 0.0, "euler")[0]
+    embeds = OpenReelEmbeddedGuidance().apply(_embeds(), 2.0)[0]
+    other = OpenReelSampler().run(dit0, embeds, OpenReelEmptyLatent().make(vae, WIDTH, HEIGHT, FRAMES, 1)[0], 7,
+                                  0, 0.0, 0.0, "euler")[0]
     assert resident_counter.calls[-1]["guidance"] == 2.0
     assert not torch.equal(other["samples"], sampled0["samples"])

@@ -3,8 +3,8 @@
 A family (models/<family>/family.py) registers a `DiTFamily` adapter and, where it brings its own VAE, a
 `VAEFamily`. Everything that differs per family lives behind these two small interfaces: how its files are named
 and read (anchors, normalize, describe, build), what its sampling needs (defaults, checks, how conditioning becomes
-model inputs, the guidance style, the timestep convention) and what the planner must know (tokens, activation
-memory). Nothing outside a family's own folder asks which family a model is.
+model inputs, an embedded guidance scale among them, the timestep convention) and what the planner must know
+(tokens, activation memory). Nothing outside a family's own folder asks which family a model is.
 
 Checkpoints reach the adapters as `model_loaders.checkpoint.Checkpoint` objects; the adapters use only what
 `Checkpoint` (the protocol below) names, so this layer does not import the loaders.
@@ -84,9 +84,6 @@ class DiTFamily:
     anchors: tuple[str, ...] = ()      # any one of these keys (after a prefix) proves the family
     runnable: bool = True              # False: recognized (for clear messages), not yet runnable
     fp32_params: str = ""              # regex of parameters kept in float32
-    # "cfg": classifier-free guidance, a second call (or batch half) on the negative branch of `model_inputs`.
-    # "embedded": the scale is a model input: one call per step, the network's forward takes `guidance=<float>`.
-    guidance: str = "cfg"
 
     # ------------------------------------------------------------------ files
     def normalize(self, ckpt: Checkpoint) -> Checkpoint:
@@ -110,7 +107,14 @@ class DiTFamily:
 
     def model_inputs(self, spec: DiTSpec, embeds: TextEmbeds, cond: ImageConditioning | None,
                      defaults: SamplingDefaults) -> ModelInputs:
+        """The network's inputs. Classifier-free guidance runs the negative branch (skipped at guidance 1); a
+        guidance-distilled model takes its scale as a shared input (`embedded_scale`)."""
         raise NotImplementedError
+
+    @staticmethod
+    def embedded_scale(embeds: TextEmbeds, defaults: SamplingDefaults) -> float:
+        """The embedded guidance scale of a run: OpenReel Embedded Guidance's value, else the official one."""
+        return defaults.embedded_guidance if embeds.embedded_guidance is None else embeds.embedded_guidance
 
     def diffusion_forcing(self, spec: DiTSpec) -> SamplingDefaults:
         """The official diffusion-forcing recipe for `spec`, or an InputError when it is no diffusion-forcing model."""
