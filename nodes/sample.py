@@ -75,10 +75,11 @@ class OpenReelImageToVideo(OpenReelNode):
 
 
 class OpenReelSampler(OpenReelNode):
-    """Flow-matching sampler for every Wan-family model. Give one DiT, or a Wan2.2 A14B pair: the high-noise expert
-    in `dit` and the low-noise expert in `dit_low_noise`; the sampler switches at the boundary (official rule:
-    timestep ≥ boundary·1000 uses the high-noise expert) and keeps only the active expert on the GPU. Zero in
-    steps, cfg, shift, cfg_low_noise or boundary means the official default for the detected model."""
+    """Flow-matching sampler for every model OpenReel runs (Wan2.1/2.2, SkyReels-V2, HunyuanVideo). Give one DiT,
+    or a Wan2.2 A14B pair: the high-noise expert in `dit` and the low-noise expert in `dit_low_noise`; the sampler
+    switches at the boundary (official rule: timestep ≥ boundary·1000 uses the high-noise expert) and keeps only the
+    active expert on the GPU. Zero in steps, cfg, shift, cfg_low_noise or boundary means the official default for
+    the detected model (HunyuanVideo: 50 steps, shift 7, cfg 1 with embedded guidance 6)."""
 
     NODE_ID = "OpenReelSampler"
     DISPLAY_NAME = "OpenReel Sampler"
@@ -97,16 +98,18 @@ class OpenReelSampler(OpenReelNode):
                 "seed": SEED_INPUT,
                 "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
                                   "tooltip": "Denoising steps; 0 = official default (Wan2.1 50, Wan2.2 A14B 40, "
-                                             "TI2V-5B 50, SkyReels DF 30)."}),
+                                             "TI2V-5B 50, SkyReels DF 30, HunyuanVideo 50)."}),
                 "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Guidance scale (of the high-noise expert for a pair); 0 = official "
                                              "default; 1 = no guidance (one model call per step)."}),
                 "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                     "tooltip": "Flow shift σ' = sσ/(1+(s-1)σ); 0 = official default (Wan2.1 T2V 5, "
-                                               "Wan2.2 T2V-A14B 12, I2V 5 (3 at 480p for Wan2.1), FLF2V 16)."}),
-                "solver": (list(SOLVER_CHOICES), {"default": "unipc",
-                                                  "tooltip": "unipc: Wan's FlowUniPC (official default); dpm++_2m: "
-                                                             "Wan's FlowDPM; euler: first order."}),
+                                               "Wan2.2 T2V-A14B 12, I2V 5 (3 at 480p for Wan2.1), FLF2V 16, "
+                                               "HunyuanVideo 7)."}),
+                "solver": (list(SOLVER_CHOICES), {"default": "official",
+                                                  "tooltip": "official: the model's own (Wan: unipc; HunyuanVideo: "
+                                                             "euler); unipc: Wan's FlowUniPC; dpm++_2m: Wan's "
+                                                             "FlowDPM; euler: first order."}),
             },
             "optional": {
                 "dit_low_noise": ("OPENREEL_DIT", {"tooltip": "The LOW-noise expert of a Wan2.2 A14B pair."}),

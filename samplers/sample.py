@@ -12,6 +12,7 @@ from ..handles import DiTHandle, TextEmbeds, VAEHandle
 from ..latents import DecodeWindows, conditioning_of, format_of, latent_format
 from ..model_loaders.core import prepare
 from ..models.common.images import fit_image
+from ..models.common.family import SamplingDefaults
 from ..models.registry import family_of
 from .df_plan import plan_windows
 from .diffusion_forcing import sample_video
@@ -20,7 +21,20 @@ from .resume import ResumeStore, render_key
 from .schedules import FlowSchedule, add_noise, linear_schedule, wan_unipc_schedule
 from .session import Expert, SamplingSession
 
-SOLVER_CHOICES = ("unipc", "dpm++_2m", "euler")
+SOLVER_CHOICES = ("official", "unipc", "dpm++_2m", "euler")
+
+
+def solver_and_schedule(solver: str, steps: int, shift: float, denoise: float,
+                        d: SamplingDefaults) -> tuple[str, FlowSchedule]:
+    """The solver to run and its noise schedule: "official" is the model's own (Wan: UniPC on Wan's table from
+    σ 0.999; HunyuanVideo: Euler on linspace(1, 0)); DPM++ runs on the linear table, as Wan's FlowDPM does; UniPC
+    on Wan's; Euler on the model's own table."""
+    if solver not in SOLVER_CHOICES:
+        raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
+    solver = d.solver if solver == "official" else solver
+    table = {"unipc": "wan_unipc", "dpm++_2m": "linear"}.get(solver, d.schedule)
+    build = wan_unipc_schedule if table == "wan_unipc" else linear_schedule
+    return solver, build(steps, shift, denoise)
 
 
 def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -42,28 +56,23 @@ def check_inputs(dit: DiTHandle, embeds: TextEmbeds, latent: dict, dit_low_noise
 
 
 def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps: int = 0, guidance: float = 0.0,
-           shift: float = 0.0, solver: str = "unipc", dit_low_noise: DiTHandle | None = None,
+           shift: float = 0.0, solver: str = "official", dit_low_noise: DiTHandle | None = None,
            guidance_low_noise: float = 0.0, boundary: float = 0.0, denoise: float = 1.0,
            sigmas: torch.Tensor | None = None) -> dict:
     """Denoise `latent` with one DiT or a (high-noise, low-noise) expert pair. Zeros mean "the official default"
     for steps, guidance, shift, guidance_low_noise and boundary (the family's `defaults`)."""
-    if solver not in SOLVER_CHOICES:
-        raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
     check_inputs(dit, embeds, latent, dit_low_noise)
     family, fmt, cond = family_of(dit.spec), format_of(latent), conditioning_of(latent)
     samples = latent["samples"]
     height, width = samples.shape[3] * fmt.spatial_stride, samples.shape[4] * fmt.spatial_stride
     d = family.defaults(dit.spec, dit_low_noise is not None, width, height)
     steps, guidance, shift = steps or d.steps, guidance or d.guidance, shift or d.shift
+    solver, schedule = solver_and_schedule(solver, steps, shift, denoise, d)
     if sigmas is not None:
         schedule = FlowSchedule.from_sigmas(sigmas)
         if denoise != 1.0:
             raise InputError("denoise does not apply when sigmas are connected", "set denoise to 1.0 or cut the "
                              "sigmas themselves (e.g. with a split-sigmas node)")
-    elif solver == "dpm++_2m":
-        schedule = linear_schedule(steps, shift, denoise)
-    else:
-        schedule = wan_unipc_schedule(steps, shift, denoise)
     pairs = [(dit, guidance)]
     if dit_low_noise is not None:
         pairs.append((dit_low_noise, guidance_low_noise or d.guidance_low_noise))
@@ -92,8 +101,6 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
     recipe. Everything is checked before any model runs. After each window the render's state is saved in the output
     folder (samplers/resume.py): the same graph run again after an interrupt or a crash continues after the last
     finished window, with the same result."""
-    if solver not in SOLVER_CHOICES:
-        raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
     if join not in JOINS:
         raise InputError(f"unknown window join {join!r}", f"use one of {JOINS}")
     family, fmt = family_of(dit.spec), latent_format(dit.spec.latent_format)
@@ -126,7 +133,7 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
                            extend=extend_video is not None or extend_latent is not None)
     family.check(dit.spec, fmt, None, embeds, None)
     steps, guidance, shift = steps or d.steps, guidance or d.guidance, shift or d.shift
-    schedule = wan_unipc_schedule(steps, shift) if solver != "dpm++_2m" else linear_schedule(steps, shift)
+    solver, schedule = solver_and_schedule(solver, steps, shift, 1.0, d)
     frame = lambda image: encode_video(vae, fit_image(image[:1], width, height).unsqueeze(2))  # noqa: E731
     start = None if start_image is None else frame(start_image)
     end = None if end_image is None else frame(end_image)

@@ -26,8 +26,9 @@ from .ops import Ops
 
 
 class Checkpoint(Protocol):
-    """What a family adapter may ask of a checkpoint: its tensors' names and shapes, renamed views of it, the
-    config.json beside it, and a name for messages (model_loaders.checkpoint.Checkpoint is the implementation)."""
+    """What a family adapter may ask of a checkpoint: its tensors' names and shapes, renamed views of it, views
+    with tensors joined from several sources (`combined`: e.g. fused q/k/v), the config.json beside it, and a name
+    for messages (model_loaders.checkpoint.Checkpoint is the implementation)."""
     name: str
     config: dict | None
 
@@ -36,6 +37,7 @@ class Checkpoint(Protocol):
     def shape(self, key: str) -> tuple[int, ...]: ...
     def renamed(self, rename: Callable[[str], "str | None"]) -> "Checkpoint": ...
     def strip_prefix(self, prefix: str) -> "Checkpoint": ...
+    def combined(self, plan: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]]) -> "Checkpoint": ...
 
 
 def find_prefix(ckpt: Checkpoint, anchors: tuple[str, ...]) -> str | None:
@@ -63,6 +65,8 @@ class SamplingDefaults:
     fps: float
     source: str                 # which official recipe these come from
     embedded_guidance: float = 0.0  # the scale a guidance-distilled model takes as an input (0: it takes none)
+    solver: str = "unipc"           # the official solver ("unipc", "dpm++_2m", "euler") …
+    schedule: str = "wan_unipc"     # … and noise table: "wan_unipc" (Wan's, σ from 0.999) or "linear" (linspace 1 → 0)
 
 
 @dataclass(frozen=True, eq=False)
