@@ -63,8 +63,36 @@ def _run(args) -> int:
     return run_workflow(args.workflow, args.models, args.out, args.set or [], synthetic_dir=synthetic)
 
 
+EPILOG = """\
+folders (standalone; inside ComfyUI its own folders are used):
+  models   --models, else $OPENREEL_MODELS, else ComfyUI/models when the pack sits in ComfyUI/custom_nodes,
+           else ~/openreel-models (with diffusion_models/, vae/, text_encoders/, clip_vision/ inside)
+  inputs   $OPENREEL_INPUT, else ./input (images and videos the workflow loads)
+  outputs  --out, else $OPENREEL_OUTPUT, else ./output (files are numbered, never overwritten)
+
+exit codes:
+  0 done · 1 a node failed while running · 2 invalid workflow, input or model (nothing ran) · 130 interrupted
+
+examples:
+  python . run workflows/api/wan21_t2v.json --models ~/ComfyUI/models --set 6.seed=7
+  python . run workflows/wan21_t2v.json --synthetic          (checks a graph on tiny random models)
+  python . inspect ~/ComfyUI/models/diffusion_models
+"""
+
+
+def version() -> str:
+    """The pack's version, from pyproject.toml (read as text: no import cost)."""
+    import re
+
+    text = (Path(__file__).resolve().parent / "pyproject.toml").read_text(encoding="utf-8")
+    found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="openreel", description=__doc__)
+    parser = argparse.ArgumentParser(prog="openreel", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"OpenReel {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="say what model a checkpoint (file, shard, index or folder) holds")
     p.add_argument("path")

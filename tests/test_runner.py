@@ -152,3 +152,19 @@ def test_inspect_says_what_every_kind_of_file_is_and_lists_a_folder(tmp_path, ca
     assert cli_main(["inspect", str(models / "diffusion_models")]) == 0
     out = capsys.readouterr().out
     assert out.count("Load it with OpenReel DiT Loader") == len(synthetic.DIFFUSION_MODELS)  # subfolders too
+
+
+def test_cli_help_names_folders_exit_codes_and_an_example_and_version_answers(capsys):
+    from openreel.cli import main as cli_main
+    from openreel.cli import version
+
+    with pytest.raises(SystemExit) as done:
+        cli_main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for needed in ("OPENREEL_MODELS", "OPENREEL_INPUT", "OPENREEL_OUTPUT", "exit codes", "130 interrupted",
+                   "--synthetic", "examples:"):
+        assert needed in text
+    with pytest.raises(SystemExit):
+        cli_main(["--version"])
+    assert capsys.readouterr().out.strip() == f"OpenReel {version()}" and version() != "unknown"
