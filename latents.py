@@ -57,6 +57,21 @@ def register_latent_format(fmt: LatentFormat) -> LatentFormat:
     return fmt
 
 
+def video_size_problems(width: int, height: int, frames: int) -> list[str]:
+    """What is wrong with a video size for every latent format (checked before anything runs; the format the VAE
+    picks checks its own, stricter rules when the node runs)."""
+    formats = list(LATENT_FORMATS.values())
+    problems = []
+    if formats and not any(f.temporal_stride and (frames - 1) % f.temporal_stride == 0 for f in formats):
+        s = min(f.temporal_stride for f in formats)
+        lower = max(1, (frames - 1) // s * s + 1)
+        problems.append(f"frames = {frames} is not of the form {s}n+1: use {lower} or {lower + s}")
+    m = min((f.size_multiple for f in formats), default=1)
+    if width % m or height % m:
+        problems.append(f"{width}×{height} is not a multiple of {m}: use e.g. {width // m * m}×{height // m * m}")
+    return problems
+
+
 def latent_format(name: str) -> LatentFormat:
     """The registered format `name`; a clear error for a tag nothing registered."""
     if name not in LATENT_FORMATS:

@@ -131,9 +131,11 @@ def validate(prompt: dict) -> list[str]:
                 elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
                     problems.append(f"{where}: {name} = {value} is outside {opts.get('min')}..{opts.get('max')}")
         check = getattr(cls, "VALIDATE_INPUTS", None)
-        if check is not None and not any(isinstance(v, list) for v in inputs.values()):
+        if check is not None:  # on the values the graph fixes; skipped when one it needs comes from a link
             params = inspect.signature(check).parameters
-            verdict = check(**{k: v for k, v in inputs.items() if k in params})
+            given = {k: v for k, v in inputs.items() if k in params and not isinstance(v, list)}
+            needed = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
+            verdict = check(**given) if needed <= set(given) and given else True
             if verdict is not True:
                 problems.append(f"{where}: {verdict}")
     return problems
@@ -248,6 +250,10 @@ def main(workflow: str, models: str | None, out: str | None, sets: list[str], lo
     if models:
         runtime.set_models_dir(models)
     if out:
+        if Path(out).exists() and not Path(out).is_dir():
+            print(f"error: --out {out} is a file, not a folder: name a folder (it is created if missing)",
+                  file=sys.stderr)
+            return EXIT_INVALID
         runtime.set_output_dir(out)
     previous = signal.signal(signal.SIGINT, _on_interrupt)
     try:

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 from ..encoding.images import encode_image
 from ..encoding.video import encode_video
-from ..latents import empty_latent, latent_format
+from ..latents import empty_latent, latent_format, video_size_problems
 from ..models.registry import vae_family_of
 from ..samplers.sample import SOLVER_CHOICES, sample
 from ..samplers.schedules import linear_schedule, wan_unipc_schedule
@@ -33,6 +33,10 @@ class OpenReelEmptyLatent(OpenReelNode):
             "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
             "batch": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos made at once."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width: int = 16, height: int = 16, frames: int = 1):
+        return "; ".join(video_size_problems(width, height, frames)) or True
 
     def make(self, vae, width: int, height: int, frames: int, batch: int):
         return (empty_latent(latent_format(vae.latent_format), width, height, frames, batch),)
@@ -66,6 +70,8 @@ class OpenReelImageToVideo(OpenReelNode):
                 "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame models (FLF2V)."}),
             },
         }
+
+    VALIDATE_INPUTS = OpenReelEmptyLatent.VALIDATE_INPUTS
 
     def make(self, vae, start_image, width: int, height: int, frames: int, clip_vision=None, end_image=None):
         clip = None if clip_vision is None else (lambda images: encode_image(clip_vision, images))

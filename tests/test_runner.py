@@ -1,5 +1,6 @@
 """Headless runner and workflow formats: validation, overrides, execution, exit codes, UI ↔ API equivalence."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,20 @@ def test_cli_help_names_folders_exit_codes_and_an_example_and_version_answers(ca
     with pytest.raises(SystemExit):
         cli_main(["--version"])
     assert capsys.readouterr().out.strip() == f"OpenReel {version()}" and version() != "unknown"
+
+
+def test_sizes_frames_and_the_output_folder_are_checked_before_anything_runs(tmp_path, capsys):
+    """Issue 13 item 14: a wrong frame count and a wrong size are both listed by validation (exit 2, nothing ran),
+    and --out naming a file is refused before the graph runs."""
+    workflow = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "wan21_t2v.json").read_text())
+    workflow["5"]["inputs"].update(width=840, frames=80)
+    problems = validate(workflow)
+    assert any("frames = 80 is not of the form 4n+1: use 77 or 81" in p for p in problems)
+    assert any("840×480 is not a multiple of 16: use e.g. 832×480" in p for p in problems)
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(workflow))
+    assert main(str(path), str(tmp_path / "models"), None, [], log=lambda *_: None) == EXIT_INVALID
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    assert main(str(path), str(tmp_path / "models"), str(a_file), [], log=lambda *_: None) == EXIT_INVALID
+    assert "is a file, not a folder" in capsys.readouterr().err
