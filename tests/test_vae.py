@@ -13,7 +13,8 @@ from openreel.handles import VAEHandle
 from openreel.model_loaders.core import module_of as vae_module
 from openreel.model_loaders.vae import load_vae
 from openreel.models.wan.latents import diffusers_to_official
-from openreel.models.wan.vae import WAN21, WAN22, WanVAE, _stream, _tile_by_tile
+from openreel.models.common.tiling import stream, tile_by_tile
+from openreel.models.wan.vae import WAN21, WAN22, WanVAE
 from references import load_official, require
 
 # kind → (official module, official kwargs, our config, frame height, frame width)
@@ -151,8 +152,8 @@ def test_tile_blending_weights_sum_to_one():
     tiles = [(r, c) for r in [(0, 12), (8, 20)] for c in [(0, 12), (8, 20), (17, 29)]]
     chunks = [(0, 1), (1, 3)]
     identity = (lambda xc, cache: xc, x, chunks, tiles, 4, 1, 1, torch.device("cpu"))
-    assert torch.allclose(torch.cat(list(_stream(*identity)), 2), x, atol=1e-6)
-    assert torch.allclose(_tile_by_tile(*identity, frames_out=3), x, atol=1e-6)
+    assert torch.allclose(torch.cat(list(stream(*identity)), 2), x, atol=1e-6)
+    assert torch.allclose(tile_by_tile(*identity, frames_out=3), x, atol=1e-6)
 
 
 # Receptive radius in latent cells, measured by perturbing one column. For the decoder it is the sum over its 3×3

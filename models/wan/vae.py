@@ -14,15 +14,15 @@ any length runs in bounded memory; spatial tiling bounds the activations of a ch
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
+from ..common.tiling import spread_spans, stream, tile_by_tile
 
 # Per-channel latent statistics: the DiTs work on (mu - mean) / std. Values from the official Wan2_1_VAE / Wan2_2_VAE.
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -312,89 +312,6 @@ def _unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(b, c // (p * p), f, h * p, w * p)
 
 
-# ----------------------------------------------------------------------------------------- tiling
-def _spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Evenly spread [start, end) ranges of length `tile` that cover [0, size), neighbours sharing ≥ `overlap`."""
-    if tile >= size:
-        return [(0, size)]
-    n = math.ceil((size - overlap) / (tile - overlap))
-    return [(s, s + tile) for s in (round(i * (size - tile) / (n - 1)) for i in range(n))]
-
-
-def _ramp(start: int, end: int, size: int, width: int) -> torch.Tensor:
-    """Weights over [start, end): rising linearly over `width` from each side that has a neighbouring tile."""
-    p = torch.arange(start, end, dtype=torch.float32) + 0.5
-    w = torch.ones(end - start)
-    if start > 0:
-        w = torch.minimum(w, (p - start) / width)
-    if end < size:
-        w = torch.minimum(w, (end - p) / width)
-    return w
-
-
-Tiles = list[tuple[tuple[int, int], tuple[int, int]]]  # (rows, columns) ranges in latent cells
-Step = Callable[[torch.Tensor, Cache], torch.Tensor]
-
-
-def _blend(tiles: Tiles, overlap: int, scale: int, device: torch.device):
-    """Output regions of the tiles (a cell is `scale` output elements) and their blending weights: linear ramps
-    `overlap` cells wide, normalized so the weights at every position sum to one."""
-    size_h, size_w = tiles[-1][0][1] * scale, tiles[-1][1][1] * scale
-    regions = [(slice(h0 * scale, h1 * scale), slice(w0 * scale, w1 * scale)) for (h0, h1), (w0, w1) in tiles]
-    width = max(overlap * scale, 1)
-    weights = [_ramp(rh.start, rh.stop, size_h, width)[:, None] * _ramp(rw.start, rw.stop, size_w, width)[None]
-               for rh, rw in regions]
-    total = torch.zeros(size_h, size_w)
-    for (rh, rw), weight in zip(regions, weights):
-        total[rh, rw] += weight
-    return regions, [(weight / total[rh, rw]).to(device) for (rh, rw), weight in zip(regions, weights)]
-
-
-def _crop(x: torch.Tensor, t0: int, t1: int, tile: tuple[tuple[int, int], tuple[int, int]], scale: int):
-    (h0, h1), (w0, w1) = tile
-    return x[:, :, t0:t1, h0 * scale:h1 * scale, w0 * scale:w1 * scale]
-
-
-def _stream(step: Step, x: torch.Tensor, chunks: list[tuple[int, int]], tiles: Tiles, overlap: int,
-            scale_in: int, scale_out: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Run `step(x_chunk, cache)` over the temporal chunks of `x`, yielding one blended output per chunk.
-
-    A cell of a tile is `scale_in` elements of `x` and `scale_out` of the output. Every tile keeps its own causal
-    cache, and all of them stay alive until the last chunk: streaming bounds activations, not caches.
-    """
-    caches = [{} for _ in tiles]
-    if len(tiles) == 1:
-        for t0, t1 in chunks:
-            yield step(x[:, :, t0:t1], caches[0])
-        return
-    regions, weights = _blend(tiles, overlap, scale_out, device)
-    for t0, t1 in chunks:
-        out = None
-        for tile, (rh, rw), weight, cache in zip(tiles, regions, weights, caches):
-            y = step(_crop(x, t0, t1, tile, scale_in), cache)
-            if out is None:
-                out = torch.zeros(*y.shape[:3], regions[-1][0].stop, regions[-1][1].stop, device=device)
-            out[..., rh, rw] += y * weight
-        yield out
-
-
-def _tile_by_tile(step: Step, x: torch.Tensor, chunks: list[tuple[int, int]], tiles: Tiles, overlap: int,
-                  scale_in: int, scale_out: int, device: torch.device, frames_out: int) -> torch.Tensor:
-    """What `_stream` yields, as one float32 tensor of `frames_out` frames, computed one tile at a time through
-    all chunks, so that only one tile's cache is alive. Equal to `_stream` (same sums, in the same order)."""
-    regions, weights = _blend(tiles, overlap, scale_out, device)
-    out = None
-    for tile, (rh, rw), weight in zip(tiles, regions, weights):
-        cache, at = {}, 0
-        for t0, t1 in chunks:
-            y = step(_crop(x, t0, t1, tile, scale_in), cache)
-            if out is None:
-                out = torch.zeros(*y.shape[:2], frames_out, regions[-1][0].stop, regions[-1][1].stop, device=device)
-            out[:, :, at:at + y.shape[2], rh, rw] += y * weight
-            at += y.shape[2]
-    return out
-
-
 # ----------------------------------------------------------------------------------------- the VAE
 class WanVAE(nn.Module):
     """A Wan VAE whose `encode` / `decode` work in the DiT's normalized latent space, (mu - mean) / std.
@@ -443,7 +360,7 @@ class WanVAE(nn.Module):
             x = _patchify(x.to(device, dtype), cfg.patch_size)
             return self.conv1(self.encoder(x, cache))[:, :cfg.z_dim]
 
-        mu = _tile_by_tile(step, video, chunks, tiles, overlap, s, 1, device, len(chunks))
+        mu = tile_by_tile(step, video, chunks, tiles, overlap, s, 1, device, len(chunks))
         mean, std = self._moments(device)
         return (mu - mean) / std
 
@@ -453,7 +370,7 @@ class WanVAE(nn.Module):
         """A normalized latent [B, z, T, h, w] → video [B, 3, 4(T-1)+1, h·s, w·s], float32 in [-1, 1]."""
         step, z, chunks, tiles, overlap = self._decoding(latent, tile_size, tile_overlap)
         frames = self.cfg.temporal_stride * (z.shape[2] - 1) + 1
-        out = _tile_by_tile(step, z, chunks, tiles, overlap, 1, self.cfg.spatial_stride, self._placement()[0], frames)
+        out = tile_by_tile(step, z, chunks, tiles, overlap, 1, self.cfg.spatial_stride, self._placement()[0], frames)
         return out.clamp_(-1.0, 1.0)
 
     @torch.no_grad()
@@ -462,7 +379,7 @@ class WanVAE(nn.Module):
         """`decode`, streamed: yields [B, 3, f, H, W] float32 in [-1, 1], f = 1 for the first latent frame and 4
         for each later one, equal to the matching frames of `decode`."""
         step, z, chunks, tiles, overlap = self._decoding(latent, tile_size, tile_overlap)
-        for frames in _stream(step, z, chunks, tiles, overlap, 1, self.cfg.spatial_stride, self._placement()[0]):
+        for frames in stream(step, z, chunks, tiles, overlap, 1, self.cfg.spatial_stride, self._placement()[0]):
             yield frames.float().clamp_(-1.0, 1.0)
 
     def _decoding(self, latent: torch.Tensor, tile_size: int | None, tile_overlap: int | None):
@@ -501,4 +418,5 @@ class WanVAE(nn.Module):
                              f"use a tile size of at least {s} pixels and an overlap smaller than the tile")
         tile = tile_size // s
         overlap = min(overlap // s, tile - 1)
-        return [(rows, cols) for rows in _spans(h, tile, overlap) for cols in _spans(w, tile, overlap)], overlap
+        rows, cols = spread_spans(h, tile, overlap), spread_spans(w, tile, overlap)
+        return [(r, c) for r in rows for c in cols], overlap
