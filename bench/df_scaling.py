@@ -28,7 +28,7 @@ if "openreel" not in sys.modules:  # the library only: the package __init__ woul
     sys.modules["openreel"] = package
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dit_speed import SIZES, build_ours  # noqa: E402
+from subjects import Wan  # noqa: E402
 from openreel.memory.block_swap import OFF, BlockSwap  # noqa: E402
 from openreel.memory.patches import configure  # noqa: E402
 from openreel.model_loaders.core import prepare  # noqa: E402,F401  (registers every run-time patch)
@@ -84,8 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SIZES["14b"]
-    module = build_ours(cfg, "cuda", "bf16")
+    cfg = Wan.SIZES["14b"]
+    module = Wan.build(cfg, "cuda", "bf16")
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "size": f"{WIDTH}x{HEIGHT}", "base_num_frames": BASE, "overlap_history": OVERLAP, "steps": args.steps,
             "results": []}
