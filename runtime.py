@@ -289,6 +289,16 @@ def model_folders(kind: str) -> list[Path]:
     return [root / kind] + [root / legacy for legacy in _LEGACY_FOLDERS.get(kind, ())]
 
 
+def comfy_package_dir() -> Path | None:
+    """ComfyUI's `comfy/` folder (it bundles tokenizers): the running ComfyUI's, or standalone the enclosing
+    install's when the pack sits in `custom_nodes/`; None without one."""
+    if IN_COMFYUI:
+        return Path(_mm.__file__).resolve().parent
+    pack = Path(__file__).resolve().parent
+    folder = pack.parent.parent / "comfy"
+    return folder if pack.parent.name == "custom_nodes" and folder.is_dir() else None
+
+
 def list_models(kind: str) -> list[str]:
     """Model files of `kind` as names relative to their folder ('/'-separated), sorted."""
     if IN_COMFYUI:

@@ -31,6 +31,8 @@ UMT5_OFFICIAL_ANCHORS = ("blocks.0.pos_embedding.embedding.weight",)
 T5_HF_ANCHORS = ("encoder.block.0.layer.0.SelfAttention.q.weight",)
 CLIP_OFFICIAL_ANCHORS = ("visual.transformer.0.attn.to_qkv.weight",)
 CLIP_HF_ANCHORS = ("embeddings.patch_embedding.weight",)
+LLAMA_ANCHORS = ("layers.0.post_attention_layernorm.weight",)
+CLIP_TEXT_ANCHORS = ("embeddings.token_embedding.weight",)
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,30 @@ def is_clip(ckpt: Checkpoint) -> bool:
         _any_fragment("visual.transformer.", "vision_model.")(ckpt) or _any_key("visual.patch_embedding.weight")(ckpt)
 
 
+def is_llama(ckpt: Checkpoint) -> bool:
+    """Llama-style decoders (transformers names under any prefix: a LLaVA folder's language model too)."""
+    prefix = find_prefix(ckpt, LLAMA_ANCHORS)
+    return prefix is not None and prefix + "layers.0.self_attn.q_proj.weight" in ckpt
+
+
+def is_clip_text(ckpt: Checkpoint) -> bool:
+    """CLIP text towers (transformers names, `text_model.`-prefixed or not; a full CLIP model's text tower)."""
+    prefix = find_prefix(ckpt, CLIP_TEXT_ANCHORS)
+    return prefix is not None and prefix + "encoder.layers.0.self_attn.q_proj.weight" in ckpt
+
+
 def is_t5(ckpt: Checkpoint) -> bool:
     """umT5 / T5 encoders: transformers names, Wan's official names (per-layer or shared position bias)."""
     return _any_key(*T5_HF_ANCHORS, *UMT5_OFFICIAL_ANCHORS, "blocks.0.attn.q.weight", "shared.weight")(ckpt)
 
 
-# Kinds without an adapter: (kind, what, todo or None for the kind's loader, runnable, matcher), in order.
+# Kinds without an adapter: (kind, what, todo or None for the kind's loader, runnable, matcher), in order. The
+# Llama row comes before CLIP vision (a LLaVA folder holds a CLIP vision tower beside its language model); a full
+# CLIP model is a vision encoder unless a text-encoder loader asks (then its text tower is read).
 _OTHER_KINDS = (
+    ("text_encoder", "a Llama text encoder (HunyuanVideo's LLaVA-Llama-3)", None, True, is_llama),
     ("clip_vision", "a CLIP vision encoder", None, True, is_clip),
+    ("text_encoder", "a CLIP text encoder", None, True, is_clip_text),
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
     ("lora", "a LoRA", None, False,
      _any_fragment("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight")),

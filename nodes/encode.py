@@ -17,8 +17,14 @@ _TILING_TOOLTIP = ("Spatial tiles bound the VAE's memory. auto: whole frames whe
 
 
 class OpenReelTextEncode(OpenReelNode):
-    """Encodes the prompt and the negative prompt with umT5-XXL. Encodings are cached, so re-running a graph with
-    the same prompts costs nothing; the encoder sits on the GPU only while it encodes."""
+    """Encodes the prompt and the negative prompt for any model OpenReel runs; what it does follows the encoder:
+    - Wan and SkyReels-V2: text_encoder is umT5-XXL; text_encoder_2 stays empty.
+    - HunyuanVideo: text_encoder is the Llama encoder (llava_llama3_*.safetensors: the prompt inside HunyuanVideo's
+      video template, the third-last layer's states) and text_encoder_2 is CLIP-L (clip_l.safetensors: the pooled
+      vector). HunyuanVideo runs without classifier-free guidance by default, so its negative prompt is unused
+      unless guidance is above 1.
+    Encodings are cached, so re-running a graph with the same prompts costs nothing; each encoder sits on the GPU
+    only while it encodes."""
 
     NODE_ID = "OpenReelTextEncode"
     DISPLAY_NAME = "OpenReel Text Encode"
@@ -30,15 +36,22 @@ class OpenReelTextEncode(OpenReelNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder": ("OPENREEL_TEXT_ENCODER", {"tooltip": "From OpenReel Text Encoder Loader."}),
+            "text_encoder": ("OPENREEL_TEXT_ENCODER", {
+                "tooltip": "From OpenReel Text Encoder Loader: umT5-XXL (Wan, SkyReels-V2) or the Llama encoder "
+                           "(HunyuanVideo: llava_llama3_*.safetensors)."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the video shows."}),
             "negative_prompt": ("STRING", {"multiline": True, "default": WAN_NEGATIVE,
                                            "tooltip": "What to steer away from (classifier-free guidance). The "
-                                                      "default is the official Wan negative prompt."}),
+                                                      "default is the official Wan negative prompt. HunyuanVideo "
+                                                      "runs without classifier-free guidance by default, so it "
+                                                      "uses no negative prompt unless guidance is above 1."}),
+        }, "optional": {
+            "text_encoder_2": ("OPENREEL_TEXT_ENCODER", {
+                "tooltip": "HunyuanVideo: CLIP-L (clip_l.safetensors) for the pooled vector; Wan: leave empty"}),
         }}
 
-    def encode(self, text_encoder, prompt: str, negative_prompt: str):
-        return (encode_prompts(text_encoder, prompt, negative_prompt),)
+    def encode(self, text_encoder, prompt: str, negative_prompt: str, text_encoder_2=None):
+        return (encode_prompts(text_encoder, prompt, negative_prompt, text_encoder_2),)
 
 
 class OpenReelVAEDecode(OpenReelNode):

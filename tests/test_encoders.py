@@ -184,15 +184,15 @@ def test_tokenizer_found_in_each_place(spiece, tmp_path):
     weights.parent.mkdir()
     weights.write_bytes(b"")
     # 1. inside the checkpoint
-    assert find_tokenizer(["shared.weight", "spiece_model"], [weights]).kind == "checkpoint"
+    assert find_tokenizer("umt5", ["shared.weight", "spiece_model"], [weights]).kind == "checkpoint"
     # 2. beside it, each place taking over from the one after it: the same folder, google/umt5-xxl/ (official
     #    Wan), ../tokenizer/ (diffusers)
     for folder in (tmp_path / "tokenizer", tmp_path / "te" / "google" / "umt5-xxl", tmp_path / "te"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "spiece.model").write_bytes(spiece)
-        assert find_tokenizer(["shared.weight"], [weights]).path == str(folder / "spiece.model")
+        assert find_tokenizer("umt5", ["shared.weight"], [weights]).path == str(folder / "spiece.model")
     tokenizer_from_sentencepiece(spiece, "tiny").save(str(tmp_path / "te" / "tokenizer.json"))
-    found = find_tokenizer(["shared.weight"], [weights])
+    found = find_tokenizer("umt5", ["shared.weight"], [weights])
     assert found.kind == "json"
     from_json, from_spm = load_tokenizer(found), UMT5Tokenizer(tokenizer_from_sentencepiece(spiece, "t"), "t")
     assert all(torch.equal(a, b) for a, b in zip(from_json(PROMPTS, 64), from_spm(PROMPTS, 64)))
@@ -201,12 +201,12 @@ def test_tokenizer_found_in_each_place(spiece, tmp_path):
     shared = runtime.model_folders("text_encoders")[0] / "tokenizers" / "umt5-xxl"
     shared.mkdir(parents=True)
     (shared / "spiece.model").write_bytes(spiece)
-    assert find_tokenizer(["shared.weight"], [elsewhere]).path == str(shared / "spiece.model")
+    assert find_tokenizer("umt5", ["shared.weight"], [elsewhere]).path == str(shared / "spiece.model")
 
 
 def test_missing_tokenizer_says_what_to_put_where(tmp_path):
     with pytest.raises(InputError) as err:
-        find_tokenizer(["shared.weight"], [tmp_path / "umt5.safetensors"])
+        find_tokenizer("umt5", ["shared.weight"], [tmp_path / "umt5.safetensors"])
     shared = runtime.model_folders("text_encoders")[0] / "tokenizers" / "umt5-xxl"
     assert "spiece.model" in err.value.todo and str(shared) in err.value.todo
     assert str(tmp_path) in err.value.what
@@ -271,15 +271,14 @@ def test_umt5_official_pth_matches_official(spiece, tmp_path):
     with torch.no_grad():
         _check_umt5(handle, official, *_ids_and_mask(), 1e-5)
 
-        # The whole Wan path at 512 tokens: the official encoder's trimmed outputs, zero-padded as the DiT does.
+        # The whole Wan path at 512 tokens: the official encoder's outputs trimmed to each prompt's tokens.
         prompts = ["a red cat video", "kato rimu " * 40]
-        context, lengths = encode_text(handle, prompts)
+        encoded = encode_text(handle, prompts)
         ids, mask = load_tokenizer(handle.tokenizer)(prompts)
         expected = official(ids, mask)
         for b, n in enumerate(mask.sum(1).tolist()):
-            padded = torch.cat([expected[b, :n], expected.new_zeros(512 - n, T5_CFG["dim"])])
-            assert _relative(context[b], padded) <= 1e-5
-        assert context.shape == (2, 512, T5_CFG["dim"]) and lengths.tolist() == mask.sum(1).tolist()
+            assert encoded[b].shape == (1, n, T5_CFG["dim"])
+            assert _relative(encoded[b][0], expected[b, :n]) <= 1e-5
 
 
 def test_umt5_comfyui_and_hf_files_match_official(spiece, tmp_path):

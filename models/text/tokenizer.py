@@ -1,26 +1,27 @@
-"""The umT5 tokenizer as Wan uses it: whitespace cleaning, `</s>` appended, truncated and padded to 512 tokens.
+"""The tokenizer of every text encoder: where it is found, how it is read, and prompts → (ids, mask).
 
-Where it comes from, first found wins:
-1. the text-encoder checkpoint itself (ComfyUI's umT5 files carry the SentencePiece model as a `spiece_model`
-   uint8 tensor);
-2. beside the checkpoint: `tokenizer.json` or `spiece.model` in its folder, in `google/umt5-xxl/` there (the
-   official Wan layout) or in `../tokenizer/` (the diffusers layout);
-3. `tokenizers/umt5-xxl/` under a text-encoder models folder.
+One table (`KINDS`, keyed by the encoder spec's `kind`) says, per encoder, which files make its tokenizer, where
+they are looked for and where to get them. Places, first found wins:
+1. the checkpoint itself (ComfyUI's umT5 files carry the SentencePiece model as a `spiece_model` uint8 tensor);
+2. beside the weights: their folder, the kind's subfolders there (umT5: `google/umt5-xxl/`, the official Wan
+   layout) and its diffusers sibling (`../tokenizer/`; CLIP-L as HunyuanVideo's second encoder: `../tokenizer_2/`);
+3. `tokenizers/<name>/` under a text-encoder models folder;
+4. the copy ComfyUI bundles in its `comfy/` package (Llama-3 and CLIP), when running inside (or beside) ComfyUI.
+A candidate that is no tokenizer of the wanted kind (e.g. another model's tokenizer.json in a shared folder) is
+passed over, and named in the error if nothing fits.
 
-A SentencePiece model is turned into the same `tokenizers` pipeline transformers' `T5Tokenizer` builds from it
-(Unigram with the 300 `<extra_id_N>` sentinels umT5 declares, the model's precompiled normalizer, whitespace split +
-metaspace, `</s>` appended), read without protobuf. One deliberate difference: an unknown piece gets the model's own
-`<unk>` id (3 in umT5), as in SentencePiece and transformers 4 (what Wan ran with); transformers 5's `T5Tokenizer`
-hard-codes id 2, which is `<s>` in umT5.
+Files are read with `tokenizers`: tokenizer.json as saved (transformers 4's fast tokenizers ran exactly this
+pipeline); SentencePiece models through `sentencepiece.py`; CLIP's vocab.json + merges.txt through the pipeline
+CLIP's tokenizer.json describes (NFC, whitespace collapsed, lowercase, CLIP's word split, byte-level BPE with
+`</w>` word ends, `<|startoftext|>` … `<|endoftext|>`).
 """
 from __future__ import annotations
 
 import html
-import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ClassVar, Sequence
 
 import ftfy
 import regex
@@ -28,15 +29,15 @@ import torch
 
 from ... import runtime
 from ...errors import CheckpointError, InputError
+from .llama import PROMPT_TOKENS, TEMPLATE_TOKENS, VIDEO_TEMPLATE
+from .sentencepiece import tokenizer_from_sentencepiece
 
+__all__ = ["TEXT_LENGTH", "KINDS", "PromptTokenizer", "UMT5Tokenizer", "Llama3Tokenizer", "CLIPTokenizer",
+           "TokenizerSource", "clean_prompt", "find_tokenizer", "load_tokenizer", "tokenizer_from_sentencepiece"]
 
-TEXT_LENGTH = 512
-UMT5_EXTRA_IDS = 300            # `<extra_id_0..299>` after the 256000 SentencePiece pieces (google/umt5-xxl)
+TEXT_LENGTH = 512               # Wan's umT5 text length
 SPIECE_KEY = "spiece_model"     # ComfyUI's tensor holding the serialized SentencePiece model
-TOKENIZER_FOLDER = ("tokenizers", "umt5-xxl")
-
-_CONTROL, _UNKNOWN, _USER_DEFINED = 3, 2, 4   # SentencePiece piece types
-_UNIGRAM = 1
+CLIP_WORDS = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def clean_prompt(text: str) -> str:
@@ -46,187 +47,211 @@ def clean_prompt(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip()
 
 
-class UMT5Tokenizer:
-    """Prompts → (ids [B, length], attention mask [B, length]) exactly as Wan tokenizes them."""
+# ----------------------------------------------------------------------------------------- prompts → ids
+class PromptTokenizer:
+    """Prompts → (ids [B, length], attention mask [B, length]): cleaned as the model's recipe does, special tokens
+    added by the tokenizer's own post-processor, truncated and padded at the end to `length`."""
+
+    what: ClassVar[str] = ""
+    length: ClassVar[int] = 0                    # the model's text length (tokens, special ones included)
+    required: ClassVar[tuple[str, ...]] = ()    # tokens that prove the kind
+    pad_tokens: ClassVar[tuple[str, ...]] = ()  # the first of these in the vocabulary pads
 
     def __init__(self, backend, name: str):
         self.backend = backend  # a `tokenizers.Tokenizer`
         self.name = name
-        self.pad_id = backend.token_to_id("<pad>")
-        if self.pad_id is None or backend.token_to_id("</s>") is None:
-            raise CheckpointError(f"{name} is not a T5 tokenizer (it has no <pad> or </s> token)",
-                                  "use the tokenizer of google/umt5-xxl")
+        missing = [t for t in self.required if backend.token_to_id(t) is None]
+        if missing:
+            raise CheckpointError(f"{name} is not a {self.what} tokenizer (it has no {', '.join(missing)})",
+                                  f"use the {self.what} tokenizer")
+        self.pad_token = next((t for t in self.pad_tokens if backend.token_to_id(t) is not None), None)
+        if self.pad_token is None:
+            raise CheckpointError(f"{name} has no padding token ({' or '.join(self.pad_tokens)})",
+                                  f"use the {self.what} tokenizer")
+        self.pad_id = backend.token_to_id(self.pad_token)
+
+    def clean(self, text: str) -> str:
+        return text
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def __call__(self, prompts: Sequence[str], length: int = TEXT_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, prompts: Sequence[str], length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        length = length or self.length
         self.backend.enable_truncation(max_length=length)
-        self.backend.enable_padding(length=length, pad_id=self.pad_id, pad_token="<pad>")
-        encodings = self.backend.encode_batch([clean_prompt(p) for p in prompts])
+        self.backend.enable_padding(length=length, pad_id=self.pad_id, pad_token=self.pad_token)
+        encodings = self.backend.encode_batch([self.clean(p) for p in prompts])
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
         return ids, mask
 
 
-# ----------------------------------------------------------------------------------------- sources
+class UMT5Tokenizer(PromptTokenizer):
+    """umT5 as Wan uses it: Wan's whitespace cleaning, `</s>` appended, padded with `<pad>`."""
+    what = "umT5"
+    length = TEXT_LENGTH
+    required = ("<pad>", "</s>")
+    pad_tokens = ("<pad>",)
+
+    def clean(self, text: str) -> str:
+        return clean_prompt(text)
+
+
+class Llama3Tokenizer(PromptTokenizer):
+    """Llama-3 (LLaVA-Llama-3-8B's) as HunyuanVideo uses it: text as given, `<|begin_of_text|>` first, padded with
+    LLaVA's `<pad>` (Meta's own tokenizer, which lacks it, pads with `<|end_of_text|>`; padding is masked anyway)."""
+    what = "Llama-3"
+    length = TEMPLATE_TOKENS + PROMPT_TOKENS
+    required = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    pad_tokens = ("<pad>", "<|end_of_text|>")
+
+    def __init__(self, backend, name: str):
+        super().__init__(backend, name)
+        # HunyuanVideo drops a fixed count of template tokens: a tokenizer that splits its template differently
+        # (another vocabulary, no <|begin_of_text|>) would shift every prompt.
+        count = len(backend.encode(VIDEO_TEMPLATE.split("{}")[0]).ids)
+        if count != TEMPLATE_TOKENS:
+            raise CheckpointError(f"{name} splits HunyuanVideo's prompt template into {count} tokens, not "
+                                  f"{TEMPLATE_TOKENS}: it is not the Llama-3 tokenizer HunyuanVideo was trained with",
+                                  "use the tokenizer.json of xtuner/llava-llama-3-8b-v1_1-transformers")
+
+
+class CLIPTokenizer(PromptTokenizer):
+    """CLIP's: `<|startoftext|>` prompt `<|endoftext|>`, padded with `<|endoftext|>`."""
+    what = "CLIP"
+    length = 77
+    required = ("<|startoftext|>", "<|endoftext|>")
+    pad_tokens = ("<|endoftext|>",)
+
+
+# ----------------------------------------------------------------------------------------- where tokenizers are
+@dataclass(frozen=True)
+class TokenizerKind:
+    """Where one encoder's tokenizer is found and what it is made of."""
+    cls: type[PromptTokenizer]
+    formats: tuple[str, ...]   # in order: "json" (tokenizer.json), "spiece" (spiece.model), "bpe" (vocab + merges)
+    beside: tuple[str, ...]    # folders relative to the weights' folder
+    shared: str                # the folder under `tokenizers/` in a text-encoder models folder
+    comfy: str                 # ComfyUI's bundled copy, relative to its `comfy/` package ('' if none)
+    origin: str                # the Hugging Face repository it comes from
+
+
+KINDS = {
+    "umt5": TokenizerKind(UMT5Tokenizer, ("json", "spiece"), (".", "google/umt5-xxl", "../tokenizer"),
+                          "umt5-xxl", "", "google/umt5-xxl"),
+    "llama": TokenizerKind(Llama3Tokenizer, ("json",), (".", "../tokenizer"), "llava-llama-3-8b",
+                           "text_encoders/llama_tokenizer", "xtuner/llava-llama-3-8b-v1_1-transformers"),
+    "clip_text": TokenizerKind(CLIPTokenizer, ("json", "bpe"), (".", "../tokenizer_2", "../tokenizer"),
+                               "clip-vit-large-patch14", "sd1_tokenizer", "openai/clip-vit-large-patch14"),
+}
+_FILES = {"json": ("tokenizer.json",), "spiece": ("spiece.model",), "bpe": ("vocab.json", "merges.txt")}
+
+
 @dataclass(frozen=True)
 class TokenizerSource:
     """Where a text encoder's tokenizer is read from; `stamp` (size, mtime_ns) makes a replaced file reload."""
-    kind: str       # "checkpoint" (its spiece_model tensor), "spiece" (a SentencePiece file), "json" (tokenizer.json)
+    encoder: str    # the KINDS key
+    kind: str       # "checkpoint" (its spiece_model tensor), "spiece", "json", or "bpe" (`path` is the vocab.json)
     path: str
     key: str = ""   # the tensor name, for kind "checkpoint"
     stamp: tuple[int, int] = (0, 0)
 
 
-def _source(kind: str, path: Path, key: str = "") -> TokenizerSource:
+def _source(encoder: str, kind: str, path: Path, key: str = "") -> TokenizerSource:
     stat = path.stat()
-    return TokenizerSource(kind, str(path), key, (stat.st_size, stat.st_mtime_ns))
+    return TokenizerSource(encoder, kind, str(path), key, (stat.st_size, stat.st_mtime_ns))
 
 
-def _in_folder(folder: Path) -> TokenizerSource | None:
-    if (folder / "tokenizer.json").is_file():
-        return _source("json", folder / "tokenizer.json")
-    if (folder / "spiece.model").is_file():
-        return _source("spiece", folder / "spiece.model")
-    return None
+def tokenizer_folders(encoder: str, weights_folder: Path) -> list[Path]:
+    """Folders searched for the tokenizer of `encoder` (a KINDS key), in order."""
+    kind = KINDS[encoder]
+    folders = []
+    for relative in kind.beside:
+        folder = weights_folder
+        for part in relative.split("/"):
+            folder = folder.parent if part == ".." else folder if part == "." else folder / part
+        folders.append(folder)
+    folders += [folder / "tokenizers" / kind.shared for folder in runtime.model_folders("text_encoders")]
+    comfy = runtime.comfy_package_dir()
+    if kind.comfy and comfy is not None:
+        folders.append(comfy / kind.comfy)
+    return folders
 
 
-def tokenizer_folders(weights_folder: Path) -> tuple[list[Path], list[Path]]:
-    """Folders searched for tokenizer.json / spiece.model, in order: (beside the weights, shared)."""
-    beside = [weights_folder, weights_folder / "google" / "umt5-xxl", weights_folder.parent / "tokenizer"]
-    shared = [folder.joinpath(*TOKENIZER_FOLDER) for folder in runtime.model_folders("text_encoders")]
-    return beside, shared
-
-
-def find_tokenizer(checkpoint_keys: Sequence[str], files: Sequence[Path]) -> TokenizerSource:
-    """The tokenizer for a checkpoint with `checkpoint_keys` stored in `files`; an InputError if there is none."""
+def find_tokenizer(encoder: str, checkpoint_keys: Sequence[str], files: Sequence[Path]) -> TokenizerSource:
+    """The tokenizer for an `encoder` checkpoint with `checkpoint_keys` stored in `files`; an InputError naming
+    every place searched if there is none."""
     key = next((k for k in checkpoint_keys if k == SPIECE_KEY or k.endswith("." + SPIECE_KEY)), None)
-    if key is not None:
-        return _source("checkpoint", Path(files[0]), key)
-    beside, shared = tokenizer_folders(Path(files[0]).parent)
-    for folder in beside + shared:
-        found = _in_folder(folder)
-        if found is not None:
-            return found
+    if key is not None and "spiece" in KINDS[encoder].formats:
+        return _source(encoder, "checkpoint", Path(files[0]), key)
+    kind = KINDS[encoder]
+    folders, passed_over = tokenizer_folders(encoder, Path(files[0]).parent), []
+    for folder in folders:
+        for fmt in kind.formats:
+            if all((folder / name).is_file() for name in _FILES[fmt]):
+                source = _source(encoder, fmt, folder / _FILES[fmt][0])
+                try:
+                    load_tokenizer(source)
+                except CheckpointError as exc:
+                    passed_over.append(exc.what)
+                    continue
+                return source
+    wanted = " or ".join(" + ".join(_FILES[fmt]) for fmt in kind.formats)
+    rejected = f"; passed over: {'; '.join(passed_over)}" if passed_over else ""
     raise InputError(
-        f"no umT5 tokenizer was found for {Path(files[0]).name}: the file carries none ({SPIECE_KEY!r}), and no "
-        f"tokenizer.json or spiece.model is in {', '.join(str(f) for f in beside + shared)}",
-        f"put spiece.model (or tokenizer.json) of google/umt5-xxl into {shared[0]}, or use ComfyUI's "
-        f"umt5_xxl_*.safetensors text encoder, which carries its tokenizer")
+        f"no {kind.cls.what} tokenizer was found for {Path(files[0]).name}: no {wanted} in "
+        f"{', '.join(str(f) for f in folders)}{rejected}",
+        f"put {wanted} of {kind.origin} into {folders[len(kind.beside)]}"
+        + (", or run inside ComfyUI, which bundles it" if kind.comfy else "")
+        + (", or use ComfyUI's umt5_xxl_*.safetensors text encoder, which carries its tokenizer"
+           if "spiece" in kind.formats else ""))
 
 
-@lru_cache(maxsize=4)
-def load_tokenizer(source: TokenizerSource) -> UMT5Tokenizer:
-    """Build (once per source) the tokenizer `source` names."""
+@lru_cache(maxsize=8)
+def load_tokenizer(source: TokenizerSource) -> PromptTokenizer:
+    """Build (once per source) the tokenizer `source` names; a CheckpointError if it is no tokenizer of its kind."""
     from tokenizers import Tokenizer
 
-    name = Path(source.path).name
-    if source.kind == "json":
-        try:
-            return UMT5Tokenizer(Tokenizer.from_file(source.path), name)
-        except Exception as exc:  # the Rust parser raises plain Exceptions
-            raise CheckpointError(f"{source.path} is not a valid tokenizer.json ({exc})",
-                                  "download the tokenizer of google/umt5-xxl again") from exc
-    if source.kind == "spiece":
-        data = Path(source.path).read_bytes()
-    else:
-        from ...model_loaders.checkpoint import open_checkpoint
-
-        data = open_checkpoint(source.path).get(source.key).numpy().tobytes()
-        name = f"{name} ({source.key})"
-    return UMT5Tokenizer(tokenizer_from_sentencepiece(data, name), name)
-
-
-# ----------------------------------------------------------------------------------------- SentencePiece
-def tokenizer_from_sentencepiece(data: bytes, name: str, extra_ids: int = UMT5_EXTRA_IDS):
-    """A `tokenizers.Tokenizer` equal to transformers' T5 conversion of the SentencePiece model `data`."""
-    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import Unigram
-
-    pieces, charsmap, model_type = _read_model_proto(data, name)
-    if model_type != _UNIGRAM:
-        raise CheckpointError(f"{name} is not a unigram SentencePiece model (type {model_type})",
-                              "use the tokenizer of google/umt5-xxl")
-    vocab = [(piece, score) for piece, score, _ in pieces]
-    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
-    unk_id = next((i for i, (_, _, kind) in enumerate(pieces) if kind == _UNKNOWN), None)
-    piece_ids = {piece: i for i, (piece, _, _) in enumerate(pieces)}
-    if unk_id is None or "</s>" not in piece_ids:
-        raise CheckpointError(f"{name} is not a T5 SentencePiece model (no <unk> or </s> piece)",
-                              "use the tokenizer of google/umt5-xxl")
-
-    backend = Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
-    if charsmap:
-        backend.normalizer = normalizers.Precompiled(charsmap)
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                           special_tokens=[("</s>", piece_ids["</s>"])])
-    special = [p for p, _, kind in pieces if kind in (_CONTROL, _UNKNOWN)] + [v for v, _ in vocab[len(pieces):]]
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
-    user_defined = [p for p, _, kind in pieces if kind == _USER_DEFINED]
-    if user_defined:
-        backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in user_defined])
-    return backend
-
-
-def _read_model_proto(data: bytes, name: str) -> tuple[list[tuple[str, float, int]], bytes, int]:
-    """(pieces as (text, score, type), precompiled normalizer charsmap, model type) of a serialized ModelProto."""
-    pieces, charsmap, model_type = [], b"", _UNIGRAM
+    kind = KINDS[source.encoder]
+    name = source.path if source.kind != "bpe" else str(Path(source.path).parent)
     try:
-        for field, value in _fields(data):
-            if field == 1:      # repeated SentencePiece {1: piece, 2: score (float), 3: type (default NORMAL)}
-                piece, score, kind = "", 0.0, 1
-                for f, v in _fields(value):
-                    if f == 1:
-                        piece = v.decode("utf-8")
-                    elif f == 2:
-                        score = struct.unpack("<f", v)[0]
-                    elif f == 3:
-                        kind = v
-                pieces.append((piece, score, kind))
-            elif field == 2:    # TrainerSpec {3: model_type}
-                model_type = next((v for f, v in _fields(value) if f == 3), _UNIGRAM)
-            elif field == 3:    # NormalizerSpec {2: precompiled_charsmap}
-                charsmap = next((v for f, v in _fields(value) if f == 2), b"")
-    except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
-        raise CheckpointError(f"{name} is not a valid SentencePiece model ({exc})",
-                              "download the tokenizer (spiece.model) of google/umt5-xxl again") from exc
-    if not pieces:
-        raise CheckpointError(f"{name} holds no SentencePiece vocabulary", "use the tokenizer of google/umt5-xxl")
-    return pieces, charsmap, model_type
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of each field of one protobuf message: int for varints, bytes otherwise."""
-    i, end = 0, len(buf)
-    while i < end:
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 1 or wire == 5:
-            size = 8 if wire == 1 else 4
-            value, i = buf[i:i + size], i + size
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
+        if source.kind == "json":
+            backend = Tokenizer.from_file(source.path)
+        elif source.kind == "bpe":
+            backend = clip_bpe_tokenizer(Path(source.path), Path(source.path).with_name("merges.txt"))
+        elif source.kind == "spiece":
+            backend = tokenizer_from_sentencepiece(Path(source.path).read_bytes(), name)
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        if i > end:
-            raise ValueError("truncated protobuf message")
-        yield key >> 3, value
+            from ...model_loaders.checkpoint import open_checkpoint
+
+            name = f"{Path(source.path).name} ({source.key})"
+            backend = tokenizer_from_sentencepiece(open_checkpoint(source.path).get(source.key).numpy().tobytes(),
+                                                   name)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the Rust parser raises plain Exceptions
+        raise CheckpointError(f"{name} is not a valid tokenizer ({exc})",
+                              f"download the tokenizer of {kind.origin} again") from exc
+    return kind.cls(backend, name)
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
+def clip_bpe_tokenizer(vocab: Path, merges: Path):
+    """CLIP's tokenizer pipeline over its vocab.json and merges.txt (a `tokenizers.Tokenizer`)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    backend = Tokenizer(BPE.from_file(str(vocab), str(merges), end_of_word_suffix="</w>",
+                                      continuing_subword_prefix="", unk_token="<|endoftext|>", fuse_unk=False))
+    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                               normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_WORDS), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in ("<|startoftext|>", "<|endoftext|>")])
+    start, end = backend.token_to_id("<|startoftext|>"), backend.token_to_id("<|endoftext|>")
+    backend.post_processor = processors.RobertaProcessing(("<|endoftext|>", end), ("<|startoftext|>", start),
+                                                          trim_offsets=False, add_prefix_space=False)
+    return backend

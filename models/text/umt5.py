@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.ops import PLAIN, Ops
+from .layers import RMSNorm
 
 FP32_PARAMS = ""
 
@@ -31,6 +33,7 @@ FP32_PARAMS = ""
 @dataclass(frozen=True)
 class UMT5Spec:
     """An umT5 encoder's shapes (read from a checkpoint); the defaults are umT5-XXL's."""
+    kind: ClassVar[str] = "umt5"   # which text encoder a handle holds (model_loaders/text_encoder.py)
     vocab_size: int = 256384
     d_model: int = 4096
     d_kv: int = 64
@@ -81,20 +84,6 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-class _T5Norm(nn.Module):
-    """T5's layer norm: x / rms(x) · weight, no mean subtraction, no bias; statistics in float32."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return self.weight * x.to(self.weight.dtype)
-
-
 class _SelfAttention(nn.Module):
     def __init__(self, spec: UMT5Spec, ops: Ops):
         super().__init__()
@@ -130,7 +119,7 @@ class _GatedGeluFFN(nn.Module):
 class _AttentionLayer(nn.Module):
     def __init__(self, spec: UMT5Spec, ops: Ops):
         super().__init__()
-        self.layer_norm = _T5Norm(spec.d_model, spec.eps)
+        self.layer_norm = RMSNorm(spec.d_model, spec.eps)
         self.SelfAttention = _SelfAttention(spec, ops)
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -140,7 +129,7 @@ class _AttentionLayer(nn.Module):
 class _FeedForwardLayer(nn.Module):
     def __init__(self, spec: UMT5Spec, ops: Ops):
         super().__init__()
-        self.layer_norm = _T5Norm(spec.d_model, spec.eps)
+        self.layer_norm = RMSNorm(spec.d_model, spec.eps)
         self.DenseReluDense = _GatedGeluFFN(spec, ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +150,7 @@ class _Encoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.block = nn.ModuleList(_Block(spec, ops) for _ in range(spec.num_layers))
-        self.final_layer_norm = _T5Norm(spec.d_model, spec.eps)
+        self.final_layer_norm = RMSNorm(spec.d_model, spec.eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         buckets = relative_position_buckets(x.shape[1], self.spec.num_buckets, self.spec.max_distance, x.device)

@@ -60,7 +60,7 @@ class CLIPVisionSpec:
 ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x)}
 
 
-class _LayerNorm(nn.LayerNorm):
+class FloatLayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32, the result cast back to the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,11 +91,11 @@ class _SelfAttention(nn.Module):
         self.num_heads = spec.num_heads
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (ops.linear(width, width) for _ in range(4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v)  # scores scaled by head_dim^-0.5
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # scores scaled by head_dim^-0.5
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -103,9 +103,10 @@ class _MLP(nn.Module):
     def __init__(self, spec: CLIPVisionSpec, ops: Ops):
         super().__init__()
         if spec.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(f"the CLIP vision config names the activation {spec.hidden_act!r}, which OpenReel "
+            raise CheckpointError(f"the CLIP config names the activation {spec.hidden_act!r}, which OpenReel "
                                   f"does not implement (it knows {', '.join(ACTIVATIONS)})",
-                                  "use CLIP ViT-H/14: ComfyUI's clip_vision_h.safetensors")
+                                  "use the CLIP model the video model was trained with (ComfyUI's "
+                                  "clip_vision_h.safetensors for Wan, clip_l.safetensors for HunyuanVideo)")
         self.act = ACTIVATIONS[spec.hidden_act]
         self.fc1 = ops.linear(spec.hidden_size, spec.intermediate_size)
         self.fc2 = ops.linear(spec.intermediate_size, spec.hidden_size)
@@ -114,16 +115,18 @@ class _MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class _Layer(nn.Module):
+class CLIPLayer(nn.Module):
+    """One pre-norm CLIP transformer block (the vision tower's, and causal the text tower's)."""
+
     def __init__(self, spec: CLIPVisionSpec, ops: Ops):
         super().__init__()
-        self.layer_norm1 = _LayerNorm(spec.hidden_size, eps=spec.eps)
+        self.layer_norm1 = FloatLayerNorm(spec.hidden_size, eps=spec.eps)
         self.self_attn = _SelfAttention(spec, ops)
-        self.layer_norm2 = _LayerNorm(spec.hidden_size, eps=spec.eps)
+        self.layer_norm2 = FloatLayerNorm(spec.hidden_size, eps=spec.eps)
         self.mlp = _MLP(spec, ops)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), causal)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -134,9 +137,10 @@ class _Tower(nn.Module):
     def __init__(self, spec: CLIPVisionSpec, ops: Ops):
         super().__init__()
         self.embeddings = _Embeddings(spec)
-        self.pre_layrnorm = _LayerNorm(spec.hidden_size, eps=spec.eps)
-        self.encoder = nn.ModuleDict({"layers": nn.ModuleList(_Layer(spec, ops) for _ in range(spec.num_layers - 1))})
-        self.post_layernorm = _LayerNorm(spec.hidden_size, eps=spec.eps)
+        self.pre_layrnorm = FloatLayerNorm(spec.hidden_size, eps=spec.eps)
+        layers = nn.ModuleList(CLIPLayer(spec, ops) for _ in range(spec.num_layers - 1))
+        self.encoder = nn.ModuleDict({"layers": layers})
+        self.post_layernorm = FloatLayerNorm(spec.hidden_size, eps=spec.eps)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.pre_layrnorm(self.embeddings(pixels))
