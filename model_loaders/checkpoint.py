@@ -2,8 +2,10 @@
 
 Layouts: a single safetensors file (memory-mapped); sharded safetensors with an `*.index.json`
 (picked by any shard, by the index, or by the folder); a diffusers folder (`config.json` + weights);
-`.pth`/`.pt`/`.ckpt`/`.bin` through `torch.load(weights_only=True)`. A `Checkpoint` is a name → tensor view
-that can be re-keyed (prefix stripping, key maps) without touching the data; tensors are read on `get`.
+`.pth`/`.pt`/`.ckpt`/`.bin` through `torch.load(weights_only=True)`; HunyuanVideo's official fp8 pair
+(`*_fp8.pt` with its per-layer scales in `*_fp8_map.pt` beside it), whose scales appear as `<layer>.scale_weight`
+as in ComfyUI's fp8_scaled files. A `Checkpoint` is a name → tensor view that can be re-keyed (prefix stripping,
+key maps, tensors joined from several sources) without touching the data; tensors are read on `get`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..errors import CheckpointError
+from ..models.common.ops import FP8_DTYPES
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -93,6 +96,30 @@ class Checkpoint:
         if not prefix:
             return self
         return self.renamed(lambda k: k[len(prefix):] if k.startswith(prefix) else k)
+
+    def combined(self, plan: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]]) -> "Checkpoint":
+        """A view in which each key of `plan` reads its source keys and passes their tensors, in order, to its
+        function (e.g. `torch.cat` of q, k and v into one qkv weight); the source keys leave the view, every other
+        key stays. Shapes and dtypes come from running the functions on meta tensors: nothing is read here."""
+        infos = dict(self._infos)
+        readers = dict(self._readers)
+        used = {source for sources, _ in plan.values() for source in sources}
+        missing = sorted(used - self._infos.keys())
+        if missing:
+            raise CheckpointError(f"{self.name} lacks {', '.join(missing[:3])}",
+                                  "the file is incomplete or not a full model; download it again")
+        for source in used:
+            infos.pop(source)
+            readers.pop(source, None)
+        for key, (sources, join) in plan.items():
+            if key in infos:
+                raise CheckpointError(f"{self.name}: two tensors map to the name {key!r}",
+                                      "the file mixes two key layouts; re-export it in one layout")
+            metas = [torch.empty(self._infos[s].shape, dtype=self._infos[s].dtype, device="meta") for s in sources]
+            out = join(*metas)
+            infos[key] = TensorInfo(tuple(out.shape), out.dtype)
+            readers[key] = lambda sources=sources, join=join: join(*(self.get(s) for s in sources))
+        return Checkpoint(self.files, infos, readers, self.config)
 
 
 # ----------------------------------------------------------------------------------------- safetensors
@@ -206,7 +233,11 @@ def _weights_in_folder(folder: Path) -> list[Path]:
     if indexes:
         return _files_of_index(indexes[0])
     for suffixes in (SAFETENSORS_SUFFIXES, PICKLE_SUFFIXES):
-        files = sorted(p for p in folder.iterdir() if p.suffix in suffixes)
+        files = sorted(p for p in folder.iterdir() if p.suffix in suffixes and not _is_fp8_map(p))
+        fp8 = [p for p in files if p.name.endswith(FP8_PAIR_SUFFIX) and p.with_name(_full_name(p)) in files]
+        if fp8:  # HunyuanVideo's transformers/ folder: the model and its fp8 version side by side
+            raise CheckpointError(f"folder {folder} holds two versions of one model ({_full_name(fp8[0])} and "
+                                  f"{fp8[0].name})", "pick one of the two files instead of the folder")
         if files:
             return files
     raise CheckpointError(f"folder {folder} holds no weights files",
@@ -231,14 +262,48 @@ def resolve_files(path: Path) -> list[Path]:
     return [path]
 
 
+# ----------------------------------------------------------------------------------------- HunyuanVideo's fp8 pair
+FP8_PAIR_SUFFIX = "_fp8.pt"       # e.g. mp_rank_00_model_states_fp8.pt
+FP8_MAP_SUFFIX = "_fp8_map.pt"    # its scales: {"double_blocks.0.img_attn_qkv": scale, ...}
+
+
+def _is_fp8_map(path: Path) -> bool:
+    return path.name.endswith(FP8_MAP_SUFFIX)
+
+
+def _full_name(fp8_file: Path) -> str:
+    return fp8_file.name[: -len(FP8_PAIR_SUFFIX)] + ".pt"
+
+
+def _fp8_map_scales(weights: Path, infos: dict) -> tuple[dict, dict]:
+    """The per-layer weight scales of an official fp8 file (`<stem>_fp8.pt`) from `<stem>_fp8_map.pt` beside it,
+    as `<layer>.scale_weight` tensors (HunyuanVideo dequantizes W = weight · scale); empty for other files."""
+    if not weights.name.endswith(FP8_PAIR_SUFFIX) or not any(i.dtype in FP8_DTYPES for i in infos.values()):
+        return {}, {}
+    scale_file = weights.with_name(weights.name[: -len(".pt")] + "_map.pt")
+    if not scale_file.exists():
+        raise CheckpointError(f"{weights.name} holds fp8 weights whose scales are in {scale_file.name}, which is not "
+                              f"beside it", f"download {scale_file.name} into {weights.parent}")
+    scales, _ = _open_pickle(scale_file)
+    return ({f"{layer}.scale_weight": info for layer, info in scales.items()},
+            {f"{layer}.scale_weight": reader for layer, reader in scales.items()})
+
+
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open any supported layout; reads only headers until tensors are asked for."""
+    if _is_fp8_map(Path(path)):
+        partner = Path(path).name[: -len(FP8_MAP_SUFFIX)] + FP8_PAIR_SUFFIX
+        raise CheckpointError(f"{Path(path).name} holds only the weight scales of an fp8 checkpoint",
+                              f"pick {partner}, the weights file beside it")
     files = resolve_files(Path(path))
     suffixes = {f.suffix for f in files}
     if suffixes <= set(SAFETENSORS_SUFFIXES):
         infos, readers = _open_safetensors(files)
     elif len(files) == 1 and files[0].suffix in PICKLE_SUFFIXES:
         infos, readers = _open_pickle(files[0])
+        scale_infos, scale_readers = _fp8_map_scales(files[0], infos)
+        infos.update(scale_infos)
+        readers.update(scale_readers)
     elif suffixes <= set(PICKLE_SUFFIXES):
         infos, readers = {}, {}
         for f in files:

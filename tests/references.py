@@ -1,8 +1,11 @@
-"""Reference implementations for parity tests: the official Wan code (PyPI `wan22`) and diffusers.
+"""Reference implementations for parity tests: the official Wan code (PyPI `wan22`), diffusers, and the official
+HunyuanVideo code (a checkout named by $HUNYUAN_VIDEO_PATH; not installable).
 
 `wan22`'s package `__init__` imports every pipeline and their heavy dependencies, so the model modules are
 loaded from their files under a private package name, with the CUDA-only `flash_attention` replaced by an
-exact float32 SDPA equivalent that honours the same key-length semantics.
+exact float32 SDPA equivalent that honours the same key-length semantics. HunyuanVideo's modules are loaded the
+same way, with its attention module (flash-attn varlen, and segment bounds built on "cuda") replaced by an exact
+SDPA equivalent of the same varlen semantics.
 
 A test whose reference package is not installed is skipped, saying what to install: `load_official` and
 `load_official_util` do it themselves; a test importing a reference package directly calls `require` first.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 import types
 from contextlib import contextmanager
@@ -25,7 +29,9 @@ REFERENCES = {
     "wan": "needs wan22 (pip install --no-deps -r requirements-reference.txt)",
     "diffusers": "needs diffusers (pip install -r requirements-dev.txt)",
     "xfuser": "needs xfuser (pip install xfuser)",
+    "einops": "needs einops (pip install einops), which the official HunyuanVideo code imports",
 }
+HUNYUAN_ENV = "HUNYUAN_VIDEO_PATH"
 
 
 def installed(package: str) -> bool:
@@ -109,3 +115,66 @@ def load_official_util(file: str):
     with _skip_on_missing_reference():
         spec.loader.exec_module(module)
     return module
+
+
+# ----------------------------------------------------------------------------------------- official HunyuanVideo
+def hunyuan_root() -> Path:
+    """`hyvideo/` of the official HunyuanVideo checkout named by $HUNYUAN_VIDEO_PATH; skips the calling test when
+    the variable is unset, names no checkout, or a package its modules import is missing."""
+    path = os.environ.get(HUNYUAN_ENV)
+    if not path:
+        pytest.skip(f"needs the official HunyuanVideo code: set {HUNYUAN_ENV} to a checkout of Tencent/HunyuanVideo")
+    root = Path(path) / "hyvideo"
+    if not (root / "modules" / "models.py").is_file():
+        pytest.skip(f"{HUNYUAN_ENV}={path} is not a HunyuanVideo checkout (no hyvideo/modules/models.py)")
+    require("diffusers", "einops")
+    return root
+
+
+def _hunyuan_segments(text_mask: torch.Tensor, img_len: int) -> torch.Tensor:
+    """The official varlen segment bounds, on the mask's device: per sample, [image + valid text] and then its
+    text padding, over the batch flattened to one sequence of samples of img_len + text_len tokens."""
+    batch, text_len = text_mask.shape
+    valid = text_mask.sum(1).to(torch.int32)
+    starts = torch.arange(batch, dtype=torch.int32, device=text_mask.device) * (img_len + text_len)
+    ends = torch.stack([starts + img_len + valid, starts + img_len + text_len], dim=1).flatten()
+    return torch.cat([ends.new_zeros(1), ends])
+
+
+def _hunyuan_attention(q, k, v, mode="flash", drop_rate=0, attn_mask=None, causal=False, cu_seqlens_q=None,
+                       cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None, batch_size=1):
+    """The official `attention` contract ([B, S, H, D] in, [B, S, H·D] out) on SDPA in the input precision:
+    mode "torch" takes `attn_mask`; mode "flash" (flash_attn_varlen_func) flattens the batch to one sequence in
+    which each segment between consecutive `cu_seqlens` bounds attends only to itself."""
+    b, s = q.shape[:2]
+    if mode == "torch":
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_mask, is_causal=causal)
+        return out.transpose(1, 2).reshape(b, s, -1)
+    position = torch.arange(b * s, device=q.device)
+    segment = torch.searchsorted(cu_seqlens_q[1:].to(q.device).long(), position, right=True)
+    mask = segment[:, None] == segment[None, :]
+    flat = [t.reshape(1, b * s, *t.shape[2:]).transpose(1, 2) for t in (q, k, v)]
+    out = F.scaled_dot_product_attention(*flat, attn_mask=mask)
+    return out.transpose(1, 2).reshape(b, s, -1)
+
+
+def _no_parallel_attention(*args, **kwargs):
+    raise NotImplementedError("sequence-parallel attention is not part of the parity reference")
+
+
+def load_hunyuan(module: str):
+    """Import `hyvideo/modules/<module>.py` (e.g. 'models', 'posemb_layers') of the $HUNYUAN_VIDEO_PATH checkout
+    as `hyref.modules.<module>`, without running hyvideo's package __init__ files."""
+    root = hunyuan_root()
+    _package("hyref", root)
+    _package("hyref.modules", root / "modules")
+    _package("hyref.utils", root / "utils")
+    if "hyref.modules.attenion" not in sys.modules:  # (sic: the official file name)
+        attn = types.ModuleType("hyref.modules.attenion")
+        attn.attention = _hunyuan_attention
+        attn.parallel_attention = _no_parallel_attention
+        attn.get_cu_seqlens = _hunyuan_segments
+        sys.modules["hyref.modules.attenion"] = attn
+    with _skip_on_missing_reference():
+        return importlib.import_module("hyref.modules." + module)

@@ -1,14 +1,24 @@
 """Timestep sinusoids and axial rotary position embeddings shared by the video DiTs."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos | sin] features of `t` (any shape) → [..., dim], computed in float64 then returned as float32."""
+def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[cos | sin] features of `t` (any shape) → [..., dim], computed in `dtype` then returned as float32.
+
+    float64 is Wan's precision. float32 is HunyuanVideo's, whose code forms the frequencies as
+    exp(-ln(max_period)·i/half); in float32 that differs from the power in the last bit, so that form is kept."""
     half = dim // 2
-    freqs = torch.pow(max_period, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
-    angles = t.to(torch.float64).unsqueeze(-1) * freqs
+    index = torch.arange(half, dtype=dtype, device=t.device)
+    if dtype == torch.float64:
+        freqs = torch.pow(max_period, -index / half)
+    else:
+        freqs = torch.exp(-math.log(max_period) * index / half)
+    angles = t.to(dtype).unsqueeze(-1) * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 

@@ -1,36 +1,270 @@
-"""HunyuanVideo 13B: recognized from its keys and shapes (official and diffusers layouts); the network comes next."""
+"""The HunyuanVideo family adapter: file layouts, variant detection from shapes, the official recipe, checks, and
+how conditioning becomes `HunyuanDiT` inputs.
+
+Layouts: official / ComfyUI names (`mp_rank_00_model_states.pt` under "module", its fp8 pair, ComfyUI's bf16 and
+fp8_scaled files, optionally prefixed e.g. `model.diffusion_model.`) and diffusers `HunyuanVideoTransformer3DModel`
+names, renamed to the official ones; diffusers' separate q / k / v (and the single blocks' MLP input) are joined
+into the official fused linears, and its final-layer [scale, shift] halves are swapped back to [shift, scale].
+
+Variants: text-to-video, guidance-distilled (HYVideo-T/2-cfgdistill, the released model: `guidance_in` present)
+or not (HYVideo-T/2: classifier-free guidance). SkyReels-V1 T2V and the 16-channel "token replace" HunyuanVideo-I2V
+have the same shapes as the distilled T2V model and cannot be told from it by their weights. The 33-channel
+HunyuanVideo-I2V (image latent and mask concatenated) and SkyReels-V1 Hunyuan I2V (32 channels) are recognized
+and refused: OpenReel does not run them yet.
+"""
 from __future__ import annotations
 
+import math
 import re
 
-from ...handles import DiTSpec
-from ..common.family import Checkpoint, DiTFamily, register_family
+import torch
+
+from ...errors import DetectionError, InputError
+from ...handles import DiTSpec, TextEmbeds
+from ...latents import ImageConditioning, LatentFormat
+from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
+from ..common.ops import Ops
+from .model import FP32_PARAMS, HunyuanConfig, HunyuanDiT
 
 OFFICIAL_ANCHORS = ("txt_in.individual_token_refiner.blocks.0.norm1.weight",)
 DIFFUSERS_ANCHORS = ("context_embedder.token_refiner.refiner_blocks.0.norm1.weight",)
+LATENT_FORMAT = "hunyuan"   # registered by models/hunyuan/latents.py
+SUPPORTED = "use a HunyuanVideo text-to-video model (official, ComfyUI or diffusers layout)"
+
+_REFINER = r"txt_in.individual_token_refiner.blocks.\1."
+# diffusers name → official name: the first rule that matches applies; names no rule matches stay as they are.
+_DIFFUSERS_RULES = [(re.compile(a), b) for a, b in (
+    (r"^x_embedder\.proj\.", "img_in.proj."),
+    (r"^context_embedder\.proj_in\.", "txt_in.input_embedder."),
+    (r"^context_embedder\.time_text_embed\.timestep_embedder\.linear_1\.", "txt_in.t_embedder.mlp.0."),
+    (r"^context_embedder\.time_text_embed\.timestep_embedder\.linear_2\.", "txt_in.t_embedder.mlp.2."),
+    (r"^context_embedder\.time_text_embed\.text_embedder\.", "txt_in.c_embedder."),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.attn\.to_out\.0\.", _REFINER + "self_attn_proj."),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.ff\.net\.0\.proj\.", _REFINER + "mlp.fc1."),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.ff\.net\.2\.", _REFINER + "mlp.fc2."),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.norm_out\.linear\.", _REFINER + "adaLN_modulation.1."),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.(norm[12])\.", _REFINER + r"\2."),
+    (r"^time_text_embed\.timestep_embedder\.linear_1\.", "time_in.mlp.0."),
+    (r"^time_text_embed\.timestep_embedder\.linear_2\.", "time_in.mlp.2."),
+    (r"^time_text_embed\.guidance_embedder\.linear_1\.", "guidance_in.mlp.0."),
+    (r"^time_text_embed\.guidance_embedder\.linear_2\.", "guidance_in.mlp.2."),
+    (r"^time_text_embed\.text_embedder\.linear_1\.", "vector_in.in_layer."),
+    (r"^time_text_embed\.text_embedder\.linear_2\.", "vector_in.out_layer."),
+    (r"^transformer_blocks\.(\d+)\.norm1\.linear\.", r"double_blocks.\1.img_mod.linear."),
+    (r"^transformer_blocks\.(\d+)\.norm1_context\.linear\.", r"double_blocks.\1.txt_mod.linear."),
+    (r"^transformer_blocks\.(\d+)\.attn\.norm_q\.", r"double_blocks.\1.img_attn_q_norm."),
+    (r"^transformer_blocks\.(\d+)\.attn\.norm_k\.", r"double_blocks.\1.img_attn_k_norm."),
+    (r"^transformer_blocks\.(\d+)\.attn\.norm_added_q\.", r"double_blocks.\1.txt_attn_q_norm."),
+    (r"^transformer_blocks\.(\d+)\.attn\.norm_added_k\.", r"double_blocks.\1.txt_attn_k_norm."),
+    (r"^transformer_blocks\.(\d+)\.attn\.to_out\.0\.", r"double_blocks.\1.img_attn_proj."),
+    (r"^transformer_blocks\.(\d+)\.attn\.to_add_out\.", r"double_blocks.\1.txt_attn_proj."),
+    (r"^transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.", r"double_blocks.\1.img_mlp.fc1."),
+    (r"^transformer_blocks\.(\d+)\.ff\.net\.2\.", r"double_blocks.\1.img_mlp.fc2."),
+    (r"^transformer_blocks\.(\d+)\.ff_context\.net\.0\.proj\.", r"double_blocks.\1.txt_mlp.fc1."),
+    (r"^transformer_blocks\.(\d+)\.ff_context\.net\.2\.", r"double_blocks.\1.txt_mlp.fc2."),
+    (r"^single_transformer_blocks\.(\d+)\.attn\.norm_q\.", r"single_blocks.\1.q_norm."),
+    (r"^single_transformer_blocks\.(\d+)\.attn\.norm_k\.", r"single_blocks.\1.k_norm."),
+    (r"^single_transformer_blocks\.(\d+)\.norm\.linear\.", r"single_blocks.\1.modulation.linear."),
+    (r"^single_transformer_blocks\.(\d+)\.proj_out\.", r"single_blocks.\1.linear2."),
+    (r"^proj_out\.", "final_layer.linear."),
+)]
+
+_SIZES = {3072: "13B"}
+
+
+def diffusers_to_official(key: str) -> str:
+    for pattern, repl in _DIFFUSERS_RULES:
+        new, found = pattern.subn(repl, key, count=1)
+        if found:
+            return new
+    return key
+
+
+def _join(*tensors: torch.Tensor) -> torch.Tensor:
+    return torch.cat(tensors, dim=0)
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    scale, shift = t.chunk(2, dim=0)
+    return torch.cat([shift, scale], dim=0)
+
+
+def _indices(keys: list[str], pattern: str) -> list[int]:
+    return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
 
 
 def _count(ckpt: Checkpoint, pattern: str) -> int:
-    found = {int(m.group(1)) for k in ckpt.keys() if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
+    found = _indices(ckpt.keys(), pattern)
+    return found[-1] + 1 if found else 0
+
+
+def _diffusers_joins(ckpt: Checkpoint) -> dict:
+    """Official fused tensors from diffusers' separate ones (`Checkpoint.combined` plan)."""
+    plan, keys = {}, ckpt.keys()
+
+    def join(target: str, sources: list[str], how=_join):
+        for part in ("weight", "bias"):
+            names = tuple(f"{s}.{part}" for s in sources)
+            if all(n in ckpt for n in names):
+                plan[f"{target}.{part}"] = (names, how)
+
+    for n in _indices(keys, r"transformer_blocks\.(\d+)\."):
+        attn = f"transformer_blocks.{n}.attn"
+        join(f"double_blocks.{n}.img_attn_qkv", [f"{attn}.to_{x}" for x in "qkv"])
+        join(f"double_blocks.{n}.txt_attn_qkv", [f"{attn}.add_{x}_proj" for x in "qkv"])
+    for n in _indices(keys, r"single_transformer_blocks\.(\d+)\."):
+        block = f"single_transformer_blocks.{n}"
+        join(f"single_blocks.{n}.linear1", [f"{block}.attn.to_{x}" for x in "qkv"] + [f"{block}.proj_mlp"])
+    for n in _indices(keys, r"context_embedder\.token_refiner\.refiner_blocks\.(\d+)\."):
+        attn = f"context_embedder.token_refiner.refiner_blocks.{n}.attn"
+        join(f"txt_in.individual_token_refiner.blocks.{n}.self_attn_qkv", [f"{attn}.to_{x}" for x in "qkv"])
+    join("final_layer.adaLN_modulation.1", ["norm_out.linear"], _swap_halves)
+    return plan
+
+
+def _rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """(16, 56, 56) at the real head width 128; for other widths (tiny test models) the same split, scaled, with
+    every axis even."""
+    t = 2 * max(1, round(head_dim / 16))
+    h = 2 * ((head_dim - t) // 4)
+    return t, h, head_dim - t - h
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.cat([t, t.new_zeros(t.shape[0], length - t.shape[1], *t.shape[2:])], dim=1)
 
 
 class HunyuanFamily(DiTFamily):
     name = "hunyuan"
     title = "HunyuanVideo"
     anchors = OFFICIAL_ANCHORS + DIFFUSERS_ANCHORS
-    runnable = False
+    fp32_params = FP32_PARAMS
+
+    # ------------------------------------------------------------------ files
+    def normalize(self, ckpt: Checkpoint) -> Checkpoint:
+        prefix = find_prefix(ckpt, OFFICIAL_ANCHORS)
+        if prefix is not None:
+            return ckpt.strip_prefix(prefix)
+        ckpt = ckpt.strip_prefix(find_prefix(ckpt, DIFFUSERS_ANCHORS) or "")
+        return ckpt.combined(_diffusers_joins(ckpt)).renamed(diffusers_to_official)
 
     def describe(self, ckpt: Checkpoint) -> DiTSpec:
-        official = "img_in.proj.weight" in ckpt
-        embed = ckpt.shape("img_in.proj.weight" if official else "x_embedder.proj.weight")
-        double = _count(ckpt, r"double_blocks\.(\d+)\." if official else r"transformer_blocks\.(\d+)\.")
-        single = _count(ckpt, r"single_blocks\.(\d+)\." if official else r"single_transformer_blocks\.(\d+)\.")
-        task = {16: "t2v", 33: "i2v", 32: "i2v"}.get(embed[1], "t2v")
-        config = (("hidden", embed[0]), ("in_channels", embed[1]), ("double_blocks", double),
-                  ("single_blocks", single))
-        return DiTSpec(self.name, f"hunyuan_{task}", f"HunyuanVideo ({embed[0]} wide, {double} double + {single} "
-                       f"single blocks, {embed[1]} input channels)", task, "hunyuan", config)
+        needed = ("img_in.proj.weight", "txt_in.input_embedder.weight", "vector_in.in_layer.weight",
+                  "time_in.mlp.0.weight", "final_layer.linear.weight", "double_blocks.0.img_mlp.fc1.weight",
+                  "txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")
+        missing = [k for k in needed if k not in ckpt]
+        if missing:
+            raise DetectionError(f"{ckpt.name} looks like a HunyuanVideo model but lacks {', '.join(missing)}",
+                                 "the file is incomplete or not a full model; download it again")
+        config = ckpt.config or {}
+        if config.get("image_condition_type"):
+            raise DetectionError(f"{ckpt.name} is HunyuanVideo-I2V ({config['image_condition_type']} image "
+                                 f"conditioning), which OpenReel does not support yet", SUPPORTED)
+        embed = ckpt.shape("img_in.proj.weight")
+        hidden, in_channels, patch = embed[0], embed[1], tuple(embed[2:])
+        heads = config.get("num_attention_heads") or config.get("heads_num")
+        if not heads:
+            heads = hidden // (128 if hidden % 128 == 0 else 64 if hidden % 64 == 0 else hidden)
+        axes = config.get("rope_axes_dim") or config.get("rope_dim_list") or _rope_axes(hidden // heads)
+        try:
+            cfg = HunyuanConfig(
+                hidden=hidden, heads=heads, mlp_width=ckpt.shape("double_blocks.0.img_mlp.fc1.weight")[0],
+                double_blocks=_count(ckpt, r"double_blocks\.(\d+)\."),
+                single_blocks=_count(ckpt, r"single_blocks\.(\d+)\."),
+                in_channels=in_channels,
+                out_channels=ckpt.shape("final_layer.linear.weight")[0] // math.prod(patch), patch_size=patch,
+                text_dim=ckpt.shape("txt_in.input_embedder.weight")[1],
+                pooled_dim=ckpt.shape("vector_in.in_layer.weight")[1],
+                refiner_blocks=_count(ckpt, r"txt_in\.individual_token_refiner\.blocks\.(\d+)\."),
+                refiner_heads=heads,
+                refiner_mlp_width=ckpt.shape("txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")[0],
+                guidance_embed="guidance_in.mlp.0.weight" in ckpt, rope_axes=tuple(axes),
+                rope_theta=float(config.get("rope_theta", 256.0)), freq_dim=ckpt.shape("time_in.mlp.0.weight")[1])
+        except ValueError as err:
+            raise DetectionError(f"{ckpt.name}: {err}", "add a config.json stating num_attention_heads and "
+                                 "rope_axes_dim beside the weights") from err
+        return _classify(ckpt.name, cfg)
+
+    def build(self, spec: DiTSpec, ops: Ops) -> HunyuanDiT:
+        return HunyuanDiT(spec.config, ops)
+
+    # ------------------------------------------------------------------ sampling
+    def defaults(self, spec: DiTSpec, pair: bool, width: int, height: int) -> SamplingDefaults:
+        """The official recipe (HunyuanVideo scripts/run_sample_video.sh, hyvideo/config.py): 50 Euler steps on
+        linspace(1, 0) shifted by 7, 24 fps; the distilled model takes guidance 6.0 as an input and runs without
+        classifier-free guidance; a non-distilled model runs classifier-free guidance 6.0 instead."""
+        if spec.config.guidance_embed:
+            return SamplingDefaults(50, 7.0, 1.0, 1.0, 0.0, 24, "HunyuanVideo T2V", embedded_guidance=6.0,
+                                    solver="euler", schedule="linear")
+        return SamplingDefaults(50, 7.0, 6.0, 6.0, 0.0, 24, "HunyuanVideo T2V (not guidance-distilled)",
+                                solver="euler", schedule="linear")
+
+    def check(self, spec: DiTSpec, fmt: LatentFormat, cond: ImageConditioning | None, embeds: TextEmbeds,
+              pair: DiTSpec | None) -> None:
+        cfg = spec.config
+        if pair is not None:
+            raise InputError(f"{spec.description} is a single model, not a pair of experts",
+                             "disconnect the low-noise model")
+        width = embeds.positive.shape[-1]
+        if width != cfg.text_dim:
+            raise InputError(f"the text embeddings are {width} wide but {spec.description} takes {cfg.text_dim}",
+                             "encode with the LLaVA-Llama-3 text encoder")
+        pooled = (embeds.positive_pooled, embeds.negative_pooled)
+        if any(p is None for p in pooled):
+            raise InputError(f"{spec.description} needs the CLIP-L pooled text vector, and the embeddings have none",
+                             "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of OpenReel Text Encode")
+        if any(p.shape[-1] != cfg.pooled_dim for p in pooled):
+            raise InputError(f"the pooled text vectors are {pooled[0].shape[-1]} wide but {spec.description} "
+                             f"takes {cfg.pooled_dim}", "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of "
+                             "OpenReel Text Encode")
+        if cond is not None:
+            raise InputError(f"{spec.description} is a text-to-video model but the latent carries image "
+                             f"conditioning ({cond.mode})", "use OpenReel Empty Latent")
+
+    def model_inputs(self, spec: DiTSpec, embeds: TextEmbeds, cond: ImageConditioning | None,
+                     defaults: SamplingDefaults) -> ModelInputs:
+        """Both prompts zero-padded to one length with their masks (so CFG can batch them; the network drops the
+        padding again), the CLIP-L pooled vectors, and the embedded guidance scale of a distilled model."""
+        length = max(embeds.positive.shape[1], embeds.negative.shape[1])
+
+        def branch(text: torch.Tensor, mask: torch.Tensor | None, pooled: torch.Tensor) -> dict:
+            real = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if mask is None else mask.bool()
+            return {"context": _pad(text, length), "context_mask": _pad(real, length), "pooled": pooled}
+
+        shared = {"guidance": self.embedded_scale(embeds, defaults)} if spec.config.guidance_embed else {}
+        return ModelInputs(branch(embeds.positive, embeds.positive_mask, embeds.positive_pooled),
+                           branch(embeds.negative, embeds.negative_mask, embeds.negative_pooled), shared)
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return t[:, 0]
+
+    # ------------------------------------------------------------------ memory
+    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+        """Derived from the single-stream block, the larger peak (D = hidden, W = MLP width, 16-bit compute): the
+        float32 stream (4D bytes per token), `linear1`'s output (2·(3D + W)), the attention output (2D), the
+        activated MLP state (2W) and the [attention, MLP] join for `linear2` (2·(D + W)) are alive together:
+        14D + 6W; 2D more for q/k and norm temporaries. Per token of the video plus 256 text tokens (the LLaVA
+        maximum). The double-stream block's peak is lower (about 12D + 4W). Not yet calibrated on a GPU."""
+        cfg = spec.config
+        return batch * (tokens + 256) * (16 * cfg.hidden + 6 * cfg.mlp_width)
+
+
+def _classify(name: str, cfg: HunyuanConfig) -> DiTSpec:
+    size = _SIZES.get(cfg.hidden, f"{cfg.hidden}-wide")
+    if cfg.in_channels == 16 and cfg.out_channels == 16:
+        if cfg.guidance_embed:
+            return DiTSpec("hunyuan", "t2v_cfgdistill", f"HunyuanVideo T2V {size} (guidance-distilled)", "t2v",
+                           LATENT_FORMAT, cfg)
+        return DiTSpec("hunyuan", "t2v", f"HunyuanVideo T2V {size} (not guidance-distilled)", "t2v",
+                       LATENT_FORMAT, cfg)
+    if cfg.in_channels == 33 and cfg.out_channels == 16:
+        raise DetectionError(f"{name} is HunyuanVideo-I2V (33 input channels: the image latent and a mask joined "
+                             f"to the latent), which OpenReel does not support yet", SUPPORTED)
+    if cfg.in_channels == 32 and cfg.out_channels == 16:
+        raise DetectionError(f"{name} is SkyReels-V1 Hunyuan I2V (32 input channels: the image latent joined to "
+                             f"the latent), which OpenReel does not support yet", SUPPORTED)
+    raise DetectionError(f"{name} is a HunyuanVideo-architecture model with {cfg.in_channels} input and "
+                         f"{cfg.out_channels} output channels, which matches no supported variant", SUPPORTED)
 
 
 HUNYUAN = register_family(HunyuanFamily())

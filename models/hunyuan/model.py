@@ -1,0 +1,454 @@
+"""The HunyuanVideo diffusion transformer (13B: 20 double-stream and 40 single-stream blocks).
+
+Written from the published architecture (Tencent/HunyuanVideo `hyvideo/modules`); parameter names follow the
+official checkpoints, so official and ComfyUI files load without renaming (the family adapter maps diffusers
+names). The image tokens and the LLaVA text tokens (refined by a small token refiner) run through double-stream
+blocks (a stream each, joint attention), then joined through single-stream blocks; the conditioning vector is the
+sum of the time, CLIP-L pooled text and (guidance-distilled models) guidance embeddings.
+
+Numerics: the residual streams, layer norms, q/k RMS norms, RoPE, the modulation vectors and the small
+time / text / guidance embedders are float32; the large linears (q/k/v, projections, MLPs, the blocks' modulation
+linears) and attention run in `compute_dtype`. (The official code carries the streams in its bf16 model dtype;
+float32 streams only remove rounding.)
+
+Text padding: valid tokens never attend to padding in the official code (the refiner masks it, the blocks' varlen
+attention puts it in a segment of its own), and text tokens carry no position. So the text is compacted before the
+network (each sample's valid tokens first, trimmed to the longest valid count), which is exact; a key mask stays
+only when the samples of a batch (batched CFG) have different counts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ..common.attention import attention
+from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
+from ..common.ops import PLAIN, Ops
+from ..common.wrappers import WrappedModel
+
+
+@dataclass(frozen=True)
+class HunyuanConfig:
+    """Shapes of one HunyuanVideo DiT; the defaults are the 13B model's (HYVideo-T/2-cfgdistill)."""
+    hidden: int = 3072
+    heads: int = 24
+    mlp_width: int = 12288
+    double_blocks: int = 20
+    single_blocks: int = 40
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 4096              # LLaVA-Llama-3 hidden states
+    pooled_dim: int = 768             # CLIP-L pooled output
+    refiner_blocks: int = 2
+    refiner_heads: int = 24
+    refiner_mlp_width: int = 12288
+    guidance_embed: bool = True       # guidance-distilled: `guidance_in` embeds the guidance scale
+    rope_axes: tuple[int, int, int] = (16, 56, 56)   # head channels per (t, h, w) axis
+    rope_theta: float = 256.0
+    freq_dim: int = 256
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.hidden % self.heads or sum(self.rope_axes) != self.hidden // self.heads:
+            raise ValueError(f"HunyuanConfig: {self.heads} heads of width {self.hidden} need RoPE axes summing to "
+                             f"the head width, got {self.rope_axes}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+class StepInputs(NamedTuple):
+    """What every block needs besides the token stream; built once per forward."""
+    vec: torch.Tensor                 # [B, D] SiLU of the conditioning vector, compute dtype (modulation input)
+    img_tokens: int                   # the stream is [image tokens; text tokens]
+    rope: tuple[torch.Tensor, torch.Tensor]   # float32 [L, 1, head_dim/2]; text rows rotate by 0
+    mask: torch.Tensor | None         # [B, 1, 1, L] bool key mask (True = may attend), or None
+    backend: str
+    dtype: torch.dtype
+
+
+def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x.float(), layer.weight.float(), None if layer.bias is None else layer.bias.float())
+
+
+def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+    if norm is None:
+        return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
+    return F.layer_norm(x.float(), x.shape[-1:], norm.weight.float(), norm.bias.float(), eps)
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, L, D] float32 with per-sample shift/scale [B, D]."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over each head's channels (the q/k norms)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
+
+
+class MLP(nn.Module):
+    """fc1 → activation → fc2."""
+
+    def __init__(self, dim: int, width: int, ops: Ops, act=_gelu_tanh):
+        super().__init__()
+        self.fc1 = ops.linear(dim, width)
+        self.fc2 = ops.linear(width, dim)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Modulation(nn.Module):
+    """A linear on SiLU(vec) giving `factor` float32 vectors [B, D] (the SiLU is taken once per call, outside)."""
+
+    def __init__(self, hidden: int, factor: int, ops: Ops):
+        super().__init__()
+        self.factor = factor
+        self.linear = ops.linear(hidden, factor * hidden)
+
+    def forward(self, vec_act: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(vec_act).float().chunk(self.factor, dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Float32 [cos | sin] sinusoid of a value (0..1000 timesteps, or guidance × 1000) → Linear → SiLU → Linear."""
+
+    def __init__(self, hidden: int, freq_dim: int):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        e = timestep_sinusoid(t, self.freq_dim, dtype=torch.float32)
+        return _linear_fp32(self.mlp[2], F.silu(_linear_fp32(self.mlp[0], e)))
+
+
+class SiluMLP(nn.Module):
+    """Linear → SiLU → Linear in float32, its layers named as in the official checkpoints (vector_in's
+    in_layer / out_layer, the refiner's c_embedder linear_1 / linear_2)."""
+
+    def __init__(self, in_dim: int, hidden: int, names: tuple[str, str] = ("in_layer", "out_layer")):
+        super().__init__()
+        self.names = names
+        setattr(self, names[0], nn.Linear(in_dim, hidden))
+        setattr(self, names[1], nn.Linear(hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = (getattr(self, name) for name in self.names)
+        return _linear_fp32(second, F.silu(_linear_fp32(first, x)))
+
+
+# ----------------------------------------------------------------------------------------- token refiner
+class RefinerBlock(nn.Module):
+    """Self-attention and a SiLU MLP over the text tokens, gated by the refiner's conditioning vector."""
+
+    def __init__(self, cfg: HunyuanConfig):
+        super().__init__()
+        d = cfg.hidden
+        self.heads, self.eps = cfg.refiner_heads, cfg.eps
+        self.norm1 = nn.LayerNorm(d, eps=cfg.eps)
+        self.self_attn_qkv = nn.Linear(d, 3 * d)
+        self.self_attn_proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.eps)
+        self.mlp = MLP(d, cfg.refiner_mlp_width, PLAIN, act=F.silu)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+
+    def forward(self, x: torch.Tensor, c_act: torch.Tensor, mask: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+        gate_attn, gate_mlp = _linear_fp32(self.adaLN_modulation[1], c_act).chunk(2, dim=-1)
+        h = _layer_norm(x, self.eps, self.norm1).to(dtype)
+        q, k, v = self.self_attn_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)
+        # a short masked call once per model call: SDPA, as the official refiner, whatever the blocks' backend
+        x = x + self.self_attn_proj(attention(q, k, v, mask=mask)).float() * gate_attn.unsqueeze(1)
+        h = _layer_norm(x, self.eps, self.norm2).to(dtype)
+        return x + self.mlp(h).float() * gate_mlp.unsqueeze(1)
+
+
+class TokenRefiner(nn.Module):
+    """`txt_in`: text states → model width, refined by a few blocks conditioned on the timestep and the mean of
+    the valid text states."""
+
+    def __init__(self, cfg: HunyuanConfig):
+        super().__init__()
+        self.input_embedder = nn.Linear(cfg.text_dim, cfg.hidden)
+        self.t_embedder = TimestepEmbedder(cfg.hidden, cfg.freq_dim)
+        self.c_embedder = SiluMLP(cfg.text_dim, cfg.hidden, ("linear_1", "linear_2"))
+        self.individual_token_refiner = nn.ModuleDict(
+            {"blocks": nn.ModuleList(RefinerBlock(cfg) for _ in range(cfg.refiner_blocks))})
+
+    def forward(self, text: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None,
+                dtype: torch.dtype) -> torch.Tensor:
+        """text [B, L, text_dim] with valid tokens first; valid [B, L] bool or None (all valid) → [B, L, D] f32."""
+        weights = torch.ones(text.shape[:2], device=text.device) if valid is None else valid.float()
+        weights = weights.unsqueeze(-1)
+        pooled = (text.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        c_act = F.silu(self.t_embedder(t) + self.c_embedder(pooled))
+        mask = None
+        if valid is not None:
+            mask = valid.clone()
+            mask[:, :1] = True  # as the official mask: a sample without valid tokens must not attend to nothing
+            mask = mask[:, None, None, :]
+        x = self.input_embedder(text.to(dtype)).float()
+        for block in self.individual_token_refiner["blocks"]:
+            x = block(x, c_act, mask, dtype)
+        return x
+
+
+# ----------------------------------------------------------------------------------------- blocks
+class DoubleStreamBlock(nn.Module):
+    """Image and text tokens, each with its own modulation, q/k/v, projection and MLP, attend jointly. The stream
+    it takes and returns is [image tokens; text tokens] (float32)."""
+
+    def __init__(self, cfg: HunyuanConfig, ops: Ops):
+        super().__init__()
+        d, hd = cfg.hidden, cfg.head_dim
+        self.heads, self.eps = cfg.heads, cfg.eps
+        self.img_mod = Modulation(d, 6, ops)
+        self.img_attn_qkv = ops.linear(d, 3 * d)
+        self.img_attn_q_norm = HeadRMSNorm(hd, cfg.eps)
+        self.img_attn_k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.img_attn_proj = ops.linear(d, d)
+        self.img_mlp = MLP(d, cfg.mlp_width, ops)
+        self.txt_mod = Modulation(d, 6, ops)
+        self.txt_attn_qkv = ops.linear(d, 3 * d)
+        self.txt_attn_q_norm = HeadRMSNorm(hd, cfg.eps)
+        self.txt_attn_k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.txt_attn_proj = ops.linear(d, d)
+        self.txt_mlp = MLP(d, cfg.mlp_width, ops)
+
+    def _qkv(self, x: torch.Tensor, mod, qkv: nn.Module, q_norm: nn.Module, k_norm: nn.Module, dtype: torch.dtype):
+        h = _modulate(_layer_norm(x, self.eps), mod[0], mod[1]).to(dtype)
+        q, k, v = qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)
+        return q_norm(q), k_norm(k), v
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor, mod, proj: nn.Module, mlp: nn.Module,
+                dtype: torch.dtype) -> torch.Tensor:
+        x = x + proj(attn).float() * mod[2].unsqueeze(1)
+        h = _modulate(_layer_norm(x, self.eps), mod[3], mod[4]).to(dtype)
+        return x + mlp(h).float() * mod[5].unsqueeze(1)
+
+    def _attention(self, img: torch.Tensor, txt: torch.Tensor, img_mod, txt_mod, inp: StepInputs) -> torch.Tensor:
+        """Joint attention over [image; text] (a method of its own, so its q/k/v die on return)."""
+        iq, ik, iv = self._qkv(img, img_mod, self.img_attn_qkv, self.img_attn_q_norm, self.img_attn_k_norm,
+                               inp.dtype)
+        tq, tk, tv = self._qkv(txt, txt_mod, self.txt_attn_qkv, self.txt_attn_q_norm, self.txt_attn_k_norm,
+                               inp.dtype)
+        q = apply_rope_interleaved(torch.cat([iq, tq], 1), *inp.rope)
+        k = apply_rope_interleaved(torch.cat([ik, tk], 1), *inp.rope)
+        return attention(q, k, torch.cat([iv, tv], 1), mask=inp.mask, backend=inp.backend)
+
+    def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        n = inp.img_tokens
+        img, txt = x[:, :n], x[:, n:]
+        img_mod, txt_mod = self.img_mod(inp.vec), self.txt_mod(inp.vec)
+        attn = self._attention(img, txt, img_mod, txt_mod, inp)
+        img = self._finish(img, attn[:, :n], img_mod, self.img_attn_proj, self.img_mlp, inp.dtype)
+        txt = self._finish(txt, attn[:, n:], txt_mod, self.txt_attn_proj, self.txt_mlp, inp.dtype)
+        return torch.cat([img, txt], 1)
+
+
+class SingleStreamBlock(nn.Module):
+    """One stream over [image; text]: `linear1` gives q, k, v and the MLP input in one product, `linear2` takes
+    the attention output and the activated MLP hidden state together."""
+
+    def __init__(self, cfg: HunyuanConfig, ops: Ops):
+        super().__init__()
+        d, hd = cfg.hidden, cfg.head_dim
+        self.heads, self.eps, self.hidden, self.mlp_width = cfg.heads, cfg.eps, d, cfg.mlp_width
+        self.linear1 = ops.linear(d, 3 * d + cfg.mlp_width)
+        self.linear2 = ops.linear(d + cfg.mlp_width, d)
+        self.q_norm = HeadRMSNorm(hd, cfg.eps)
+        self.k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.modulation = Modulation(d, 3, ops)
+
+    def _attention_and_mlp(self, h: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        """[attention output, activated MLP hidden state] of the modulated input `h`, joined for `linear2` (a
+        method of its own, so the large `linear1` output dies on return)."""
+        qkv, mlp = self.linear1(h).split([3 * self.hidden, self.mlp_width], dim=-1)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).unbind(2)
+        attn = attention(apply_rope_interleaved(self.q_norm(q), *inp.rope),
+                         apply_rope_interleaved(self.k_norm(k), *inp.rope), v, mask=inp.mask, backend=inp.backend)
+        return torch.cat([attn, _gelu_tanh(mlp)], dim=-1)
+
+    def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        shift, scale, gate = self.modulation(inp.vec)
+        joined = self._attention_and_mlp(_modulate(_layer_norm(x, self.eps), shift, scale).to(inp.dtype), inp)
+        return x + self.linear2(joined).float() * gate.unsqueeze(1)
+
+
+class FinalLayer(nn.Module):
+    """Layer norm, modulated by [shift, scale] from the conditioning vector, then the linear to patch pixels."""
+
+    def __init__(self, cfg: HunyuanConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.linear = nn.Linear(cfg.hidden, math.prod(cfg.patch_size) * cfg.out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.hidden, 2 * cfg.hidden))
+
+    def forward(self, x: torch.Tensor, vec_act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        shift, scale = _linear_fp32(self.adaLN_modulation[1], vec_act).chunk(2, dim=-1)
+        return self.linear(_modulate(_layer_norm(x, self.eps), shift, scale).to(dtype))
+
+
+# ----------------------------------------------------------------------------------------- the network
+class HunyuanDiT(WrappedModel):
+    """Block lists "double_blocks" then "single_blocks", both carrying the float32 stream [image; text]; the
+    token refiner and the time / pooled-text / guidance embedders run once per call (block swap may keep them in
+    host memory). `ops` builds the block linears (see models/common/ops.py)."""
+
+    block_lists = ("double_blocks", "single_blocks")
+    embedders = ("txt_in", "time_in", "vector_in", "guidance_in")
+
+    def __init__(self, cfg: HunyuanConfig, ops: Ops = PLAIN):
+        super().__init__()
+        self.cfg = cfg
+        self.compute_dtype = torch.float32
+        self.attention_backend = "sdpa"
+        self.img_in = nn.ModuleDict(
+            {"proj": nn.Conv3d(cfg.in_channels, cfg.hidden, kernel_size=cfg.patch_size, stride=cfg.patch_size)})
+        self.txt_in = TokenRefiner(cfg)
+        self.time_in = TimestepEmbedder(cfg.hidden, cfg.freq_dim)
+        self.vector_in = SiluMLP(cfg.pooled_dim, cfg.hidden)
+        if cfg.guidance_embed:  # absent otherwise (block swap skips embedders a model lacks)
+            self.guidance_in = TimestepEmbedder(cfg.hidden, cfg.freq_dim)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(cfg, ops) for _ in range(cfg.double_blocks))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(cfg, ops) for _ in range(cfg.single_blocks))
+        self.final_layer = FinalLayer(cfg)
+
+    # ------------------------------------------------------------------------------ inputs
+    def _check(self, x: torch.Tensor, context: torch.Tensor, context_mask, pooled) -> None:
+        cfg = self.cfg
+        if x.dim() != 5 or x.shape[1] != cfg.in_channels:
+            raise InputError(f"the latent (with any image conditioning) has shape {tuple(x.shape)} but this model "
+                             f"takes [batch, {cfg.in_channels}, frames, height, width]",
+                             "use the latent and conditioning nodes made for this model")
+        b, _, f, h, w = x.shape
+        if any(n % p for n, p in zip((f, h, w), cfg.patch_size)):
+            raise InputError(f"latent size {f}×{h}×{w} is not a multiple of the patch size {cfg.patch_size}",
+                             "choose a width and height that are multiples of 16")
+        if context.dim() != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
+            raise InputError(f"text embeddings of shape {tuple(context.shape)} do not fit this model, which takes "
+                             f"[{b}, tokens, {cfg.text_dim}]", "encode the prompt with the LLaVA-Llama-3 text encoder")
+        if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
+            raise InputError(f"the text mask has shape {tuple(context_mask.shape)} but the text embeddings "
+                             f"{tuple(context.shape)}", "pass one mask entry per text token")
+        if pooled is None or tuple(pooled.shape) != (b, cfg.pooled_dim):
+            got = "none" if pooled is None else f"shape {tuple(pooled.shape)}"
+            raise InputError(f"HunyuanVideo needs CLIP-L pooled text vectors [{b}, {cfg.pooled_dim}], got {got}",
+                             "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of OpenReel Text Encode")
+
+    @staticmethod
+    def _per_sample(value, batch: int, device: torch.device, what: str) -> torch.Tensor:
+        v = torch.as_tensor(value, device=device).float()
+        if v.dim() == 0 or (v.dim() == 1 and v.shape[0] == 1):
+            return v.reshape(1).expand(batch)
+        if v.dim() != 1 or v.shape[0] != batch:
+            raise InputError(f"{what} of shape {tuple(v.shape)} do not match a batch of {batch}",
+                             f"pass one {what.rstrip('s')} per sample")
+        return v
+
+    def _guidance(self, guidance, batch: int, device: torch.device) -> torch.Tensor | None:
+        if not self.cfg.guidance_embed:
+            if guidance is not None:
+                raise InputError("this HunyuanVideo model is not guidance-distilled (it has no guidance_in), so it "
+                                 "takes no embedded guidance", "leave embedded guidance out; use the sampler's cfg")
+            return None
+        if guidance is None:
+            raise InputError("this guidance-distilled HunyuanVideo model needs an embedded guidance scale",
+                             "pass guidance (the official value is 6.0)")
+        return self._per_sample(guidance, batch, device, "guidance scales")
+
+    @staticmethod
+    def _compact_text(context: torch.Tensor, mask: torch.Tensor | None):
+        """Each sample's valid tokens first (in order), trimmed to the longest valid count: (text, valid [B, L]
+        bool or None when every sample has that many)."""
+        if mask is None:
+            return context, None
+        valid = mask.to(context.device).bool()
+        counts = valid.sum(1)
+        longest = int(counts.max()) if counts.numel() else 0
+        order = torch.sort((~valid).to(torch.int16), dim=1, stable=True).indices[:, :longest]
+        context = context.gather(1, order.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
+        if bool((counts == longest).all()):
+            return context, None
+        return context, torch.arange(longest, device=context.device) < counts.unsqueeze(1)
+
+    def _rope(self, grid: tuple[int, int, int], text_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens rotate by their (t, h, w) position; text tokens by 0, so a single table serves both."""
+        angles = axial_rope_angles(grid, self.cfg.rope_axes, self.cfg.rope_theta, device=device)
+        return rope_cos_sin(torch.cat([angles, angles.new_zeros(text_tokens, angles.shape[1])]))
+
+    # ------------------------------------------------------------------------------ forward
+    def compute(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
+                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+                guidance: float | torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the flow velocity for latents `x` [B, C, F, H, W] at timesteps `t` [B] (0..1000).
+
+        `context` [B, L, text_dim] LLaVA text states with `context_mask` [B, L] (1 = real token; None: all real);
+        `pooled` [B, pooled_dim] CLIP-L pooled vectors; `guidance` the embedded guidance scale (a float or [B]; the
+        network embeds scale × 1000), required by guidance-distilled models; `y` [B, C_y, F, H, W] concatenated
+        to `x` on channels. Returns float32 [B, out_channels, F, H, W].
+        """
+        cfg, dtype = self.cfg, self.compute_dtype
+        if y is not None:
+            x = torch.cat([x, y.to(x.device, x.dtype)], dim=1)
+        context = context.to(x.device)
+        self._check(x, context, context_mask, pooled)
+        b, _, f, h, w = x.shape
+        pt, ph, pw = cfg.patch_size
+        grid = (f // pt, h // ph, w // pw)
+        tokens = math.prod(grid)
+        t = self._per_sample(t, b, x.device, "timesteps")
+        g = self._guidance(guidance, b, x.device)
+
+        vec = self.time_in(t) + self.vector_in(pooled.to(x.device))
+        if g is not None:
+            vec = vec + self.guidance_in(g * 1000.0)
+        vec_act = F.silu(vec)
+
+        text, valid = self._compact_text(context, context_mask)
+        txt = self.txt_in(text, t, valid, dtype)
+        img = self.img_in["proj"](x.to(dtype)).flatten(2).transpose(1, 2).float()
+        mask = None
+        if valid is not None:
+            mask = torch.cat([valid.new_ones(b, tokens), valid], dim=1)[:, None, None, :]
+        inp = StepInputs(vec_act.to(dtype), tokens, self._rope(grid, txt.shape[1], x.device), mask,
+                         self.attention_backend, dtype)
+        stream = self.run_blocks("double_blocks", torch.cat([img, txt], dim=1), inp)
+        stream = self.run_blocks("single_blocks", stream, inp)
+        out = self.final_layer(stream[:, :tokens], vec_act, dtype).float()
+        return self.unpatchify(out, grid)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, L, C·pt·ph·pw] (channel-major within a token, unlike Wan) → [B, C, F, H, W]."""
+        pt, ph, pw = self.cfg.patch_size
+        c, b = self.cfg.out_channels, x.shape[0]
+        x = x.view(b, *grid, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return x.reshape(b, c, grid[0] * pt, grid[1] * ph, grid[2] * pw)
+
+
+# Parameters kept in float32 (norms, the small embedders, the final and refiner modulation); the block linears'
+# storage is the ops' choice, and the rest is stored in the compute dtype.
+FP32_PARAMS = (r".*(norm|adaLN_modulation).*"
+               r"|(time_in|vector_in|guidance_in|txt_in\.t_embedder|txt_in\.c_embedder)\..*")
