@@ -284,9 +284,9 @@ def _fp8_map_scales(weights: Path, infos: dict) -> tuple[dict, dict]:
     if not scale_file.exists():
         raise CheckpointError(f"{weights.name} holds fp8 weights whose scales are in {scale_file.name}, which is not "
                               f"beside it", f"download {scale_file.name} into {weights.parent}")
-    scales, _ = _open_pickle(scale_file)
-    return ({f"{layer}.scale_weight": info for layer, info in scales.items()},
-            {f"{layer}.scale_weight": reader for layer, reader in scales.items()})
+    infos, readers = _open_pickle(scale_file)
+    return ({f"{layer}.scale_weight": info for layer, info in infos.items()},
+            {f"{layer}.scale_weight": reader for layer, reader in readers.items()})
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
