@@ -59,10 +59,13 @@ _ENCODER_DTYPE_TOOLTIP = ("Storage of the encoder's large weights. auto: fp8 fil
 
 
 class OpenReelTextEncoderLoader(OpenReelNode):
-    """Loads the umT5-XXL text encoder Wan and SkyReels-V2 use, from models/text_encoders: the official
-    models_t5_umt5-xxl-enc-bf16.pth, ComfyUI's umt5_xxl files (bf16, fp8_e4m3fn, fp8_e4m3fn_scaled) or an HF folder.
-    The tokenizer comes from the file itself (ComfyUI's files carry it), from beside it, or from
-    models/text_encoders/tokenizers/umt5-xxl/."""
+    """Loads a text encoder from models/text_encoders; what it is comes from the weights.
+    Wan and SkyReels-V2: umT5-XXL (the official models_t5_umt5-xxl-enc-bf16.pth, ComfyUI's umt5_xxl files, an HF
+    folder). HunyuanVideo: the Llama encoder (ComfyUI's llava_llama3_fp16 / fp8_scaled, the official or diffusers
+    text_encoder folder, the LLaVA folder) and CLIP-L (clip_l.safetensors or a CLIP folder); load both and connect
+    them to one Text Encode. The tokenizer comes from the file itself (ComfyUI's umT5 files carry it), from beside
+    it, from models/text_encoders/tokenizers/<umt5-xxl | llava-llama-3-8b | clip-vit-large-patch14>/, or from
+    ComfyUI's own copy."""
 
     MODEL_FOLDER = "text_encoders"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelTextEncoderLoader"
@@ -75,7 +78,9 @@ class OpenReelTextEncoderLoader(OpenReelNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (_model_choices("text_encoders"), {"tooltip": "umT5-XXL weights in models/text_encoders."}),
+            "model_name": (_model_choices("text_encoders"), {
+                "tooltip": "Text encoder weights in models/text_encoders: umT5-XXL (Wan, SkyReels-V2), llava_llama3 "
+                           "or clip_l (HunyuanVideo)."}),
             "dtype": (list(ENCODER_DTYPE_CHOICES), {"default": "auto", "tooltip": _ENCODER_DTYPE_TOOLTIP}),
         }}
 
