@@ -87,7 +87,7 @@ def check_encoders(handle: TextEncoderHandle, handle_2: TextEncoderHandle | None
                          f"text_encoder_2 is connected", "leave text_encoder_2 empty for Wan and SkyReels-V2")
     if recipe.partner and (handle_2 is None or handle_2.spec.kind != recipe.partner):
         found = "empty" if handle_2 is None else handle_2.spec.description
-        raise InputError(f"text_encoder is {handle.spec.description} (HunyuanVideo), which needs CLIP-L as "
+        raise InputError(f"text_encoder is {handle.spec.description}, which HunyuanVideo pairs with CLIP-L as "
                          f"text_encoder_2 for the pooled vector; text_encoder_2 is {found}",
                          "load clip_l.safetensors with OpenReel Text Encoder Loader and connect it to "
                          "text_encoder_2")

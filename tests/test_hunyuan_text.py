@@ -36,7 +36,7 @@ from openreel.model_loaders.inspect import inspect_path
 from openreel.model_loaders.text_encoder import load_text_encoder
 from openreel.models.text.clip_text import CLIPTextEncoder, CLIPTextSpec
 from openreel.models.text.llama import TEMPLATE_TOKENS, VIDEO_TEMPLATE, LlamaSpec, LlamaTextEncoder
-from openreel.models.text.tokenizer import clip_bpe_tokenizer, find_tokenizer, load_tokenizer
+from openreel.models.text.tokenizer import find_tokenizer, load_tokenizer
 from openreel.models.text.umt5 import UMT5Spec
 from openreel.nodes.encode import OpenReelTextEncode
 
@@ -532,7 +532,7 @@ def _handle(spec) -> TextEncoderHandle:
 
 @pytest.mark.parametrize("first, second, what, todo", [
     (UMT5Spec(), CLIPTextSpec(), "takes no second encoder", "leave text_encoder_2 empty"),
-    (LlamaSpec(), None, "needs CLIP-L as text_encoder_2 for the pooled vector; text_encoder_2 is empty",
+    (LlamaSpec(), None, "pairs with CLIP-L as text_encoder_2 for the pooled vector; text_encoder_2 is empty",
      "clip_l.safetensors"),
     (LlamaSpec(), UMT5Spec(), "text_encoder_2 is umT5-XXL", "connect it to text_encoder_2"),
     (LlamaSpec(), LlamaSpec(), "text_encoder_2 is LLaVA-Llama-3-8B", "clip_l.safetensors"),
