@@ -2,9 +2,13 @@
 running a per-tile step over a video (streamed chunk by chunk, or one tile at a time through every chunk).
 
 Positions are in cells of the tiled grid (latent cells); a cell is `scale` elements of a step's input or output.
-Overlapping outputs are blended with linear ramps across each overlap, normalized so that the weights at every
-position sum to one. Two ramp styles exist: `centred` samples the ramp at element centres (Wan), the other at
-element starts, so a tile's first overlapping element has weight 0 (the official HunyuanVideo / diffusers tiling).
+Overlapping outputs are blended with linear ramps across each overlap, as weights that sum to one everywhere, in
+one of two styles:
+- CENTRED (Wan): ramps sampled at element centres; a tile's weight is its row weight × its column weight.
+- SEQUENTIAL (the official HunyuanVideo and diffusers tiling): ramps sampled at element starts, so a tile's first
+  overlapping element has weight 0, and the weights the official loop produces by blending each tile in place
+  with the (already blended) tile above, then with the one to its left: where four tiles meet, the upper pair is
+  blended across with the later tile's column ramp squared.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 Span = tuple[int, int]                 # [start, end)
 Tiles = list[tuple[Span, Span]]        # (rows, columns) ranges in cells: a full grid, rows × columns
 Step = Callable[[torch.Tensor, dict], torch.Tensor]  # (input crop, the tile's causal cache) → output
+CENTRED, SEQUENTIAL = "centred", "sequential"
 
 
 def spread_spans(size: int, tile: int, overlap: int) -> list[Span]:
@@ -31,40 +36,61 @@ def strided_spans(size: int, tile: int, stride: int) -> list[Span]:
     return [(s, min(s + tile, size)) for s in range(0, size, stride)]
 
 
-def ramp(start: int, end: int, size: int, width: int, centred: bool = True) -> torch.Tensor:
-    """Weights over [start, end): rising linearly over `width` from each side that is not a border of [0, size)."""
+def ramp(start: int, end: int, width: int, rise: bool, fall: bool, centred: bool = True) -> torch.Tensor:
+    """Weights over [start, end): rising linearly over `width` from the start (`rise`) and falling towards the
+    end (`fall`), the sides where a neighbouring range overlaps."""
     p = torch.arange(start, end, dtype=torch.float32) + (0.5 if centred else 0.0)
     w = torch.ones(end - start)
-    if start > 0:
+    if rise:
         w = torch.minimum(w, (p - start) / width)
-    if end < size:
+    if fall:
         w = torch.minimum(w, (end - p) / width)
     return w
 
 
 def ramp_weights(spans: list[Span], size: int, width: int, centred: bool = True) -> list[torch.Tensor]:
-    """Each span's ramp divided by the sum of all ramps at each position: weights that sum to one along [0, size)."""
-    ramps = [ramp(s, e, size, max(width, 1), centred) for s, e in spans]
+    """Weights for ranges in increasing order that cover [0, size): each range's ramp (rising unless it is the
+    first, falling unless it is the last) divided by the sum of all ramps, so that they sum to one everywhere."""
+    last = len(spans) - 1
+    ramps = [ramp(s, e, max(width, 1), i > 0, i < last, centred) for i, (s, e) in enumerate(spans)]
     total = torch.zeros(size)
     for (s, e), r in zip(spans, ramps):
         total[s:e] += r
     return [r / total[s:e] for (s, e), r in zip(spans, ramps)]
 
 
-def blend(tiles: Tiles, overlap: int, scale: int, device: torch.device, centred: bool = True):
-    """Output regions of the tiles (a cell is `scale` output elements) and their 2D blending weights (`overlap`
-    cells wide ramps, normalized per axis, so the weights at every position sum to one)."""
-    axes = []
-    for axis in (0, 1):
-        spans = sorted({tile[axis] for tile in tiles})
-        size = max(e for _, e in spans) * scale
-        scaled = [(s * scale, e * scale) for s, e in spans]
-        axes.append(dict(zip(spans, zip(scaled, ramp_weights(scaled, size, overlap * scale, centred)))))
+def _axis(spans: list[Span], scale: int, width: int, style: str) -> dict[Span, tuple]:
+    """Per span of one axis: (its scaled range as a slice, its weight, and for SEQUENTIAL blending the part of that
+    weight inside its overlap with the next span, and the weight with the later span's ramp squared in every
+    overlap); None for what CENTRED blending does not use."""
+    scaled = [(s * scale, e * scale) for s, e in spans]
+    weights = ramp_weights(scaled, scaled[-1][1], width, centred=style == CENTRED)
+    found = {}
+    for k, (span, (s, e), w) in enumerate(zip(spans, scaled, weights)):
+        inside = squared = None
+        if style == SEQUENTIAL:
+            cut = (scaled[k + 1][0] if k + 1 < len(spans) else e) - s  # where the next span's overlap begins
+            inside, squared = torch.zeros_like(w), w * w
+            inside[cut:] = w[cut:]
+            if k + 1 < len(spans):
+                squared[cut:] = 1 - weights[k + 1][:e - s - cut] ** 2
+        found[span] = (slice(s, e), w, inside, squared)
+    return found
+
+
+def blend(tiles: Tiles, overlap: int, scale: int, device: torch.device, style: str = CENTRED):
+    """Output regions of the tiles of a full grid (a cell is `scale` output elements) and their 2D blending
+    weights, from ramps `overlap` cells wide in `style`."""
+    rows = _axis(sorted({r for r, _ in tiles}), scale, overlap * scale, style)
+    cols = _axis(sorted({c for _, c in tiles}), scale, overlap * scale, style)
     regions, weights = [], []
-    for rows, cols in tiles:
-        (rh, wh), (rw, ww) = axes[0][rows], axes[1][cols]
-        regions.append((slice(*rh), slice(*rw)))
-        weights.append((wh[:, None] * ww[None]).to(device))
+    for r, c in tiles:
+        (rh, row, row_inside, _), (rw, col, _, col_squared) = rows[r], cols[c]
+        regions.append((rh, rw))
+        weight = row[:, None] * col[None]
+        if style == SEQUENTIAL:  # inside the overlap with the tile below, columns blend with squared ramps
+            weight += row_inside[:, None] * (col_squared - col)[None]
+        weights.append(weight.to(device))
     return regions, weights
 
 
@@ -74,7 +100,7 @@ def crop(x: torch.Tensor, t0: int, t1: int, tile: tuple[Span, Span], scale: int)
 
 
 def stream(step: Step, x: torch.Tensor, chunks: list[Span], tiles: Tiles, overlap: int, scale_in: int,
-           scale_out: int, device: torch.device, centred: bool = True) -> Iterator[torch.Tensor]:
+           scale_out: int, device: torch.device, style: str = CENTRED) -> Iterator[torch.Tensor]:
     """Run `step(x_chunk, cache)` over the temporal chunks of `x`, yielding one blended output per chunk.
 
     A cell of a tile is `scale_in` elements of `x` and `scale_out` of the output. Every tile keeps its own causal
@@ -85,7 +111,7 @@ def stream(step: Step, x: torch.Tensor, chunks: list[Span], tiles: Tiles, overla
         for t0, t1 in chunks:
             yield step(x[:, :, t0:t1], caches[0])
         return
-    regions, weights = blend(tiles, overlap, scale_out, device, centred)
+    regions, weights = blend(tiles, overlap, scale_out, device, style)
     for t0, t1 in chunks:
         out = None
         for tile, (rh, rw), weight, cache in zip(tiles, regions, weights, caches):
@@ -97,12 +123,12 @@ def stream(step: Step, x: torch.Tensor, chunks: list[Span], tiles: Tiles, overla
 
 
 def tile_by_tile(step: Step, x: torch.Tensor, chunks: list[Span], tiles: Tiles, overlap: int, scale_in: int,
-                 scale_out: int, device: torch.device, frames_out: int, centred: bool = True) -> torch.Tensor:
+                 scale_out: int, device: torch.device, frames_out: int, style: str = CENTRED) -> torch.Tensor:
     """What `stream` yields, as one float32 tensor of `frames_out` frames, computed one tile at a time through
     all chunks, so that only one tile's cache is alive. Equal to `stream` (same sums, in the same order)."""
     if len(tiles) == 1 and len(chunks) == 1:  # nothing to blend or join
         return step(x[:, :, chunks[0][0]:chunks[0][1]], {}).float()
-    regions, weights = blend(tiles, overlap, scale_out, device, centred)
+    regions, weights = blend(tiles, overlap, scale_out, device, style)
     out = None
     for tile, (rh, rw), weight in zip(tiles, regions, weights):
         cache, at = {}, 0
