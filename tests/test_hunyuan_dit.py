@@ -298,6 +298,16 @@ def test_image_to_video_variants_are_refused_by_name(channels, message):
         describe(header(HunyuanConfig(in_channels=channels)))
 
 
+@pytest.mark.parametrize("extra, name", [("vision_in.proj.0.bias", "HunyuanVideo 1.5"),
+                                         ("byt5_in.fc1.weight", "HunyuanImage 2.1")])
+def test_later_models_on_this_architecture_are_named(extra, name):
+    ckpt = header(HunyuanConfig(in_channels=65))
+    ckpt = Checkpoint(ckpt.files, {**{k: ckpt.info(k) for k in ckpt.keys()}, extra: TensorInfo((8,), torch.float32)},
+                      {})
+    with pytest.raises(DetectionError, match=f"is a {name} model, which OpenReel does not support yet"):
+        describe(ckpt)
+
+
 def test_diffusers_token_replace_i2v_is_refused():
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in HunyuanVideoTransformer3DModel(

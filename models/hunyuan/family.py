@@ -10,7 +10,8 @@ Variants: text-to-video, guidance-distilled (HYVideo-T/2-cfgdistill, the release
 or not (HYVideo-T/2: classifier-free guidance). SkyReels-V1 T2V and the 16-channel "token replace" HunyuanVideo-I2V
 have the same shapes as the distilled T2V model and cannot be told from it by their weights. The 33-channel
 HunyuanVideo-I2V (image latent and mask concatenated) and SkyReels-V1 Hunyuan I2V (32 channels) are recognized
-and refused: OpenReel does not run them yet.
+and refused: OpenReel does not run them yet, nor HunyuanVideo 1.5 and HunyuanImage 2.1 (named by their extra
+embedders).
 """
 from __future__ import annotations
 
@@ -70,6 +71,12 @@ _DIFFUSERS_RULES = [(re.compile(a), b) for a, b in (
 )]
 
 _SIZES = {3072: "13B"}
+
+# Later models built on this architecture, by keys only they have (official and diffusers names).
+_UNSUPPORTED = (
+    (("vision_in.", "image_embedder."), "a HunyuanVideo 1.5 model"),
+    (("byt5_in.", "context_embedder_2."), "a HunyuanImage 2.1 model"),
+)
 
 
 def diffusers_to_official(key: str) -> str:
@@ -149,6 +156,9 @@ class HunyuanFamily(DiTFamily):
         return ckpt.combined(_diffusers_joins(ckpt)).renamed(diffusers_to_official)
 
     def describe(self, ckpt: Checkpoint) -> DiTSpec:
+        for markers, what in _UNSUPPORTED:
+            if any(k.startswith(markers) for k in ckpt.keys()):
+                raise DetectionError(f"{ckpt.name} is {what}, which OpenReel does not support yet", SUPPORTED)
         needed = ("img_in.proj.weight", "txt_in.input_embedder.weight", "vector_in.in_layer.weight",
                   "time_in.mlp.0.weight", "final_layer.linear.weight", "double_blocks.0.img_mlp.fc1.weight",
                   "txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")
