@@ -478,3 +478,19 @@ def test_regional_compile_gives_one_graph_per_block_kind():
     finally:
         patches.PATCHES["compile"].apply(model, None)
         torch._dynamo.reset()
+
+
+@torch.no_grad()
+def test_sampler_runs_it_with_batched_or_sequential_cfg_alike():
+    from openreel.samplers.flow import sample_flow
+    from openreel.samplers.schedules import linear_schedule
+    from openreel.samplers.session import Expert
+
+    spec = tiny_spec()
+    model = ours_from(diffusers_model().state_dict(), diffusers_config())
+    inputs_ = HUNYUAN.model_inputs(spec, embeds(), None, HUNYUAN.defaults(spec, False, 96, 64))
+    noise = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(4))
+    schedule = linear_schedule(3, 7.0, integer_timesteps=False)
+    runs = [sample_flow([Expert(model, 6.0, inputs_, HUNYUAN, spec)], schedule, "euler", noise, batch_cfg=batched)
+            for batched in (True, False)]
+    assert runs[0].isfinite().all() and rel_err(runs[0], runs[1]) < 1e-5
