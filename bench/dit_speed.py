@@ -82,7 +82,7 @@ def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: i
     r = measure(fn, repeats)
     out = fn().float()
     r.update(name=name, tokens=tokens, tflops=subject.flops(module.cfg, tokens) / r["seconds"] / 1e12,
-             storage=storage)
+             storage=storage, predicted_activation_gib=subject.predicted_activation(module.cfg, tokens) / 2**30)
     if reference is not None:
         r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
     if values.get("block_swap"):  # ten more runs: memory must not grow
@@ -144,7 +144,15 @@ def main() -> None:
                     if peer_name == "diffusers-compiled":  # diffusers' own regional compile, its fastest setting
                         peer.compile_repeated_blocks(fullgraph=True)
                     fn = lambda: peer(*peer_call[0], **peer_call[1])[0]  # noqa: E731
-                    r = measure(fn, args.repeats)
+                    try:
+                        r = measure(fn, args.repeats)
+                    except torch.cuda.OutOfMemoryError as exc:  # a finding, not a crash of the whole run
+                        r = {"name": peer_name, "res": res, "tokens": tokens, "error": f"out of memory: {exc}"[:300]}
+                        info["results"].append(r)
+                        print(f"{res} {tokens} tokens  {peer_name}: OUT OF MEMORY", flush=True)
+                        del peer, fn
+                        torch.cuda.empty_cache()
+                        continue
                     r.update(name=peer_name, res=res, tokens=tokens,
                              tflops=subject.flops(cfg, tokens) / r["seconds"] / 1e12)
                     if reference is not None:
@@ -169,6 +177,8 @@ def main() -> None:
 
 def _line(res: str, r: dict) -> str:
     extra = f"  vs bf16 {r['rel_diff_vs_bf16']:.1e}" if "rel_diff_vs_bf16" in r else ""
+    if "predicted_activation_gib" in r:
+        extra += f"  predicted activations {r['predicted_activation_gib']:.1f}"
     if "growth_over_10_runs_mib" in r:
         extra += f"  growth over 10 runs {r['growth_over_10_runs_mib']:.0f} MiB"
     return (f"{res} {r['tokens']} tokens  {r['name']:22s} {r['seconds']:7.3f} s  {r['tflops']:4.0f} TFLOP/s  "

@@ -103,6 +103,14 @@ class Wan:
         return ((x, t, context), {}), ((x, t, context), {"return_dict": False}), tokens
 
     @staticmethod
+    def predicted_activation(cfg, tokens: int) -> int:
+        from types import SimpleNamespace
+
+        from openreel.models.wan.family import WAN
+
+        return WAN.activation_bytes(SimpleNamespace(config=cfg), tokens)
+
+    @staticmethod
     def flops(cfg, tokens: int) -> float:
         """Blocks: GEMMs (self q,k,v,o; cross q,o + k,v on 512 text rows; FFN) and attention."""
         d, f, L = cfg.dim, cfg.ffn_dim, tokens
@@ -178,6 +186,14 @@ class Hunyuan:
         ours = ((x, t, context), {"context_mask": mask, "pooled": pooled, "guidance": 6.0})
         peer = ((x, t, context, mask, pooled), {"guidance": g, "return_dict": False})
         return ours, peer, tokens
+
+    @staticmethod
+    def predicted_activation(cfg, tokens: int) -> int:
+        from types import SimpleNamespace
+
+        from openreel.models.hunyuan.family import HUNYUAN
+
+        return HUNYUAN.activation_bytes(SimpleNamespace(config=cfg), tokens)
 
     @classmethod
     def flops(cls, cfg, tokens: int) -> float:
