@@ -12,18 +12,18 @@ from ..latents import DecodeWindows, LatentFormat, format_of, latent_format
 from ..model_loaders.core import module_of
 
 TILE_CHOICES = ("auto", "off", "512", "384", "256")
-_BYTES_PER_PIXEL = 12_000  # measured untiled decode peak on an H200: 11.0 GiB at 1280×720 (bf16), chunk by chunk
 
 
-def _tile_for(handle: VAEHandle, tiling: str, height: int, width: int, device: torch.device) -> int | None:
-    """Tile size in pixels (None: whole frames). "auto" tiles only when the whole frame would not fit."""
+def _tile_for(handle: VAEHandle, module, tiling: str, height: int, width: int, device: torch.device) -> int | None:
+    """Tile size in pixels (None: whole frames). "auto" tiles only when the whole frame would not fit, by the
+    VAE module's `bytes_per_pixel` (its peak working memory per pixel of a frame, 16-bit compute)."""
     if tiling == "off":
         return None
     if tiling != "auto":
         return int(tiling)
     if device.type != "cuda":
         return None
-    per_pixel = _BYTES_PER_PIXEL * (2 if handle.compute_dtype == "fp32" else 1)
+    per_pixel = module.bytes_per_pixel * (2 if handle.compute_dtype == "fp32" else 1)
     free = runtime.free_vram(device)
     if height * width * per_pixel * 1.2 <= free:
         return None
@@ -38,7 +38,7 @@ def encode_video(handle: VAEHandle, video: torch.Tensor, tiling: str = "auto") -
     module = module_of(handle)
     device = runtime.load_model(module)
     try:
-        tile = _tile_for(handle, tiling, video.shape[3], video.shape[4], device)
+        tile = _tile_for(handle, module, tiling, video.shape[3], video.shape[4], device)
         return module.encode(video, tile_size=tile).cpu()
     finally:
         runtime.offload_model(module)
@@ -51,7 +51,7 @@ def decode_pixels(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto")
     device = runtime.load_model(module)
     try:
         s = module.cfg.spatial_stride
-        tile = _tile_for(handle, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
+        tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
         return module.decode(latent, tile_size=tile).cpu()
     finally:
         runtime.offload_model(module)
@@ -64,7 +64,7 @@ def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") 
     device = runtime.load_model(module)
     try:
         s = module.cfg.spatial_stride
-        tile = _tile_for(handle, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
+        tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
         for b in range(latent.shape[0]):
             item = latent[b:b + 1]
             chunks = module.decode_iter(item) if tile is None else [module.decode(item, tile_size=tile)]

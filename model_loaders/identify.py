@@ -90,8 +90,6 @@ _OTHER_KINDS = (
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
     ("lora", "a LoRA", None, False,
      _any_fragment("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight")),
-    ("vae", "a HunyuanVideo VAE", "OpenReel runs Wan VAEs only for now; use a Wan2.1 or Wan2.2 VAE", False,
-     _any_fragment("decoder.conv_in.conv.weight")),
     ("vae", "an image VAE (Stable Diffusion / Flux family)", "use a Wan2.1 or Wan2.2 VAE", False,
      _any_fragment("decoder.up.0.block.0.")),
     ("vae", "a video VAE", None, False,
