@@ -461,26 +461,6 @@ def test_activation_estimate_scales_with_tokens_and_batch():
 
 
 @torch.no_grad()
-def test_regional_compile_gives_one_graph_per_block_kind():
-    from torch._dynamo.utils import counters
-
-    from openreel.speed.compile import CompileSettings
-
-    model = ours_from(diffusers_model().state_dict(), diffusers_config())
-    x, t, context, mask, pooled = inputs(1)
-    expected = model(x, t, context, context_mask=mask, pooled=pooled, guidance=6.0)
-    before = counters["stats"]["unique_graphs"]
-    patches.PATCHES["compile"].apply(model, CompileSettings(backend="eager"))
-    try:
-        got = model(x, t, context, context_mask=mask, pooled=pooled, guidance=6.0)
-        assert counters["stats"]["unique_graphs"] == before + 2   # double blocks share one, single blocks one
-        assert rel_err(got, expected) < 1e-6
-    finally:
-        patches.PATCHES["compile"].apply(model, None)
-        torch._dynamo.reset()
-
-
-@torch.no_grad()
 def test_sampler_runs_it_with_batched_or_sequential_cfg_alike():
     from openreel.samplers.flow import sample_flow
     from openreel.samplers.schedules import linear_schedule
