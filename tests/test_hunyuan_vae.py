@@ -234,6 +234,20 @@ def test_one_tile_covering_the_frame_is_the_untiled_run():
     assert torch.equal(ours.decode(z, tile_size=512), ours.decode(z))
 
 
+def test_large_tensors_run_in_slabs(monkeypatch):
+    # On CUDA one convolution must not take or make 2³¹ elements; past LARGEST, convs run in slabs of rows.
+    ours = randomize(HunyuanVAE(TINY))
+    x, z = frames(5, 32, 48), latent(2, 4, 6)
+    calls = []
+    monkeypatch.setattr(torch.nn.Conv3d, "forward",
+                        lambda self, x: calls.append(1) or self._conv_forward(x, self.weight, self.bias))
+    encoded, decoded = ours.encode(x), ours.decode(z)
+    whole = len(calls)
+    monkeypatch.setattr(hunyuan_vae, "LARGEST", 3000)
+    assert torch.allclose(ours.encode(x), encoded, atol=1e-6) and torch.allclose(ours.decode(z), decoded, atol=1e-6)
+    assert len(calls) - whole > 5 * whole  # most convs ran in several slabs
+
+
 # Receptive radius of a tile's cut border, measured by perturbing one column with GroupNorm frozen and attention off:
 # decoder 138 pixels (11 convs on the latent grid, 7 at 1/4 and 1/2 of the output size, 8 on it: 17.25 cells),
 # encoder 13.5 cells.

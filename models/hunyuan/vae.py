@@ -25,6 +25,10 @@ from ..common.tiling import SEQUENTIAL, Span, ramp_weights, strided_spans, tile_
 
 SCALING_FACTOR = 0.476986   # latent = posterior mean × this (no shift), HunyuanVideo's DiT space
 ATTENTION_SCORES = 1 << 28  # attention runs in query blocks of at most this many scores
+# Elements one convolution may take or make at once. CUDA's replicate padding refuses larger tensors and PyTorch
+# moves larger convolutions off cuDNN; a full-resolution window (65 frames × 256 channels) is that large from
+# about 360×360 pixels on, so padding here is done by copies and larger convolutions run in slabs of rows.
+LARGEST = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,49 @@ class HunyuanVAEConfig:
 
 
 # ----------------------------------------------------------------------------------------- layers
+def replicate_pad(x: torch.Tensor, front: int, side: int) -> torch.Tensor:
+    """[B, C, T, H, W] with its first frame repeated `front` times in front and its border rows and columns
+    repeated `side` times outside, by copies (no 32-bit index limit)."""
+    b, c, t, h, w = x.shape
+    out = x.new_empty(b, c, t + front, h + 2 * side, w + 2 * side)
+    inner = out[:, :, front:]
+    inner[:, :, :, side:side + h, side:side + w] = x
+    if side:
+        inner[:, :, :, :side, side:side + w] = x[:, :, :, :1]
+        inner[:, :, :, side + h:, side:side + w] = x[:, :, :, -1:]
+        inner[..., :side] = inner[..., side:side + 1]
+        inner[..., side + w:] = inner[..., side + w - 1:side + w]
+    if front:
+        out[:, :, :front] = out[:, :, front:front + 1]
+    return out
+
+
+def conv_in_slabs(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` (no padding of its own), in slabs of output rows when x or the output is larger than LARGEST."""
+    (kt, kh, kw), (st, sh, sw) = conv.kernel_size, conv.stride
+    b, _, t, h, w = x.shape
+    shape = (b, conv.out_channels, (t - kt) // st + 1, (h - kh) // sh + 1, (w - kw) // sw + 1)
+    row_out, row_in = shape[0] * shape[1] * shape[2] * shape[4], x.numel() // h
+    if x.numel() <= LARGEST and row_out * shape[3] <= LARGEST:
+        return conv(x)
+    rows = max(1, min(LARGEST // row_out, (LARGEST // row_in - kh) // sh + 1))
+    out = x.new_empty(shape)
+    for r0 in range(0, shape[3], rows):
+        r1 = min(r0 + rows, shape[3])
+        out[:, :, :, r0:r1] = conv(x[:, :, :, r0 * sh:(r1 - 1) * sh + kh])
+    return out
+
+
 class CausalConv3d(nn.Module):
     """A 3D convolution padded by replicating borders: kernel//2 on each side in space, kernel−1 frames in front."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride=1):
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, kernel, stride)
-        self.pad = (kernel // 2, kernel // 2, kernel // 2, kernel // 2, kernel - 1, 0)
+        self.pad = (kernel - 1, kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, self.pad, mode="replicate") if any(self.pad) else x)
+        return conv_in_slabs(self.conv, replicate_pad(x, *self.pad) if any(self.pad) else x)
 
 
 def _norm(groups: int, channels: int) -> nn.GroupNorm:
@@ -162,12 +199,14 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(dim, dim, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.time and x.shape[2] > 1:
-            frames = torch.arange(x.shape[2], device=x.device)
-            x = x.index_select(2, torch.cat([frames[:1], frames[1:].repeat_interleave(2)]))
-        if self.space:
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
-        return self.conv(x)
+        b, c, t, h, w = x.shape
+        ft, fs = 1 + self.time, 1 + self.space
+        up = x.new_empty(b, c, 1 + ft * (t - 1), fs * h, fs * w)  # nearest, by broadcast copies
+        up[:, :, :1].view(b, c, 1, 1, h, fs, w, fs).copy_(x[:, :, :1, None, :, None, :, None])
+        if t > 1:
+            up[:, :, 1:].view(b, c, t - 1, ft, h, fs, w, fs).copy_(x[:, :, 1:, None, :, None, :, None])
+        del x
+        return self.conv(up)
 
 
 class Stage(nn.Module):
