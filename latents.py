@@ -80,9 +80,9 @@ def latent_format(name: str) -> LatentFormat:
     return LATENT_FORMATS[name]
 
 
-def format_of(latent: dict) -> LatentFormat:
+def format_of(latent: dict, expected: str | None = None) -> LatentFormat:
     """The format of a LATENT: its tag, or for an untagged latent (a native ComfyUI node's) the one registered
-    format with its channel count."""
+    format with its channel count; where several share it, `expected` (the consumer's format) if it is one."""
     samples = latent.get("samples")
     if not isinstance(samples, torch.Tensor) or samples.dim() != 5:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
@@ -96,6 +96,8 @@ def format_of(latent: dict) -> LatentFormat:
                              "make the latent with an OpenReel latent node")
         return fmt
     matches = [f for f in LATENT_FORMATS.values() if f.channels == samples.shape[1]]
+    if len(matches) > 1:
+        matches = [f for f in matches if f.name == expected] or matches
     if len(matches) != 1:
         raise InputError(f"an untagged {samples.shape[1]}-channel latent matches "
                          f"{len(matches)} known formats", "make the latent with an OpenReel latent node")

@@ -101,7 +101,7 @@ def last_frames(handle: VAEHandle, latent: dict, count: int) -> torch.Tensor:
 
 def check_latent_for(vae: VAEHandle, latent: dict) -> LatentFormat:
     """The latent's format, when it is the one `vae` decodes; else a clear error."""
-    fmt, want = format_of(latent), latent_format(vae.latent_format)
+    fmt, want = format_of(latent, vae.latent_format), latent_format(vae.latent_format)
     if fmt.name != want.name:
         raise InputError(f"the latent has {latent['samples'].shape[1]} channels ({fmt.title}) but this VAE decodes "
                          f"{want.title} latents", "decode with the VAE of the model that made the latent (Wan2.2 VAE "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from openreel.errors import DetectionError, InputError
-from openreel.latents import empty_latent, latent_format, preview
+from openreel.latents import empty_latent, format_of, latent_format, preview
 from openreel.model_loaders.checkpoint import open_checkpoint
 from openreel.model_loaders.core import module_of
 from openreel.model_loaders.identify import identify
@@ -472,6 +472,13 @@ def test_latent_format():
     assert fmt.mean == (0.0,) * 16 and fmt.std == (1 / 0.476986,) * 16 and len(fmt.preview_factors) == 16
     assert empty_latent(fmt, 1280, 720, 129)["samples"].shape == (1, 16, 33, 90, 160)
     assert preview(torch.randn(1, 16, 3, 8, 12), fmt).size == (12, 8)  # one pixel per latent cell
+
+
+def test_untagged_16_channel_latents_take_the_consumers_format():
+    native = {"samples": torch.zeros(1, 16, 3, 4, 4)}  # a native ComfyUI node's latent: no tag
+    with pytest.raises(InputError, match="matches 2 known formats"):
+        format_of(native)
+    assert format_of(native, "hunyuan").name == "hunyuan" and format_of(native, "wan21").name == "wan21"
 
 
 def test_decode_video_streams_hunyuan_latents(tmp_path):
