@@ -250,13 +250,14 @@ class HunyuanFamily(DiTFamily):
 
     # ------------------------------------------------------------------ memory
     def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
-        """Derived from the single-stream block, the larger peak (D = hidden, W = MLP width, 16-bit compute): the
-        float32 stream (4D bytes per token), `linear1`'s output (2·(3D + W)), the attention output (2D), the
-        activated MLP state (2W) and the [attention, MLP] join for `linear2` (2·(D + W)) are alive together:
-        14D + 6W; 2D more for q/k and norm temporaries. Per token of the video plus 256 text tokens (the LLaVA
-        maximum). The double-stream block's peak is lower (about 12D + 4W). Not yet calibrated on a GPU."""
+        """Per token (image tokens plus the 256 LLaVA tokens at most), D = hidden, W = MLP width, 16-bit compute:
+        the single-stream block's peak, where the float32 stream and its successor, `linear1`'s output, float32
+        q/k under norm and RoPE, the attention output, the activated MLP state and the [attention, MLP] join for
+        `linear2` are alive together: 20·D + 7·W bytes. Calibrated on an H200 (bench/RESULTS.md, 13B, eager,
+        batch 1): measured 9.3 GiB at 67,320 tokens (544p × 129) and 16.4 GiB at 118,800 (720p × 129); this
+        gives 9.3 and 16.4 GiB (compiled runs need less: 7.4 and 13.0)."""
         cfg = spec.config
-        return batch * (tokens + 256) * (16 * cfg.hidden + 6 * cfg.mlp_width)
+        return batch * (tokens + 256) * (20 * cfg.hidden + 7 * cfg.mlp_width)
 
 
 def _classify(name: str, cfg: HunyuanConfig) -> DiTSpec:
