@@ -325,10 +325,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(tuple(files), infos, readers, config)
 
 
-def is_secondary_shard(name: str) -> bool:
-    """True for shard 2..N of a sharded set: model lists show only the first shard of each set."""
+def is_companion_file(name: str) -> bool:
+    """True for a file that is part of a checkpoint another file names: shard 2..N of a sharded set, or the scale
+    map of an official fp8 file. Model lists show only the file a user picks."""
     match = SHARD_PATTERN.match(Path(name).name)
-    return bool(match) and int(match["index"]) != 1
+    return (bool(match) and int(match["index"]) != 1) or _is_fp8_map(Path(name))
 
 
 def remapped(ckpt: Checkpoint, plan: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor] | None,

@@ -15,7 +15,7 @@ from .identify import expect
 
 WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_scaled", "fp8_e4m3fn_channel")
 COMPUTE_DTYPE_CHOICES = ("auto",) + tuple(COMPUTE_DTYPES)
-SUPPORTED = "supported: Wan2.1, Wan2.2, SkyReels-V2 (official, ComfyUI or diffusers layouts)"
+SUPPORTED = "supported: Wan2.1, Wan2.2, SkyReels-V2, HunyuanVideo T2V (official, ComfyUI or diffusers layouts)"
 
 
 def inspect_dit(path: str | Path) -> tuple[DiTFamily, Checkpoint, DiTHandle]:

@@ -39,7 +39,8 @@ def inspect_path(path: str | Path) -> list[str]:
     if found is None:
         sample = ", ".join(sorted(ckpt.keys())[:5])
         raise DetectionError(f"{ckpt.name} is no model file OpenReel knows (first keys: {sample})",
-                             "OpenReel reads Wan, SkyReels-V2, umT5, CLIP ViT-H/14 and Wan VAE files")
+                             "OpenReel reads Wan, SkyReels-V2 and HunyuanVideo DiTs, their VAEs, umT5, "
+                             "LLaVA-Llama-3 and CLIP-L text encoders, and CLIP ViT-H/14 vision files")
     lines = [f"{ckpt.name}: {found.what}"]
     if found.kind == "dit" and found.family is not None:
         spec = found.family.describe(found.family.normalize(ckpt))

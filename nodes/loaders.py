@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import runtime
-from ..model_loaders.checkpoint import is_secondary_shard
+from ..model_loaders.checkpoint import is_companion_file
 from ..model_loaders.dit import COMPUTE_DTYPE_CHOICES, WEIGHT_DTYPE_CHOICES, load_dit
 from ..model_loaders.clip_vision import load_clip_vision
 from ..model_loaders.text_encoder import DTYPE_CHOICES as ENCODER_DTYPE_CHOICES
@@ -13,13 +13,14 @@ from .common import OpenReelNode, mappings
 
 
 def _model_choices(kind: str) -> list[str]:
-    """Files of `kind`, listing a sharded checkpoint once (by its first shard)."""
-    return [name for name in runtime.list_models(kind) if not is_secondary_shard(name)]
+    """Files of `kind`, listing a sharded checkpoint once (by its first shard) and an official fp8 file without
+    its scale map."""
+    return [name for name in runtime.list_models(kind) if not is_companion_file(name)]
 
 
 class OpenReelDiTLoader(OpenReelNode):
-    """Loads a video diffusion transformer (Wan2.1, Wan2.2 experts and TI2V-5B, SkyReels-V2) from
-    models/diffusion_models. The model kind is detected from the weights, never the file name; single files,
+    """Loads a video diffusion transformer (Wan2.1, Wan2.2 experts and TI2V-5B, SkyReels-V2, HunyuanVideo T2V)
+    from models/diffusion_models. The model kind is detected from the weights, never the file name; single files,
     sharded sets (pick any shard), diffusers folders and ComfyUI fp8_scaled files all work."""
 
     MODEL_FOLDER = "diffusion_models"  # where model_name is looked for (named in messages)
@@ -112,8 +113,9 @@ class OpenReelCLIPVisionLoader(OpenReelNode):
 
 
 class OpenReelVAELoader(OpenReelNode):
-    """Loads a Wan VAE from models/vae: the Wan2.1 VAE (16-channel latents: Wan2.1, Wan2.2 A14B, SkyReels-V2) or
-    the Wan2.2 VAE (48-channel: TI2V-5B only), official .pth or ComfyUI / diffusers safetensors."""
+    """Loads a video VAE from models/vae: the Wan2.1 VAE (16-channel latents: Wan2.1, Wan2.2 A14B, SkyReels-V2),
+    the Wan2.2 VAE (48-channel: TI2V-5B only) or the HunyuanVideo VAE; official .pth / .pt or ComfyUI / diffusers
+    safetensors. The kind is detected from the weights."""
 
     MODEL_FOLDER = "vae"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelVAELoader"
@@ -126,7 +128,8 @@ class OpenReelVAELoader(OpenReelNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (_model_choices("vae"), {"tooltip": "A Wan VAE in models/vae."}),
+            "model_name": (_model_choices("vae"), {"tooltip": "A Wan2.1 / Wan2.2 or HunyuanVideo VAE in "
+                                                                          "models/vae."}),
             "dtype": (list(VAE_DTYPE_CHOICES), {"default": "auto",
                                                 "tooltip": "auto: bf16 on GPUs that support it, else fp32."}),
         }}

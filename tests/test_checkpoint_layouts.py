@@ -80,6 +80,8 @@ def test_bf16_layouts_load_exactly(models_dir, source, layout):
     else:
         first = synthetic.save_sharded(state, models_dir / "Wan-T2V", CFG, shards=3)
         assert _model_choices("diffusion_models") == [f"Wan-T2V/{first.name}"]  # one entry per shard set
+        (first.parent / "mp_rank_00_model_states_fp8_map.pt").write_bytes(b"")  # an official fp8 scale map
+        assert _model_choices("diffusion_models") == [f"Wan-T2V/{first.name}"]  # is no choice either
         name = f"Wan-T2V/{first.name}"
         if layout == "sharded_pick_last_shard":
             name = name.replace("00001-of", "00003-of")
