@@ -88,7 +88,7 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
 
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
-SET_VERSION = "3"  # bump when the set's files change: a set written by another version is written anew
+SET_VERSION = "4"  # bump when the set's files change: a set written by another version is written anew
 TINY_TEXT_DIM = 64
 TINY_CLIP_DIM = 64
 
@@ -107,7 +107,21 @@ DIFFUSION_MODELS = {
 }
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
-VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22"}  # file → its latent format
+VAES = {"wan_2.1_vae.safetensors": "wan21", "wan2.2_vae.safetensors": "wan22",
+        "hunyuan_video_vae_bf16.safetensors": "hunyuan"}  # file → its latent format
+# HunyuanVideo: ComfyUI's file names. The DiT in ComfyUI's layout; the VAE in the official names (a
+# safetensors re-save of pytorch_model.pt); the encoders in ComfyUI's layouts, with their tokenizers in the shared
+# tokenizers/ folders.
+HUNYUAN_DIT = "hunyuan_video_t2v_720p_bf16.safetensors"
+LLAVA_LLAMA = "llava_llama3_fp8_scaled.safetensors"
+CLIP_L = "clip_l.safetensors"
+TINY_LLAMA = dict(hidden_size=256, intermediate_size=96, num_hidden_layers=4, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5, vocab_size=640)
+TINY_CLIP_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                      vocab_size=400, max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0,
+                      eos_token_id=2, pad_token_id=1)
+WORDS = ("cat", "dog", "red", "video", "walks", "on", "the", "grass", "realistic", "camera", "slowly", "über",
+         "日本", "a", "photo", "of", "it's", "fox", "snow", "forest", "sunlit", "cinematic")
 INPUT_IMAGES = ("openreel_start.png", "openreel_end.png")
 INPUT_VIDEO = "openreel_clip.mp4"   # 33 frames at 24 fps, for the video-extension workflow
 
@@ -134,6 +148,123 @@ def tiny_spiece(folder: Path) -> bytes:
         input=str(folder / "corpus.txt"), model_prefix=str(folder / "spiece"), vocab_size=250, model_type="unigram",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, character_coverage=1.0, minloglevel=2)
     return (folder / "spiece.model").read_bytes()
+
+
+LLAMA3_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+LLAMA3_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<pad>")
+
+
+def tiny_llama3_tokenizer(path: Path) -> Path:
+    """tokenizer.json of a tiny Llama-3-style tokenizer at `path`: Llama-3's pre-token split, byte-level BPE that
+    takes a pre-token found whole in its vocabulary as one token (so HunyuanVideo's template splits into the real
+    tokenizer's 95 tokens), Llama-3's special tokens and LLaVA's <pad>, <|begin_of_text|> prepended."""
+    import random
+
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    from .models.text.llama import VIDEO_TEMPLATE
+
+    rng = random.Random(0)
+    corpus = [VIDEO_TEMPLATE.replace("{}", "")] * 50
+    corpus += [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(500)]
+    tok = Tokenizer(BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                               show_progress=False))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return path
+
+
+def tiny_clip_tokenizer(folder: Path) -> Path:
+    """A tiny CLIP vocab.json + merges.txt in `folder` (ComfyUI's sd1_tokenizer layout); <|startoftext|> and
+    <|endoftext|> take the last two ids, as in CLIP's vocabulary."""
+    import random
+
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    from .models.text.tokenizer import CLIP_WORDS
+
+    rng = random.Random(1)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(500)]
+    tok = Tokenizer(BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CLIP_WORDS), "removed", invert=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.train_from_iterator(corpus, BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                               end_of_word_suffix="</w>", show_progress=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.model.save(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text())
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    return folder
+
+
+def _fp8_scaled(state: dict, linear: str) -> dict:
+    """ComfyUI's fp8_scaled layout of `state`: keys matching `linear` in fp8 with a per-tensor `scale_weight`,
+    the rest in fp16, and the `scaled_fp8` marker."""
+    out = {}
+    for key, value in state.items():
+        if re.fullmatch(linear, key):
+            scale = value.float().abs().amax() / 448.0
+            out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            out[key.removesuffix("weight") + "scale_weight"] = scale.reshape(1)
+        else:
+            out[key] = value.half()
+    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def write_hunyuan_models(models: Path) -> None:
+    """HunyuanVideo's four files, tiny: the DiT (heads of 128, 1 double + 2 single blocks), the VAE (widths of 32),
+    the LLaVA-Llama-3 encoder (fp8_scaled) and CLIP-L, with their tokenizers in the shared folders."""
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from .models.hunyuan.model import HunyuanConfig, HunyuanDiT
+    from .models.hunyuan.vae import HunyuanVAE, HunyuanVAEConfig
+
+    cfg = HunyuanConfig(hidden=128, heads=1, mlp_width=256, double_blocks=1, single_blocks=2,
+                        text_dim=TINY_LLAMA["hidden_size"], pooled_dim=TINY_CLIP_TEXT["hidden_size"], refiner_heads=1,
+                        refiner_mlp_width=512)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in HunyuanDiT(cfg).state_dict().items()}
+    save_single(_random(shapes, seed=400), models / "diffusion_models" / HUNYUAN_DIT, prefix=COMFY_PREFIX)
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in HunyuanVAE(HunyuanVAEConfig(block_out=(32, 64, 64, 64))).state_dict().items()}
+    (models / "vae").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in _random(shapes, seed=401, scale=0.05).items()},
+              str(models / "vae" / "hunyuan_video_vae_bf16.safetensors"))
+
+    text = models / "text_encoders"
+    with torch.device("meta"):
+        llama = {k: v.shape for k, v in LlamaModel(LlamaConfig(**TINY_LLAMA)).state_dict().items()}
+        clip = {k: v.shape for k, v in CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT)).state_dict().items()}
+    llama = {"model." + k: v for k, v in _fp8_scaled(_random(llama, seed=402), r".*_proj\.weight").items()}
+    llama["scaled_fp8"] = llama.pop("model.scaled_fp8")
+    text.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in llama.items()}, str(text / LLAVA_LLAMA))
+    clip = {("" if k.startswith("text_model.") else "text_model.") + k: v for k, v in clip.items()
+            if "position_ids" not in k}
+    save_file({k: v.contiguous() for k, v in _cast(_random(clip, seed=403), torch.float16).items()},
+              str(text / CLIP_L))
+    tiny_llama3_tokenizer(text / "tokenizers" / "llava-llama-3-8b" / "tokenizer.json")
+    tiny_clip_tokenizer(text / "tokenizers" / "clip-vit-large-patch14")
 
 
 def write_model_set(models: Path, inputs: Path | None = None) -> None:
@@ -186,6 +317,8 @@ def write_model_set(models: Path, inputs: Path | None = None) -> None:
         (models / "vae").mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in _random(shapes, seed=300, scale=0.05).items()},
                   str(models / "vae" / name))
+
+    write_hunyuan_models(models)
 
     if inputs is not None:
         from PIL import Image

@@ -11,7 +11,6 @@ a SentencePiece-style (Metaspace) pipeline over Llama-3's byte-level vocabulary 
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 from pathlib import Path
@@ -39,23 +38,16 @@ from openreel.models.text.llama import TEMPLATE_TOKENS, VIDEO_TEMPLATE, LlamaSpe
 from openreel.models.text.tokenizer import find_tokenizer, load_tokenizer
 from openreel.models.text.umt5 import UMT5Spec
 from openreel.nodes.encode import OpenReelTextEncode
+from openreel.synthetic import TINY_CLIP_TEXT, TINY_LLAMA, tiny_clip_tokenizer, tiny_llama3_tokenizer
 
-LLAMA3_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-                r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
-LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-                  "<pad>"]
-WORDS = ["cat", "dog", "red", "video", "walks", "on", "the", "grass", "realistic", "camera", "slowly", "über",
-         "日本", "a", "photo", "of", "it's"]
 PROMPTS = ["a red cat walks on the grass", "Camera slowly: über 日本 video, it's realistic!", "",
            "the dog walks " * 120]   # the last is longer than 256 tokens: truncated
 
 # Tiny Llama: head_dim 128 (what files without a config.json are read with), GQA 2 query / 1 key-value head,
 # 5 layers of which 3 run. The LLaVA folder's model has 4 / 2 heads of 64, which only its config.json tells.
-LLAMA_CFG = dict(hidden_size=256, intermediate_size=96, num_hidden_layers=5, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=128, rope_theta=500000.0, rms_norm_eps=1e-5, vocab_size=512)
+LLAMA_CFG = {**TINY_LLAMA, "num_hidden_layers": 5}
 # Tiny CLIP text: heads of 64, as CLIP-L's (files without a config.json are read with width / 64 heads).
-CLIP_CFG = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2, vocab_size=320,
-                max_position_embeddings=77, hidden_act="quick_gelu")
+CLIP_CFG = {**TINY_CLIP_TEXT, "num_hidden_layers": 3}
 LLAMA_LINEARS = r"layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight"
 
 
@@ -89,29 +81,11 @@ def _isolated(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------- tiny tokenizers
 @pytest.fixture(scope="module")
 def llama_tokenizer(tmp_path_factory) -> Path:
-    """tokenizer.json of a tiny Llama-3-style tokenizer: Llama-3's pre-token split, byte-level BPE that takes a
-    pre-token found whole in the vocabulary as one token, its special tokens and LLaVA's <pad>, BOS prepended."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
+    """tokenizer.json of the synthetic set's tiny Llama-3-style tokenizer (openreel.synthetic)."""
+    path = tiny_llama3_tokenizer(tmp_path_factory.mktemp("llama_tokenizer") / "tokenizer.json")
+    from tokenizers import Tokenizer
 
-    rng = random.Random(0)
-    corpus = [VIDEO_TEMPLATE.replace("{}", "")] * 50
-    corpus += [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(500)]
-    tok = Tokenizer(BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    # A vocabulary as large as the corpus allows: every pre-token of the corpus becomes one token.
-    tok.train_from_iterator(corpus, BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                               show_progress=False))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL])
-    bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                       special_tokens=[("<|begin_of_text|>", bos)])
-    path = tmp_path_factory.mktemp("llama_tokenizer") / "tokenizer.json"
-    tok.save(str(path))
+    tok = Tokenizer.from_file(str(path))
     assert len(tok.encode(VIDEO_TEMPLATE.split("{}")[0]).ids) == TEMPLATE_TOKENS  # as the real tokenizer
     assert tok.get_vocab_size() <= LLAMA_CFG["vocab_size"]
     return path
@@ -119,29 +93,9 @@ def llama_tokenizer(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_vocab(tmp_path_factory) -> Path:
-    """A folder with a tiny CLIP vocab.json + merges.txt (ComfyUI's sd1_tokenizer layout); <|startoftext|> and
-    <|endoftext|> take the last two ids, as in CLIP's vocabulary."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-
-    from openreel.models.text.tokenizer import CLIP_WORDS
-
-    rng = random.Random(1)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(500)]
-    tok = Tokenizer(BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CLIP_WORDS), "removed", invert=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.train_from_iterator(corpus, BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                               end_of_word_suffix="</w>", show_progress=False))
-    folder = tmp_path_factory.mktemp("clip_tokenizer")
-    tok.model.save(str(folder))
-    vocab = json.loads((folder / "vocab.json").read_text())
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    assert len(vocab) <= CLIP_CFG["vocab_size"]
+    """A folder with the synthetic set's tiny CLIP vocab.json + merges.txt (ComfyUI's sd1_tokenizer layout)."""
+    folder = tiny_clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
+    assert len(json.loads((folder / "vocab.json").read_text())) <= CLIP_CFG["vocab_size"]
     return folder
 
 
@@ -162,7 +116,7 @@ def _llama(**over):
 def _clip_text(eos_token_id: int = 2):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return _perturb(CLIPTextModel(CLIPTextConfig(**CLIP_CFG, eos_token_id=eos_token_id)))
+    return _perturb(CLIPTextModel(CLIPTextConfig(**{**CLIP_CFG, "eos_token_id": eos_token_id})))
 
 
 def _llama_reference(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,13 +133,13 @@ def _ids_and_mask(vocab: int, lengths=(40, 23), length=40):
 # ----------------------------------------------------------------------------------------- networks
 def test_llama_network_equals_transformers_third_last_hidden_state():
     reference = _llama()
-    spec = LlamaSpec(vocab_size=512, hidden_size=256, intermediate_size=96, num_layers=5, num_heads=2,
+    spec = LlamaSpec(vocab_size=LLAMA_CFG["vocab_size"], hidden_size=256, intermediate_size=96, num_layers=5, num_heads=2,
                      num_kv_heads=1, head_dim=128)
     ours = LlamaTextEncoder(spec).eval()
     state = {k: v for k, v in reference.state_dict().items() if not re.match(r"(layers\.[34]\.|norm\.)", k)}
     ours.load_state_dict(state)  # strict: the last two layers and the final norm are not even built
     assert len(ours.layers) == 3
-    ids, mask = _ids_and_mask(512)
+    ids, mask = _ids_and_mask(LLAMA_CFG["vocab_size"])
     with torch.no_grad():
         assert _relative(ours(ids, mask), _llama_reference(reference, ids, mask)) <= 1e-5  # padding rows too
 
@@ -195,7 +149,7 @@ def test_clip_text_network_equals_transformers_pooled_output(eos_token_id):
     """Both of transformers' pooling rules: openai's configs (eos 2: the largest id) and fixed ones (the first
     <|endoftext|>); the ids put a larger id before the end token, so the two rules pick different tokens."""
     reference = _clip_text(eos_token_id)
-    spec = CLIPTextSpec(vocab_size=320, hidden_size=128, intermediate_size=256, num_layers=3, num_heads=2,
+    spec = CLIPTextSpec(vocab_size=CLIP_CFG["vocab_size"], hidden_size=128, intermediate_size=256, num_layers=3, num_heads=2,
                         eos_token_id=eos_token_id)
     ours = CLIPTextEncoder(spec).eval()
     ours.load_state_dict(reference.state_dict())
@@ -235,7 +189,7 @@ def _llava_folder(folder: Path, tokenizer: Path):
     tower and projector beside, the heads only in config.json's text_config."""
     reference = _llama(num_attention_heads=4, num_key_value_heads=2, head_dim=64)
     tensors = {"language_model.model." + k: v for k, v in reference.state_dict().items()}
-    tensors["language_model.lm_head.weight"] = torch.zeros(512, 256)
+    tensors["language_model.lm_head.weight"] = torch.zeros(LLAMA_CFG["vocab_size"], 256)
     tensors.update({"vision_tower.vision_model.embeddings.patch_embedding.weight": torch.zeros(32, 3, 14, 14),
                     "vision_tower.vision_model.embeddings.class_embedding": torch.zeros(32),
                     "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(32, 32),
@@ -280,7 +234,7 @@ def test_every_llama_layout_loads(llama_tokenizer, tmp_path, layout):
         path = tmp_path / "llava-llama-3-8b-v1_1-transformers"
         reference = _llava_folder(path, llama_tokenizer)
 
-    ids, mask = _ids_and_mask(512)
+    ids, mask = _ids_and_mask(LLAMA_CFG["vocab_size"])
     expected = _llama_reference(reference, ids, mask)
     for dtype in (("auto", "fp32") if layout == "comfyui_fp8_scaled" else ("fp32",)):
         handle = load_text_encoder(path, dtype)

@@ -14,7 +14,7 @@ from openreel.workflow_format import UI_ONLY_NODES, ui_to_api
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 FPS = {"wan22_ti2v_5b_t2v": 24, "wan22_ti2v_5b_i2v": 24, "skyreels_v2_t2v": 24, "skyreels_v2_i2v": 24,
-       **{name: 24 for name in NAMES if name.startswith("skyreels_v2_df")}}
+       **{name: 24 for name in NAMES if name.startswith(("skyreels_v2_df", "hunyuan_video"))}}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_the_workflow_set_is_complete():
     assert NAMES == sorted(["wan21_t2v", "wan21_i2v", "wan21_flf2v", "wan22_t2v_a14b", "wan22_i2v_a14b",
                             "wan22_ti2v_5b_t2v", "wan22_ti2v_5b_i2v", "skyreels_v2_t2v", "skyreels_v2_i2v",
                             "skyreels_v2_df_t2v_10s", "skyreels_v2_df_t2v_30s_async", "skyreels_v2_df_i2v",
-                            "skyreels_v2_df_start_end", "skyreels_v2_df_extend"])
+                            "skyreels_v2_df_start_end", "skyreels_v2_df_extend", "hunyuan_video_t2v_720p",
+                            "hunyuan_video_t2v_544p_fast"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
