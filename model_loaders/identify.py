@@ -90,7 +90,7 @@ _OTHER_KINDS = (
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
     ("lora", "a LoRA", None, False,
      _any_fragment("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight")),
-    ("vae", "an image VAE (Stable Diffusion / Flux family)", "use a Wan2.1 or Wan2.2 VAE", False,
+    ("vae", "an image VAE (Stable Diffusion / Flux family)", "use the VAE of the video model (Wan2.1, Wan2.2 or HunyuanVideo)", False,
      _any_fragment("decoder.up.0.block.0.")),
     ("vae", "a video VAE", None, False,
      _any_fragment("decoder.upsamples.0.", "decoder.up_blocks.0.", "decoder.conv_in.weight", "post_quant_conv.weight")),

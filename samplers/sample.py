@@ -44,7 +44,7 @@ def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def check_inputs(dit: DiTHandle, embeds: TextEmbeds, latent: dict, dit_low_noise: DiTHandle | None = None) -> None:
     """Refuse a latent, conditioning, text or expert pair that does not fit the model, before any GPU work."""
-    fmt, want = format_of(latent), latent_format(dit.spec.latent_format)
+    fmt, want = format_of(latent, dit.spec.latent_format), latent_format(dit.spec.latent_format)
     if fmt.name != want.name:
         raise InputError(f"the latent is {fmt.title} but {dit.spec.description} takes {want.title} latents",
                          "make the latent with the VAE this model was trained with")
@@ -62,7 +62,7 @@ def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps
     """Denoise `latent` with one DiT or a (high-noise, low-noise) expert pair. Zeros mean "the official default"
     for steps, guidance, shift, guidance_low_noise and boundary (the family's `defaults`)."""
     check_inputs(dit, embeds, latent, dit_low_noise)
-    family, fmt, cond = family_of(dit.spec), format_of(latent), conditioning_of(latent)
+    family, fmt, cond = family_of(dit.spec), format_of(latent, dit.spec.latent_format), conditioning_of(latent)
     samples = latent["samples"]
     height, width = samples.shape[3] * fmt.spatial_stride, samples.shape[4] * fmt.spatial_stride
     d = family.defaults(dit.spec, dit_low_noise is not None, width, height)
