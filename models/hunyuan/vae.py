@@ -307,9 +307,9 @@ class HunyuanVAE(nn.Module):
     """
 
     # Working memory per pixel of a frame for a full window (65 frames, 16-bit compute), for the auto tile choice: an
-    # estimate, not measured: ~2 KB per pixel and frame at the full-resolution stage (256 + 128 channels with their
-    # padded copies), 3 KB as ComfyUI budgets this VAE's decode, × 65 frames.
-    bytes_per_pixel = 200_000
+    # measured untiled decode peak on an H200 (bench/RESULTS.md): 118.3 GiB at 1280×720 × 129 frames (bf16, the
+    # official 65-frame windows), i.e. 137,856 bytes per pixel of a frame; tiled at 256 px it is 14.0 GiB
+    bytes_per_pixel = 140_000
 
     def __init__(self, cfg: HunyuanVAEConfig):
         super().__init__()
