@@ -27,14 +27,16 @@ SOLVER_CHOICES = ("official", "unipc", "dpm++_2m", "euler")
 def solver_and_schedule(solver: str, steps: int, shift: float, denoise: float,
                         d: SamplingDefaults) -> tuple[str, FlowSchedule]:
     """The solver to run and its noise schedule: "official" is the model's own (Wan: UniPC on Wan's table from
-    σ 0.999; HunyuanVideo: Euler on linspace(1, 0)); DPM++ runs on the linear table, as Wan's FlowDPM does; UniPC
-    on Wan's; Euler on the model's own table."""
+    σ 0.999; HunyuanVideo: Euler on linspace(1, 0) with float timesteps σ·1000); UniPC runs on Wan's table, DPM++
+    on linspace(1, 0) (with Wan's integer timesteps for Wan models, as Wan's FlowDPM), Euler on the model's own."""
     if solver not in SOLVER_CHOICES:
         raise InputError(f"unknown solver {solver!r}", f"use one of {SOLVER_CHOICES}")
     solver = d.solver if solver == "official" else solver
-    table = {"unipc": "wan_unipc", "dpm++_2m": "linear"}.get(solver, d.schedule)
-    build = wan_unipc_schedule if table == "wan_unipc" else linear_schedule
-    return solver, build(steps, shift, denoise)
+    linear = "linear" if d.schedule == "linear" else "wan_linear"
+    table = {"unipc": "wan_unipc", "dpm++_2m": linear}.get(solver, d.schedule)
+    if table == "wan_unipc":
+        return solver, wan_unipc_schedule(steps, shift, denoise)
+    return solver, linear_schedule(steps, shift, denoise, integer_timesteps=table == "wan_linear")
 
 
 def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -66,7 +66,8 @@ class SamplingDefaults:
     source: str                 # which official recipe these come from
     embedded_guidance: float = 0.0  # the scale a guidance-distilled model takes as an input (0: it takes none)
     solver: str = "unipc"           # the official solver ("unipc", "dpm++_2m", "euler") …
-    schedule: str = "wan_unipc"     # … and noise table: "wan_unipc" (Wan's, σ from 0.999) or "linear" (linspace 1 → 0)
+    schedule: str = "wan_unipc"     # … and noise table: "wan_unipc" (Wan's, σ from 0.999), "wan_linear" (linspace
+                                    # 1 → 0, integer timesteps) or "linear" (linspace 1 → 0, float timesteps σ·1000)
 
 
 @dataclass(frozen=True, eq=False)
