@@ -124,6 +124,17 @@ class _Holder(torch.nn.Module):
         self.module = module
 
 
+_HOLDER_CLASSES: dict[type, type] = {}
+
+
+def holder(module: torch.nn.Module) -> _Holder:
+    """A `_Holder` whose class is named after the model (ComfyUI logs "Requested to load OpenReelWanDiT")."""
+    cls = type(module)
+    if cls not in _HOLDER_CLASSES:
+        _HOLDER_CLASSES[cls] = type(f"OpenReel{cls.__name__}", (_Holder,), {"__doc__": _Holder.__doc__})
+    return _HOLDER_CLASSES[cls](module)
+
+
 def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.device:
     """Put `module` on the compute device for use, with `memory_required` bytes of working memory to spare.
 
@@ -136,7 +147,7 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         if patcher is None:
             import comfy.model_patcher
 
-            patcher = comfy.model_patcher.ModelPatcher(_Holder(module), load_device=device,
+            patcher = comfy.model_patcher.ModelPatcher(holder(module), load_device=device,
                                                        offload_device=offload_device(), size=module_bytes(module))
             module._openreel_patcher = patcher  # ComfyUI holds patchers weakly; the module keeps its own alive
         _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
