@@ -42,6 +42,17 @@ class HunyuanVAEConfig:
     attention_kernels: bool = False  # attention projections stored as 1×1×1 conv kernels (ComfyUI's file)
     temporal_tile: int = 16          # latent frames a temporal window adds to its first one (official: 64 pixels)
     temporal_overlap: int = 4        # latent frames consecutive windows share (official: a quarter)
+    # When frames are tiled in space (memory is short) the windows shrink to diffusers' default (16 pixel frames
+    # every 12): a quarter of the working memory of the official windows (bench/RESULTS.md).
+    tiled_temporal_tile: int = 4
+    tiled_temporal_overlap: int = 1
+
+    def windows(self, tiled: bool) -> tuple[int, int]:
+        """(temporal tile, overlap) in latent frames: the official windows, or the short ones when tiled."""
+        if not tiled:
+            return self.temporal_tile, self.temporal_overlap
+        return (min(self.temporal_tile, self.tiled_temporal_tile),
+                min(self.temporal_overlap, self.tiled_temporal_overlap))
 
     spatial_stride = 8
     temporal_stride = 4
@@ -345,8 +356,8 @@ class HunyuanVAE(nn.Module):
             return self.quant_conv(self.encoder(x.to(device, dtype)))[:, :cfg.latent_channels]
 
         out = None
-        windows = temporal_windows(frames, ts * cfg.temporal_tile, ts * (cfg.temporal_tile - cfg.temporal_overlap),
-                                   lambda f: f // ts, cfg.temporal_overlap)
+        tile, window_overlap = cfg.windows(len(tiles) > 1)
+        windows = temporal_windows(frames, ts * tile, ts * (tile - window_overlap), lambda f: f // ts, window_overlap)
         for (f0, f1), (o0, o1), weight in windows:
             clip = video[:, :, f0:f1]
             mu = tile_by_tile(step, clip, [(0, f1 - f0)], tiles, overlap, s, 1, device, (f1 - f0 - 1) // ts + 1,
@@ -386,8 +397,8 @@ class HunyuanVAE(nn.Module):
         def step(zc: torch.Tensor, cache: dict) -> torch.Tensor:
             return self.decoder(self.post_quant_conv(zc.to(device, dtype)))
 
-        windows = temporal_windows(z.shape[2], cfg.temporal_tile, cfg.temporal_tile - cfg.temporal_overlap,
-                                   lambda t: ts * t, ts * cfg.temporal_overlap)
+        tile, window_overlap = cfg.windows(len(tiles) > 1)
+        windows = temporal_windows(z.shape[2], tile, tile - window_overlap, lambda t: ts * t, ts * window_overlap)
         pending = None  # the weighted frames of the last window that the next one overlaps
         for k, ((t0, t1), (o0, o1), weight) in enumerate(windows):
             y = tile_by_tile(step, z, [(t0, t1)], tiles, overlap, 1, s, device, ts * (t1 - t0 - 1) + 1,
