@@ -8,6 +8,10 @@ Nodes prefix the message with their display name (see `nodes/common.py`), so a u
 class OpenReelError(Exception):
     """Bad input the user can fix; `what` is the problem, `todo` the remedy."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = "openreel"  # ComfyUI shows "<module>.<class>": not the pack's folder path
+
     def __init__(self, what: str, todo: str = ""):
         self.what = what
         self.todo = todo
@@ -24,3 +28,6 @@ class DetectionError(OpenReelError):
 
 class InputError(OpenReelError):
     """A node input that does not fit (shapes, frame counts, mismatched models)."""
+
+
+OpenReelError.__module__ = "openreel"
