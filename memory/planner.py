@@ -1,17 +1,22 @@
-"""VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision and CFG batching, with the
-predicted peak and a plain explanation.
+"""VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision, token chunks and CFG
+batching, with the predicted peak and a plain explanation.
 
 Predicted peak = weights on the GPU + the swap ring (two blocks when swapping) + activations (the family's estimate,
-doubled for batched CFG, plus the upcast copy of one linear weight when weights are stored in 8 bits, plus the
-cuBLAS / cuDNN workspaces).
+with or without token chunks, doubled for batched CFG, plus the upcast copy of one linear weight when weights are
+stored in 8 bits, plus the cuBLAS / cuDNN workspaces).
 Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
-and image embedders in host memory too. At each step CFG runs batched when that fits (fewer, larger model calls).
+and image embedders in host memory too. At each of these steps: CFG batched (fewer, larger model calls), else
+sequential (the same values), else the same with token chunks (memory/token_chunks.py), where the network honours
+them and they lower the activations. Token chunks come before swapping more blocks or storing weights in fp8: they
+cost a few percent of time at every size and keep the values (up to the rounding of smaller matrix products),
+while each further swapped block needs host memory and PCIe bandwidth, and is costly wherever its copy does not
+hide behind the compute of a block (few tokens, slow links, pageable memory), and fp8 changes the values.
 When nothing fits, the plan says so and gives the smallest peak possible.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -22,6 +27,7 @@ from ..models.common.ops import weight_linears
 from ..models.registry import family_of
 from .block_swap import BlockSwap
 from .patches import register_patch
+from .token_chunks import TOKEN_CHUNK, supports_token_chunks
 
 GIB = 1 << 30
 FP8_WEIGHT_DTYPE = "fp8_e4m3fn_scaled"
@@ -110,6 +116,13 @@ def predict(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, bat
 
 
 @dataclass(frozen=True)
+class TokenChunks:
+    """A model's option to run in token chunks: tokens per chunk, and the family's activation estimate that way."""
+    tokens: int
+    activation_bytes: ActivationBytes
+
+
+@dataclass(frozen=True)
 class Budget:
     """VRAM available to one model call, and where the number comes from (for the explanation)."""
     bytes: int
@@ -148,12 +161,14 @@ class Plan:
     budget: Budget | None      # None: no VRAM budget applies (CPU)
     fits: bool
     explanation: str
+    token_chunk: int = 0       # tokens per chunk (0: off)
 
     def apply(self, handle: DiTHandle) -> DiTHandle:
         """`handle` with this plan: its weight dtype and its memory patches."""
         if self.fp8:
             handle = replace(handle, weight_dtype=FP8_WEIGHT_DTYPE)
         handle = handle.with_patch("block_swap", BlockSwap(self.blocks_to_swap, self.offload_embeddings))
+        handle = handle.with_patch("token_chunks", self.token_chunk)
         return handle.with_patch("cfg_batching", self.batched_cfg)
 
 
@@ -161,8 +176,17 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
+class _Option(NamedTuple):
+    fp8: bool
+    swap: int
+    offload: bool
+    chunk: int
+    batched: bool
+    peak: Peak
+
+
 def _candidates(blocks: int, fp8_possible: bool):
-    """(fp8, swap, offload_embeddings) in order of preference; the last one has the smallest peak."""
+    """(fp8, swap, offload_embeddings) in order of preference."""
     yield False, 0, False
     precision = fp8_possible
     if fp8_possible:
@@ -172,11 +196,27 @@ def _candidates(blocks: int, fp8_possible: bool):
     yield precision, blocks, True
 
 
+def _without_chunks(plain: _Option | None, fp8: bool, swap: int, offload: bool, batched: bool, count: int) -> str:
+    """What the first plan without token chunks that fits (`plain`) changes from the chosen one."""
+    if plain is None:
+        return "nothing fits without them"
+    changes = []
+    if plain.swap != swap:
+        changes.append(f"swap {plain.swap} of {count} blocks")
+    if plain.fp8 and not fp8:
+        changes.append("fp8 weights")
+    if plain.offload and not offload:
+        changes.append("text/image embedders in host memory")
+    if batched and not plain.batched:
+        changes.append("sequential CFG")
+    return "without them: " + ", ".join(changes)
+
+
 def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, latent_shape: tuple[int, ...],
              budget: Budget | None, *, allow_fp8: bool = False, compute_itemsize: int = 2,
-             name: str = "the model") -> Plan:
-    """The plan for a model measured as `wb`, for a latent of `latent_shape` that makes `tokens` tokens per video
-    (see `plan` for the usual entry point)."""
+             name: str = "the model", chunks: TokenChunks | None = None) -> Plan:
+    """The plan for a model measured as `wb`, for a latent of `latent_shape` that makes `tokens` tokens per video;
+    `chunks`: the model can run in token chunks, with these activations (see `plan` for the usual entry point)."""
     batch, _, frames, height, width = latent_shape
     count = len(wb.blocks)
     head = (f"{name}: {count} blocks, {_gib(sum(wb.blocks) + wb.other + wb.embedders)} of weights; latent "
@@ -186,28 +226,42 @@ def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, la
         return Plan(0, False, True, False, peak, None, True,
                     f"{head}\nThe compute device is not a CUDA GPU: no VRAM budget applies; everything stays resident.")
 
+    ways = [(0, activation_bytes)]
+    if chunks is not None and any(chunks.activation_bytes(tokens, n) < activation_bytes(tokens, n)
+                                  for n in (batch, 2 * batch)):
+        ways.append((chunks.tokens, chunks.activation_bytes))
+
     def settings(fp8, swap, offload):
-        for batched in (True, False):
-            yield fp8, swap, offload, batched, predict(wb, activation_bytes, tokens, batch, swap=swap, fp8=fp8,
-                                                       batched_cfg=batched, offload_embeddings=offload,
-                                                       compute_itemsize=compute_itemsize)
+        for chunk, activations in ways:
+            for batched in (True, False):
+                yield _Option(fp8, swap, offload, chunk, batched,
+                              predict(wb, activations, tokens, batch, swap=swap, fp8=fp8, batched_cfg=batched,
+                                      offload_embeddings=offload, compute_itemsize=compute_itemsize))
 
     options = [s for c in _candidates(count, allow_fp8 and not wb.stored_fp8) for s in settings(*c)]
-    chosen = next((s for s in options if s[4].total <= budget.bytes), None)
+    chosen = next((s for s in options if s.peak.total <= budget.bytes), None)
     fits = chosen is not None
-    fp8, swap, offload, batched, peak = chosen or options[-1]
+    fp8, swap, offload, chunk, batched, peak = chosen or min(options, key=lambda s: s.peak.total)
 
     blocks = wb.blocks_fp8 if fp8 else wb.blocks
     what = [f"swap {swap} of {count} blocks" if swap else "all blocks resident",
             "fp8 weights (fp8_e4m3fn_scaled)" if fp8 else ("fp8 weights (as loaded)" if wb.stored_fp8 else
                                                            "weights as loaded"),
             "batched CFG" if batched else "sequential CFG"]
+    if chunk:
+        what.append(f"token chunks of {chunk:,} tokens")
     if offload:
         what.append("text/image embedders in host memory")
     lines = [head, f"Budget {_gib(budget.bytes)} ({budget.source}).",
              ("Plan: " if fits else "Does NOT fit. Smallest possible: ") + ", ".join(what) + ".",
              f"Predicted peak {_gib(peak.total)} = weights {_gib(peak.weights)}"
              + (f" + swap ring {_gib(peak.ring)}" if peak.ring else "") + f" + activations {_gib(peak.activations)}."]
+    if chunk:
+        unchunked = predict(wb, activation_bytes, tokens, batch, swap=swap, fp8=fp8, batched_cfg=batched,
+                            offload_embeddings=offload, compute_itemsize=compute_itemsize).activations
+        plain = next((s for s in options if not s.chunk and s.peak.total <= budget.bytes), None)
+        lines.append(f"Token chunks: activations {_gib(peak.activations)} instead of {_gib(unchunked)}, for a few "
+                     f"percent more time ({_without_chunks(plain, fp8, swap, offload, batched, count)}).")
     if swap:
         host = sum(blocks[count - swap:])
         lines.append(f"Host memory for the swapped blocks: {_gib(host)} (page-locked); every model call copies "
@@ -216,19 +270,24 @@ def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, la
         lines.append(f"Even so the peak is {_gib(peak.total - budget.bytes)} over the budget; activations alone "
                      f"are {_gib(peak.activations)}. Lower the resolution or the frame count, or raise the budget"
                      + ("" if allow_fp8 or wb.stored_fp8 else ", or allow fp8") + ".")
-    return Plan(swap, fp8, batched, offload, peak, budget, fits, "\n".join(lines))
+    return Plan(swap, fp8, batched, offload, peak, budget, fits, "\n".join(lines), chunk)
 
 
 def plan(handle: DiTHandle, module: nn.Module, latent_shape: tuple[int, ...],
          budget_bytes: int | Budget | None = None, *, allow_fp8: bool = False) -> Plan:
     """Plan `handle` (its loaded `module`) for a latent of `latent_shape` [B, C, F, H, W] within `budget_bytes`
-    (None: auto); the family supplies tokens and activation memory."""
-    family = family_of(handle.spec)
+    (None: auto); the family supplies tokens and activation memory, with token chunks where the module honours
+    them (the family's `activation_bytes(..., token_chunk=n)`)."""
+    family, spec = family_of(handle.spec), handle.spec
     if isinstance(budget_bytes, int):
         budget = Budget(budget_bytes, "given")
     else:
         budget = budget_bytes if budget_bytes is not None else auto_budget([module])
-    return plan_for(weight_bytes(module), lambda tokens, batch: family.activation_bytes(handle.spec, tokens, batch),
-                    family.tokens(handle.spec, tuple(latent_shape)), tuple(latent_shape), budget,
+    chunks = None
+    if supports_token_chunks(module):
+        chunks = TokenChunks(TOKEN_CHUNK, lambda tokens, batch: family.activation_bytes(spec, tokens, batch,
+                                                                                        token_chunk=TOKEN_CHUNK))
+    return plan_for(weight_bytes(module), lambda tokens, batch: family.activation_bytes(spec, tokens, batch),
+                    family.tokens(spec, tuple(latent_shape)), tuple(latent_shape), budget,
                     allow_fp8=allow_fp8, compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2),
-                    name=handle.spec.description)
+                    name=spec.description, chunks=chunks)

@@ -25,6 +25,7 @@ from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
 from ..common.ops import Ops
+from ..common.token_chunks import chunking
 from .model import FP32_PARAMS, HunyuanConfig, HunyuanDiT
 
 OFFICIAL_ANCHORS = ("txt_in.individual_token_refiner.blocks.0.norm1.weight",)
@@ -249,15 +250,31 @@ class HunyuanFamily(DiTFamily):
         return t[:, 0]
 
     # ------------------------------------------------------------------ memory
-    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
-        """Per token (image tokens plus the 256 LLaVA tokens at most), D = hidden, W = MLP width, 16-bit compute:
-        the single-stream block's peak, where the float32 stream and its successor, `linear1`'s output, float32
-        q/k under norm and RoPE, the attention output, the activated MLP state and the [attention, MLP] join for
-        `linear2` are alive together: 20·D + 7·W bytes. Calibrated on an H200 (bench/RESULTS.md, 13B, eager,
-        batch 1): measured 9.3 GiB at 67,320 tokens (544p × 129) and 16.4 GiB at 118,800 (720p × 129); this
-        gives 9.3 and 16.4 GiB (compiled runs need less: 7.4 and 13.0)."""
+    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
+        """Peak working memory of one forward, counted from the tensors alive at the largest moment (D = hidden,
+        W = MLP width, 16-bit compute; per token of L = image tokens + the 256 LLaVA tokens at most; RoPE tables
+        4·head_dim): always the float32 stream 4·D and the tables.
+
+        Default: the single-stream block's join for `linear2`, beside the stream the block list started from
+        (4·D), the block's input (4·D), its modulated input (2·D), `linear1`'s output (6·D + 2·W), the attention
+        output (2·D), the activated MLP state (2·W) and the join (2·D + 2·W): 20·D + 6·W. Before the image
+        embedding was released ahead of the blocks the same count plus 4·D was 9.3 and 16.4 GiB at 544p and 720p
+        × 129 frames (67,320 and 118,800 tokens), as measured on an H200 (bench/RESULTS.md, eager, batch 1).
+
+        Token chunks of c tokens (models/hunyuan/model.py): the blocks update one stream in place, so the peak is
+        the single-stream block's attention with the stream, q, k, v (6·D), the activated MLP state (2·W) and the
+        attention output (2·D) alive: 12·D + 2·W. Before attention the output's 2·D is not yet there, but one
+        chunk's temporaries are, per chunk token max(22·D + 2·W: modulated input, `linear1`'s output, q or k
+        normalized and under RoPE in float32; 8·D + 4·W: modulated input, `linear1`'s output, the activated MLP
+        chunk). The final layer's 16·D over the image tokens is below both where W ≥ 2·D (13B: W = 4·D). Checked
+        against a count of live tensors on the CPU (tiny widths, bfloat16) to 0.1%."""
         cfg = spec.config
-        return batch * (tokens + 256) * (20 * cfg.hidden + 7 * cfg.mlp_width)
+        d, w, length = cfg.hidden, cfg.mlp_width, tokens + 256
+        tables = 4 * cfg.head_dim
+        if not chunking(token_chunk, tokens):
+            return batch * length * (20 * d + 6 * w + tables)
+        before_attention = token_chunk * max(22 * d + 2 * w, 8 * d + 4 * w) - 2 * d * length
+        return batch * (length * (12 * d + 2 * w + tables) + max(0, before_attention))
 
 
 def _classify(name: str, cfg: HunyuanConfig) -> DiTSpec:

@@ -11,6 +11,13 @@ time / text / guidance embedders are float32; the large linears (q/k/v, projecti
 linears) and attention run in `compute_dtype`. (The official code carries the streams in its bf16 model dtype;
 float32 streams only remove rounding.)
 
+Token chunks (`token_chunk` > 0, set by the "token_chunks" patch): the blocks build q, k, v (and the single
+block's activated MLP state) chunk by chunk into full-length buffers in the compute dtype, run attention once over
+all tokens, then add the projections and MLPs into the stream chunk by chunk. No full-length `linear1` output,
+[attention, MLP] join, float32 temporary or second float32 stream exists; the values are those of the default
+path (the chunked matrix products only have fewer rows). The blocks then update the stream they are given in
+place: a wrapper that needs a block list's input after the loop must keep a copy.
+
 Text padding: valid tokens never attend to padding in the official code (the refiner masks it, the blocks' varlen
 attention puts it in a segment of its own), and text tokens carry no position. So the text is compacted before the
 network (each sample's valid tokens first, trimmed to the longest valid count), which is exact; a key mask stays
@@ -30,6 +37,7 @@ from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
 from ..common.ops import PLAIN, Ops
+from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
 
 
@@ -73,6 +81,7 @@ class StepInputs(NamedTuple):
     mask: torch.Tensor | None         # [B, 1, 1, L] bool key mask (True = may attend), or None
     backend: str
     dtype: torch.dtype
+    chunk: int = 0                    # tokens per chunk (0: off); see the module docstring
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,22 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
+
+
+def _qkv_buffers(x: torch.Tensor, heads: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Empty q, k, v [B, L, heads, D / heads] in `dtype` for the stream x [B, L, D], filled chunk by chunk."""
+    return [x.new_empty(*x.shape[:2], heads, x.shape[2] // heads, dtype=dtype) for _ in range(3)]
+
+
+def _store_qkv(buffers: list[torch.Tensor], s: slice, qkv: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module,
+               rope: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Tokens `s` of q and k (normalized, rotated) and v from a fused projection [B, n, 3·D] into `buffers`
+    (a function of its own, as the chunk's projection below: its temporaries die before the next chunk's)."""
+    q, k, v = qkv.unflatten(-1, (3, buffers[0].shape[2], -1)).unbind(2)
+    cos, sin = rope[0][s], rope[1][s]
+    buffers[0][:, s] = apply_rope_interleaved(q_norm(q), cos, sin)
+    buffers[1][:, s] = apply_rope_interleaved(k_norm(k), cos, sin)
+    buffers[2][:, s] = v
 
 
 class HeadRMSNorm(nn.Module):
@@ -258,10 +283,33 @@ class DoubleStreamBlock(nn.Module):
         k = apply_rope_interleaved(torch.cat([ik, tk], 1), *inp.rope)
         return attention(q, k, torch.cat([iv, tv], 1), mask=inp.mask, backend=inp.backend)
 
+    def _chunked(self, x: torch.Tensor, img_mod, txt_mod, inp: StepInputs) -> torch.Tensor:
+        """The block in token chunks (see the module docstring), updating `x` in place."""
+        n, length, dtype = inp.img_tokens, x.shape[1], inp.dtype
+        streams = ((slice(0, n), img_mod, self.img_attn_qkv, self.img_attn_q_norm, self.img_attn_k_norm,
+                    self.img_attn_proj, self.img_mlp),
+                   (slice(n, length), txt_mod, self.txt_attn_qkv, self.txt_attn_q_norm, self.txt_attn_k_norm,
+                    self.txt_attn_proj, self.txt_mlp))
+        qkv = _qkv_buffers(x, self.heads, dtype)
+        for rows, mod, linear, q_norm, k_norm, _, _ in streams:
+            for s in spans(rows.start, rows.stop, inp.chunk):
+                _store_qkv(qkv, s, linear(_modulate(_layer_norm(x[:, s], self.eps), mod[0], mod[1]).to(dtype)),
+                           q_norm, k_norm, inp.rope)
+        attn = attention(*qkv, mask=inp.mask, backend=inp.backend)
+        del qkv
+        for rows, mod, _, _, _, proj, mlp in streams:
+            a, part = attn[:, rows], x[:, rows]
+            add_in_chunks(part, lambda s: proj(a[:, s]).float() * mod[2].unsqueeze(1), inp.chunk)
+            add_in_chunks(part, lambda s: mlp(_modulate(_layer_norm(part[:, s], self.eps), mod[3], mod[4])
+                                              .to(dtype)).float() * mod[5].unsqueeze(1), inp.chunk)
+        return x
+
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         n = inp.img_tokens
         img, txt = x[:, :n], x[:, n:]
         img_mod, txt_mod = self.img_mod(inp.vec), self.txt_mod(inp.vec)
+        if chunking(inp.chunk, x.shape[1]):
+            return self._chunked(x, img_mod, txt_mod, inp)
         attn = self._attention(img, txt, img_mod, txt_mod, inp)
         img = self._finish(img, attn[:, :n], img_mod, self.img_attn_proj, self.img_mlp, inp.dtype)
         txt = self._finish(txt, attn[:, n:], txt_mod, self.txt_attn_proj, self.txt_mlp, inp.dtype)
@@ -291,8 +339,29 @@ class SingleStreamBlock(nn.Module):
                          apply_rope_interleaved(self.k_norm(k), *inp.rope), v, mask=inp.mask, backend=inp.backend)
         return torch.cat([attn, _gelu_tanh(mlp)], dim=-1)
 
+    def _store_chunk(self, qkv: list[torch.Tensor], mlp: torch.Tensor, s: slice, h: torch.Tensor, rope) -> None:
+        """q, k, v and the activated MLP state of tokens `s` (modulated input `h`) into their buffers."""
+        projected, hidden = self.linear1(h).split([3 * self.hidden, self.mlp_width], dim=-1)
+        _store_qkv(qkv, s, projected, self.q_norm, self.k_norm, rope)
+        mlp[:, s] = _gelu_tanh(hidden)
+
+    def _chunked(self, x: torch.Tensor, shift, scale, gate, inp: StepInputs) -> torch.Tensor:
+        """The block in token chunks (see the module docstring), adding into `x`: only x, q, k, v, the activated
+        MLP state and then the attention output are full length."""
+        qkv = _qkv_buffers(x, self.heads, inp.dtype)
+        mlp = x.new_empty(*x.shape[:2], self.mlp_width, dtype=inp.dtype)
+        for s in spans(0, x.shape[1], inp.chunk):
+            self._store_chunk(qkv, mlp, s, _modulate(_layer_norm(x[:, s], self.eps), shift, scale).to(inp.dtype),
+                              inp.rope)
+        attn = attention(*qkv, mask=inp.mask, backend=inp.backend)
+        del qkv
+        return add_in_chunks(x, lambda s: self.linear2(torch.cat([attn[:, s], mlp[:, s]], dim=-1)).float()
+                             * gate.unsqueeze(1), inp.chunk)
+
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         shift, scale, gate = self.modulation(inp.vec)
+        if chunking(inp.chunk, x.shape[1]):
+            return self._chunked(x, shift, scale, gate, inp)
         joined = self._attention_and_mlp(_modulate(_layer_norm(x, self.eps), shift, scale).to(inp.dtype), inp)
         return x + self.linear2(joined).float() * gate.unsqueeze(1)
 
@@ -319,6 +388,7 @@ class HunyuanDiT(WrappedModel):
 
     block_lists = ("double_blocks", "single_blocks")
     embedders = ("txt_in", "time_in", "vector_in", "guidance_in")
+    token_chunk = 0   # tokens per chunk in the blocks, 0 = off (the "token_chunks" patch sets it)
 
     def __init__(self, cfg: HunyuanConfig, ops: Ops = PLAIN):
         super().__init__()
@@ -434,8 +504,10 @@ class HunyuanDiT(WrappedModel):
         if valid is not None:
             mask = torch.cat([valid.new_ones(b, tokens), valid], dim=1)[:, None, None, :]
         inp = StepInputs(vec_act.to(dtype), tokens, self._rope(grid, txt.shape[1], x.device), mask,
-                         self.attention_backend, dtype)
-        stream = self.run_blocks("double_blocks", torch.cat([img, txt], dim=1), inp)
+                         self.attention_backend, dtype, self.token_chunk)
+        stream = torch.cat([img, txt], dim=1)
+        del img, txt   # the stream is the only full-length copy the blocks see
+        stream = self.run_blocks("double_blocks", stream, inp)
         stream = self.run_blocks("single_blocks", stream, inp)
         out = self.final_layer(stream[:, :tokens], vec_act, dtype).float()
         return self.unpatchify(out, grid)

@@ -15,6 +15,7 @@ from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
 from ..common.ops import Ops
+from ..common.token_chunks import chunking
 from . import latents as wan_latents
 from .model import FP32_PARAMS, WanConfig, WanDiT
 
@@ -193,18 +194,32 @@ class WanFamily(DiTFamily):
                            {"context": _pad_to(embeds.negative, length)}, shared)
 
     # ------------------------------------------------------------------ memory
-    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
         """Per token: about four float32 copies of the residual stream alive at once (the stream, its normalized
         and modulated copy, the gated branch in float32 and the new sum: 16 × dim bytes) and the FFN hidden state
         twice in the compute dtype (the linear's output and the GELU's: 4 × ffn bytes); plus the padded text
         context. Calibrated on an H200 (bench/RESULTS.md, Wan 14B, dim 5120, batch 1): measured 4.1 GiB at 32,760
-        tokens and 9.4 GiB at 75,600 tokens; this gives 4.2 and 9.7 GiB."""
-        return wan_activation_bytes(spec.config.dim, spec.config.ffn_dim, tokens, batch)
+        tokens and 9.4 GiB at 75,600 tokens; this gives 4.2 and 9.7 GiB. With token chunks, less what chunking
+        the FFN frees (see `wan_activation_bytes`)."""
+        cfg = spec.config
+        return wan_activation_bytes(cfg.dim, cfg.ffn_dim, tokens, batch, token_chunk=token_chunk)
 
 
-def wan_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int = 1, text_tokens: int = 512) -> int:
-    """See `WanFamily.activation_bytes`."""
+def wan_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int = 1, text_tokens: int = 512, *,
+                         token_chunk: int = 0) -> int:
+    """See `WanFamily.activation_bytes`.
+
+    What token chunks free, counted from the tensors alive at the largest moments of a block (D = dim, F = ffn,
+    16-bit compute, per token): beside the stream the block list started from, the block's input and the stream
+    after cross-attention (3 × 4·D), the FFN holds its modulated input and two hidden states: 14·D + 4·F. In
+    chunks only the 14·D stays full length, plus one chunk's temporaries (max(12·D, 2·D + 4·F) per chunk token).
+    But self- and cross-attention peak at 26·D whatever the chunks (two streams, q, k and a float32 k under RoPE,
+    or q under its float32 RMS norm), so chunks lower the peak only where the FFN's is the larger: Wan 1.3B
+    (F = 5.8·D) and 5B (F = 4.7·D), not 14B (F = 2.7·D)."""
     per_sample = tokens * (dim * 16 + ffn_dim * 4) + text_tokens * dim * 4 * 4
+    if chunking(token_chunk, tokens):
+        chunked = max(26 * dim * tokens, 14 * dim * tokens + token_chunk * max(12 * dim, 2 * dim + 4 * ffn_dim))
+        per_sample -= max(0, (14 * dim + 4 * ffn_dim) * tokens - chunked)
     return batch * per_sample
 
 

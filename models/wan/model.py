@@ -8,6 +8,10 @@ official checkpoints so official and ComfyUI files load without renaming. One ne
 
 Numerics follow the official code: the residual stream, norms, modulation and time embedding run in float32;
 the linear layers and attention run in `compute_dtype`.
+
+Token chunks (`token_chunk` > 0, set by the "token_chunks" patch): each block's FFN, with the norm and modulation
+around it, runs over chunks of that many tokens, adding into the stream chunk by chunk; the values are those of
+the default path (the chunked matrix products only have fewer rows).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
 from ..common.ops import PLAIN, Ops
+from ..common.token_chunks import add_in_chunks, chunking
 from ..common.wrappers import WrappedModel
 
 
@@ -63,6 +68,7 @@ class StepInputs(NamedTuple):
     mask: torch.Tensor | None         # [L, L] bool, True = may attend
     backend: str
     dtype: torch.dtype
+    chunk: int = 0                    # tokens per chunk in the FFN (0: off)
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +90,13 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 def _gate(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     b, length, d = y.shape
     return (y.float().view(b, gate.shape[1], -1, d) * gate).view(b, length, d)
+
+
+def _rows(mod: torch.Tensor, s: slice, length: int) -> torch.Tensor:
+    """The per-group vectors mod [B, G, 1, D] of tokens `s` of `length`: one group for all, or one per token."""
+    if mod.shape[1] == 1:
+        return mod
+    return mod[:, torch.arange(s.start, s.stop, device=mod.device) // (length // mod.shape[1])]
 
 
 class RMSNorm(nn.Module):
@@ -156,6 +169,11 @@ class WanBlock(nn.Module):
         h = _modulate(_layer_norm(x, self.eps), shift_sa, scale_sa).to(inp.dtype)
         x = x + _gate(self.self_attn(h, inp), gate_sa)
         x = x + self.cross_attn(_layer_norm(x, self.eps, self.norm3).to(inp.dtype), inp).float()
+        length = x.shape[1]
+        if chunking(inp.chunk, length):
+            return add_in_chunks(x, lambda s: _gate(self.ffn(_modulate(
+                _layer_norm(x[:, s], self.eps), _rows(shift_ff, s, length), _rows(scale_ff, s, length))
+                .to(inp.dtype)), _rows(gate_ff, s, length)), inp.chunk)
         h = _modulate(_layer_norm(x, self.eps), shift_ff, scale_ff).to(inp.dtype)
         return x + _gate(self.ffn(h), gate_ff)
 
@@ -198,6 +216,7 @@ class WanDiT(WrappedModel):
 
     block_lists = ("blocks",)
     embedders = ("text_embedding", "img_emb")
+    token_chunk = 0   # tokens per chunk in the blocks' FFN, 0 = off (the "token_chunks" patch sets it)
 
     def __init__(self, cfg: WanConfig, ops: Ops = PLAIN):
         super().__init__()
@@ -302,7 +321,7 @@ class WanDiT(WrappedModel):
         if causal_block_size and causal_block_size > 0:
             mask = self._block_causal_mask(grid, causal_block_size, x.device)
         inp = StepInputs(e0, self._text_context(context.to(x.device), dtype), image_context, rope, mask,
-                         self.attention_backend, dtype)
+                         self.attention_backend, dtype, self.token_chunk)
         x = self.run_blocks("blocks", x, inp)
         out = self.head(x, e, dtype).float()
         return self.unpatchify(out, grid)
