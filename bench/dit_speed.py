@@ -4,7 +4,8 @@ Run on a GPU machine from the repo root:
   python bench/dit_speed.py --family wan --size 14b --res 480p 720p --variants all
   python bench/dit_speed.py --family hunyuan --res 720p 544p --variants bf16 "bf16 compiled"
 Variants are OpenReel's memory/speed patches applied through the same mechanism as the nodes (memory.patches):
-resident bf16, regional compile, fp8 storage with upcast or FP8 matmul, and full block swap. What differs per family
+resident bf16, regional compile, fp8 storage with upcast or FP8 matmul, full block swap, and token chunks
+(memory/token_chunks.py; the planner's chunk size). What differs per family
 (configs, inputs, the diffusers peer, FLOPs) is in bench/subjects.py.
 Prints a table and writes JSON (and an OpenReel kernel profile) to --out.
 """
@@ -21,6 +22,8 @@ from subjects import SUBJECTS
 
 from openreel.memory import patches
 from openreel.memory.block_swap import BlockSwap
+from openreel.memory.planner import predict, weight_bytes
+from openreel.memory.token_chunks import TOKEN_CHUNK
 from openreel.model_loaders.core import prepare  # noqa: F401  (registers every run-time patch)
 from openreel.speed.compile import CompileSettings
 
@@ -31,7 +34,12 @@ VARIANTS = {
     "fp8 upcast": ("fp8_e4m3fn_channel", {}),
     "fp8 matmul": ("fp8_e4m3fn_channel", {"fp8_matmul": "row"}),
     "fp8 matmul compiled": ("fp8_e4m3fn_channel", {"fp8_matmul": "row", "compile": CompileSettings()}),
+    "bf16 chunked": ("bf16", {"token_chunks": TOKEN_CHUNK}),
+    "bf16 compiled chunked": ("bf16", {"compile": CompileSettings(), "token_chunks": TOKEN_CHUNK}),
     "swap all bf16": ("bf16", {"block_swap": "all"}),
+    "swap all bf16 chunked": ("bf16", {"block_swap": "all", "token_chunks": TOKEN_CHUNK}),
+    "swap all fp8 matmul chunked": ("fp8_e4m3fn_channel", {"block_swap": "all", "fp8_matmul": "row",
+                                                           "token_chunks": TOKEN_CHUNK}),
     "swap all fp8 matmul": ("fp8_e4m3fn_channel", {"block_swap": "all", "fp8_matmul": "row"}),
     "swap all bf16 compiled": ("bf16", {"block_swap": "all", "compile": CompileSettings()}),
     "swap all fp8 matmul compiled": ("fp8_e4m3fn_channel", {"block_swap": "all", "fp8_matmul": "row",
@@ -76,13 +84,17 @@ def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: i
     values = dict(values)
     if values.get("block_swap") == "all":
         values["block_swap"] = BlockSwap(blocks=subject.blocks(module))
+    chunk = values.get("token_chunks", 0)
+    predicted = predict(weight_bytes(module), lambda n, b: b * subject.predicted_activation(module.cfg, n, chunk),
+                        tokens, 1, swap=values["block_swap"].blocks if values.get("block_swap") else 0)
     patches.configure(module, values)
     patches.load(module, 0)
     fn = lambda: module(*call[0], **call[1])  # noqa: E731
     r = measure(fn, repeats)
     out = fn().float()
     r.update(name=name, tokens=tokens, tflops=subject.flops(module.cfg, tokens) / r["seconds"] / 1e12,
-             storage=storage, predicted_activation_gib=subject.predicted_activation(module.cfg, tokens) / 2**30)
+             storage=storage, predicted_activation_gib=subject.predicted_activation(module.cfg, tokens, chunk) / 2**30,
+             predicted_peak_gib=predicted.total / 2**30)
     if reference is not None:
         r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
     if values.get("block_swap"):  # ten more runs: memory must not grow
@@ -178,7 +190,7 @@ def main() -> None:
 def _line(res: str, r: dict) -> str:
     extra = f"  vs bf16 {r['rel_diff_vs_bf16']:.1e}" if "rel_diff_vs_bf16" in r else ""
     if "predicted_activation_gib" in r:
-        extra += f"  predicted activations {r['predicted_activation_gib']:.1f}"
+        extra += f"  predicted activations {r['predicted_activation_gib']:.1f}, peak {r['predicted_peak_gib']:.1f}"
     if "growth_over_10_runs_mib" in r:
         extra += f"  growth over 10 runs {r['growth_over_10_runs_mib']:.0f} MiB"
     return (f"{res} {r['tokens']} tokens  {r['name']:22s} {r['seconds']:7.3f} s  {r['tflops']:4.0f} TFLOP/s  "

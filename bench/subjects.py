@@ -103,12 +103,12 @@ class Wan:
         return ((x, t, context), {}), ((x, t, context), {"return_dict": False}), tokens
 
     @staticmethod
-    def predicted_activation(cfg, tokens: int) -> int:
+    def predicted_activation(cfg, tokens: int, token_chunk: int = 0) -> int:
         from types import SimpleNamespace
 
         from openreel.models.wan.family import WAN
 
-        return WAN.activation_bytes(SimpleNamespace(config=cfg), tokens)
+        return WAN.activation_bytes(SimpleNamespace(config=cfg), tokens, token_chunk=token_chunk)
 
     @staticmethod
     def flops(cfg, tokens: int) -> float:
@@ -188,12 +188,12 @@ class Hunyuan:
         return ours, peer, tokens
 
     @staticmethod
-    def predicted_activation(cfg, tokens: int) -> int:
+    def predicted_activation(cfg, tokens: int, token_chunk: int = 0) -> int:
         from types import SimpleNamespace
 
         from openreel.models.hunyuan.family import HUNYUAN
 
-        return HUNYUAN.activation_bytes(SimpleNamespace(config=cfg), tokens)
+        return HUNYUAN.activation_bytes(SimpleNamespace(config=cfg), tokens, token_chunk=token_chunk)
 
     @classmethod
     def flops(cls, cfg, tokens: int) -> float:

@@ -1,7 +1,7 @@
 """VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision, token chunks and CFG
 batching, with the predicted peak and a plain explanation.
 
-Predicted peak = weights on the GPU + the swap ring (two blocks when swapping) + activations (the family's estimate,
+Predicted peak = weights on the GPU + the swap rings (two blocks of each block list that swaps) + activations (the family's estimate,
 with or without token chunks, doubled for batched CFG, plus the upcast copy of one linear weight when weights are
 stored in 8 bits, plus the cuBLAS / cuDNN workspaces).
 Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
@@ -53,6 +53,18 @@ class WeightBytes:
     blocks_fp8: tuple[int, ...]   # the same blocks with their linear weights in fp8 plus one fp32 scale each
     largest_linear: int           # elements of the largest block linear weight
     stored_fp8: bool              # the block linears are already stored in 8 bits
+    list_sizes: tuple[int, ...] = ()   # blocks per block list, in run order (empty: one list)
+
+    def ring(self, swap: int, fp8: bool = False) -> int:
+        """GPU bytes of block swap's rings when the last `swap` blocks are swapped: two shells of the largest
+        swapped block of each list that swaps (one where only one block of it does)."""
+        blocks = self.blocks_fp8 if fp8 else self.blocks
+        first, start, total = len(blocks) - swap, 0, 0
+        for size in self.list_sizes or (len(blocks),):
+            swapped = blocks[max(start, first):start + size]
+            total += min(len(swapped), 2) * max(swapped, default=0)
+            start += size
+        return total
 
 
 def weight_bytes(module: nn.Module) -> WeightBytes:
@@ -83,14 +95,15 @@ def weight_bytes(module: nn.Module) -> WeightBytes:
             embedders += size
         else:
             other += size
-    return WeightBytes(other, embedders, tuple(blocks), tuple(blocks_fp8), largest, stored_fp8)
+    sizes = tuple(len(getattr(module, name)) for name in lists)
+    return WeightBytes(other, embedders, tuple(blocks), tuple(blocks_fp8), largest, stored_fp8, sizes)
 
 
 @dataclass(frozen=True)
 class Peak:
     """The parts of a predicted peak, in bytes."""
     weights: int       # resident weights
-    ring: int          # the swap ring's GPU blocks
+    ring: int          # the swap rings' GPU blocks
     activations: int
 
     @property
@@ -106,7 +119,7 @@ def predict(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, bat
     blocks = wb.blocks_fp8 if fp8 else wb.blocks
     first = len(blocks) - swap
     weights = wb.other + (0 if offload_embeddings else wb.embedders) + sum(blocks[:first])
-    ring = min(swap, 2) * max(blocks[first:], default=0)
+    ring = wb.ring(swap, fp8)
     activations = activation_bytes(tokens, batch * (2 if batched_cfg else 1)) + WORKSPACE
     if fp8 or wb.stored_fp8:
         activations += 2 * wb.largest_linear * compute_itemsize  # the upcast weight and its scaled copy

@@ -200,3 +200,83 @@ def test_predictions_match_the_measured_14b_peaks_within_10_percent(case):
     predicted = predict(weight_bytes(model), activations(cfg), tokens, 1, swap=swap, fp8=fp8).total / 2**30
     measured = MEASURED_PEAKS_GIB[case]
     assert measured <= predicted <= 1.10 * measured  # never under, at most 10% over
+
+
+# ----------------------------------------------------------------------------------------- token chunks
+def meta_dit(family: str, cfg, network, fp32_params: str):
+    """A full-size DiT with no memory behind it, stored as a bf16 file loads, and its handle."""
+    import re
+
+    from openreel.handles import DiTSpec
+
+    with torch.device("meta"):
+        model = network(cfg)
+    for name, p in model.named_parameters():
+        p.data = p.data.to(torch.float32 if re.fullmatch(fp32_params, name) else torch.bfloat16)
+    spec = DiTSpec(family, "test", f"a full-size {family} model", "t2v", family, cfg)
+    return DiTHandle(spec, (), (), "bf16", "bf16"), model
+
+
+@pytest.fixture(scope="module")
+def hunyuan13b():
+    from openreel.models.hunyuan import model as hunyuan
+
+    return meta_dit("hunyuan", hunyuan.HunyuanConfig(), hunyuan.HunyuanDiT, hunyuan.FP32_PARAMS)
+
+
+LATENT_544P = (1, 16, 33, 68, 120)   # 960×544, 129 frames → 67,320 tokens
+
+
+def test_token_chunks_come_before_block_swap_when_the_activations_do_not_fit(hunyuan13b):
+    from openreel.memory.planner import TokenChunks
+    from openreel.memory.token_chunks import TOKEN_CHUNK
+    from openreel.models.hunyuan.family import HUNYUAN
+
+    handle, model = hunyuan13b
+    wb, count = weight_bytes(model), len(model.all_blocks())
+    figure = lambda chunk: lambda n, b: HUNYUAN.activation_bytes(handle.spec, n, b, token_chunk=chunk)  # noqa: E731
+    resident = {chunk: predict(wb, figure(chunk), 67_320, 1).total for chunk in (0, TOKEN_CHUNK)}
+    assert resident[TOKEN_CHUNK] < resident[0] - 4 * GIB
+
+    between = plan(handle, model, LATENT_544P, (resident[TOKEN_CHUNK] + resident[0]) // 2)
+    assert (between.token_chunk, between.blocks_to_swap, between.fp8, between.fits) == (TOKEN_CHUNK, 0, False, True)
+    assert "token chunks of 4,096 tokens" in between.explanation
+    assert "Token chunks: activations 4.0 GiB instead of 8.6 GiB" in between.explanation
+    assert "without them: swap 11 of 60 blocks" in between.explanation
+    assert between.apply(handle).patch("token_chunks") == TOKEN_CHUNK
+    assert plan(handle, model, LATENT_544P, resident[0] + GIB).token_chunk == 0  # fits without: no chunks
+
+    small = plan(handle, model, LATENT_544P, 12 * GIB)  # both: swapping, fewer blocks than without chunks
+    without = plan_for(wb, figure(0), 67_320, LATENT_544P, Budget(12 * GIB, "given"))
+    assert small.token_chunk == TOKEN_CHUNK and small.fits and 0 < small.blocks_to_swap < without.blocks_to_swap
+    assert f"without them: swap {without.blocks_to_swap} of {count} blocks" in small.explanation
+    tiny = plan(handle, model, LATENT_544P, 7 * GIB)  # full swap fits only with chunks (the 8 GB target)
+    assert (tiny.token_chunk, tiny.blocks_to_swap, tiny.fits) == (TOKEN_CHUNK, count, True)
+    assert "nothing fits without them" in tiny.explanation
+    offered = plan_for(wb, figure(0), 67_320, LATENT_544P, Budget(7 * GIB, "given"),
+                       chunks=TokenChunks(TOKEN_CHUNK, figure(TOKEN_CHUNK)), name=handle.spec.description)
+    assert offered == tiny  # plan asks the family for both figures
+
+
+def test_block_swap_keeps_a_ring_for_each_block_list_it_reaches(hunyuan13b):
+    wb = weight_bytes(hunyuan13b[1])
+    double, single = wb.blocks[0], wb.blocks[-1]
+    assert wb.list_sizes == (20, 40) and double > 2 * single
+    assert [wb.ring(swap) for swap in (0, 1, 40, 41, 42, 60)] == [0, single, 2 * single, 2 * single + double,
+                                                                   2 * (single + double), 2 * (single + double)]
+    assert predict(wb, lambda n, b: 0, 1, 1, swap=60).ring == 2 * (single + double)
+
+
+def test_token_chunks_are_not_chosen_where_they_free_nothing(wb14):
+    from openreel.memory.token_chunks import TOKEN_CHUNK
+
+    handle, model = meta_dit("wan", WAN14B, WanDiT, FP32_PARAMS)  # attention's peak is above the FFN's
+    for budget_gib in (30, 10, 4):
+        assert plan(handle, model, LATENT_480P, int(budget_gib * GIB)).token_chunk == 0
+    cfg = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)  # 1.3B: the FFN peaks highest
+    handle, model = meta_dit("wan", cfg, WanDiT, FP32_PARAMS)
+    figure = lambda chunk: lambda n, b: wan_activation_bytes(cfg.dim, cfg.ffn_dim, n, b, token_chunk=chunk)  # noqa
+    wb = weight_bytes(model)
+    peaks = [predict(wb, figure(chunk), 75_600, 1) for chunk in (TOKEN_CHUNK, 0)]
+    assert peaks[0].activations < 0.75 * peaks[1].activations
+    assert plan(handle, model, LATENT_720P, (peaks[0].total + peaks[1].total) // 2).token_chunk == TOKEN_CHUNK
