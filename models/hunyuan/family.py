@@ -251,23 +251,25 @@ class HunyuanFamily(DiTFamily):
 
     # ------------------------------------------------------------------ memory
     def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
-        """Peak working memory of one forward, counted from the tensors alive at the largest moment (D = hidden,
-        W = MLP width, 16-bit compute; per token of L = image tokens + the 256 LLaVA tokens at most; RoPE tables
-        4·head_dim): always the float32 stream 4·D and the tables.
+        """Peak working memory of one forward, counted from the tensors alive at its largest moment. Per token of
+        L = image tokens + the 256 LLaVA tokens at most (D = hidden, W = MLP width, 16-bit compute), plus the
+        float32 RoPE tables (4·head_dim):
 
-        Default: the single-stream block's join for `linear2`, beside the stream the block list started from
-        (4·D), the block's input (4·D), its modulated input (2·D), `linear1`'s output (6·D + 2·W), the attention
-        output (2·D), the activated MLP state (2·W) and the join (2·D + 2·W): 20·D + 6·W. Before the image
-        embedding was released ahead of the blocks the same count plus 4·D was 9.3 and 16.4 GiB at 544p and 720p
-        × 129 frames (67,320 and 118,800 tokens), as measured on an H200 (bench/RESULTS.md, eager, batch 1).
+        Default: at the single-stream block's join for `linear2`, the stream the block list started from (4·D),
+        the block's input stream (4·D), its modulated input (2·D), `linear1`'s output (6·D + 2·W), the attention
+        output (2·D), the activated MLP state (2·W) and the join (2·D + 2·W): 20·D + 6·W. The same count with the
+        image embedding still held (+4·D, as before it was released ahead of the blocks) gives 9.28 and 16.38 GiB
+        at 544p and 720p × 129 frames with 40 text tokens (67,360 and 118,840 tokens); an H200 measured 9.29 and
+        16.40 (bench/RESULTS.md, eager, batch 1).
 
         Token chunks of c tokens (models/hunyuan/model.py): the blocks update one stream in place, so the peak is
-        the single-stream block's attention with the stream, q, k, v (6·D), the activated MLP state (2·W) and the
-        attention output (2·D) alive: 12·D + 2·W. Before attention the output's 2·D is not yet there, but one
-        chunk's temporaries are, per chunk token max(22·D + 2·W: modulated input, `linear1`'s output, q or k
+        the single-stream block's attention, with the stream (4·D), q, k, v (6·D), the activated MLP state (2·W)
+        and the attention output (2·D) alive: 12·D + 2·W. Before attention the output's 2·D is not there yet, but
+        one chunk's temporaries are, per chunk token max(22·D + 2·W: modulated input, `linear1`'s output, q or k
         normalized and under RoPE in float32; 8·D + 4·W: modulated input, `linear1`'s output, the activated MLP
-        chunk). The final layer's 16·D over the image tokens is below both where W ≥ 2·D (13B: W = 4·D). Checked
-        against a count of live tensors on the CPU (tiny widths, bfloat16) to 0.1%."""
+        chunk). The final layer's 16·D over the image tokens stays below where W ≥ 2·D (13B: W = 4·D).
+        Both figures equal a count of the tensors alive in a bfloat16 CPU forward within 0.5%
+        (tests/test_token_chunks.py)."""
         cfg = spec.config
         d, w, length = cfg.hidden, cfg.mlp_width, tokens + 256
         tables = 4 * cfg.head_dim
