@@ -93,7 +93,8 @@ def _gate(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 
 def _rows(mod: torch.Tensor, s: slice, length: int) -> torch.Tensor:
-    """The per-group vectors mod [B, G, 1, D] of tokens `s` of `length`: one group for all, or one per token."""
+    """Modulation vectors mod [B, G, 1, D] (G groups of consecutive tokens) for tokens `s` of `length`: `mod`
+    itself when one group holds every token, else a row per token."""
     if mod.shape[1] == 1:
         return mod
     return mod[:, torch.arange(s.start, s.stop, device=mod.device) // (length // mod.shape[1])]
@@ -171,11 +172,15 @@ class WanBlock(nn.Module):
         x = x + self.cross_attn(_layer_norm(x, self.eps, self.norm3).to(inp.dtype), inp).float()
         length = x.shape[1]
         if chunking(inp.chunk, length):
-            return add_in_chunks(x, lambda s: _gate(self.ffn(_modulate(
-                _layer_norm(x[:, s], self.eps), _rows(shift_ff, s, length), _rows(scale_ff, s, length))
-                .to(inp.dtype)), _rows(gate_ff, s, length)), inp.chunk)
+            return add_in_chunks(x, lambda s: self._ffn_branch(
+                x[:, s], *(_rows(m, s, length) for m in (shift_ff, scale_ff, gate_ff)), inp.dtype), inp.chunk)
         h = _modulate(_layer_norm(x, self.eps), shift_ff, scale_ff).to(inp.dtype)
         return x + _gate(self.ffn(h), gate_ff)
+
+
+    def _ffn_branch(self, x: torch.Tensor, shift, scale, gate, dtype: torch.dtype) -> torch.Tensor:
+        """The gated FFN branch of the tokens x (a chunk), with their modulation vectors."""
+        return _gate(self.ffn(_modulate(_layer_norm(x, self.eps), shift, scale).to(dtype)), gate)
 
 
 class Head(nn.Module):
