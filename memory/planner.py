@@ -1,16 +1,17 @@
 """VRAM budget planner: a DiT, a latent size and a budget → block swap, weight precision, token chunks and CFG
 batching, with the predicted peak and a plain explanation.
 
-Predicted peak = weights on the GPU + the swap rings (two blocks of each block list that swaps) + activations (the family's estimate,
-with or without token chunks, doubled for batched CFG, plus the upcast copy of one linear weight when weights are
-stored in 8 bits, plus the cuBLAS / cuDNN workspaces).
+Predicted peak = weights on the GPU + the swap rings (two blocks of each block list that swaps) + activations (the
+family's estimate, with or without token chunks, doubled for batched CFG, plus the upcast copy of one linear weight
+when weights are stored in 8 bits, plus the cuBLAS / cuDNN workspaces).
 Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
 and image embedders in host memory too. At each of these steps: CFG batched (fewer, larger model calls), else
 sequential (the same values), else the same with token chunks (memory/token_chunks.py), where the network honours
 them and they lower the activations. Token chunks come before swapping more blocks or storing weights in fp8: they
-cost a few percent of time at every size and keep the values (up to the rounding of smaller matrix products),
-while each further swapped block needs host memory and PCIe bandwidth, and is costly wherever its copy does not
-hide behind the compute of a block (few tokens, slow links, pageable memory), and fp8 changes the values.
+cost a small share of time at any size (bench/dit_speed.py's "chunked" variants measure it) and keep the values
+up to the rounding of smaller matrix products, while each further swapped block needs host memory and PCIe
+bandwidth, and costs time wherever its copy does not hide behind a block's compute (few tokens, slow links,
+pageable memory), and fp8 changes the values.
 When nothing fits, the plan says so and gives the smallest peak possible.
 """
 from __future__ import annotations
