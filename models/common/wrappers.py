@@ -24,6 +24,8 @@ class Wrapper:
         return call(*args, **kwargs)
 
     def blocks(self, call: Callable, model: nn.Module, list_name: str, x: Any, *args):
+        """Wrap one block loop. The blocks may update `x` in place (token chunks do, to hold one stream): a
+        wrapper that needs the loop's input after `call` returns (e.g. for a residual) must copy it first."""
         return call(x, *args)
 
 
