@@ -269,6 +269,11 @@ class BlockSwapResidency(Wrapper):
             self._hooks.append(sub.register_forward_hook(functools.partial(self._unstage, name), always_call=True))
         runtime.offload_model(module)  # inside ComfyUI: unload it if its manager holds it whole
 
+    def fits(self) -> bool:
+        """Whether the ring still has its blocks' structure (a LoRA's run-time factors add tensors to blocks)."""
+        return all(_signature(self.view.ring[slot]) == _signature(self.block_order[segment.numbers[0]][2])
+                   for segment in self.segments.values() for slot in segment.slots)
+
     @property
     def swapped(self) -> range:
         return range(self.first, self.first + self.settings.blocks)
@@ -376,7 +381,7 @@ class BlockSwapResidency(Wrapper):
 def _apply(module: nn.Module, settings: BlockSwap) -> None:
     current = getattr(module, "residency", None)
     if isinstance(current, BlockSwapResidency):
-        if current.settings == settings:
+        if current.settings == settings and current.fits():
             return
         current.release(module)
     if settings.active:

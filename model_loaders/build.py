@@ -126,6 +126,19 @@ def _converted(plan: _Plan, module_name: str, attr: str, module: nn.Module) -> t
     return raw.to(plan.storage(key))
 
 
+def base_reader(ckpt: Checkpoint, *, weight_dtype: str, compute_dtype: str,
+                fp32_params: str = "") -> Callable[[nn.Module, str], torch.Tensor]:
+    """`read(model, name)`: parameter or buffer `name` of a model `materialize` built from `ckpt` with these
+    settings, as that build stored it (the same conversion, so bitwise the loaded tensor): how a weight a LoRA
+    merge changed is restored, one tensor at a time."""
+    plan = _Plan(ckpt, weight_dtype, COMPUTE_DTYPES[compute_dtype], fp32_params)
+
+    def read(model: nn.Module, name: str) -> torch.Tensor:
+        module_name, _, attr = name.rpartition(".")
+        return _converted(plan, module_name, attr, model.get_submodule(module_name) if module_name else model)
+    return read
+
+
 def materialize(factory: Callable[[Ops], nn.Module], ckpt: Checkpoint, *, weight_dtype: str, compute_dtype: str,
                 device: torch.device, fp32_params: str = "") -> nn.Module:
     """Build `factory(ops)` on meta and load every parameter from `ckpt` (strict: missing or extra keys are

@@ -1,8 +1,9 @@
 """The loader core every model kind shares: file stamps, the module cache, rebuild-if-evicted, patch preparation.
 
 A loader module (dit.py, vae.py, text_encoder.py, clip_vision.py) registers how to build its kind from a handle's
-files; `module_of(handle)` returns the cached module or rebuilds it, and `prepare(handle)` also applies every
-registered run-time patch (memory/patches.py) with the handle's values, or the defaults.
+files; `module_of(handle)` returns the cached module or rebuilds it, and `prepare(handle)` also brings it to the
+handle's LoRAs (lora_apply.py: they change weights in place or add run-time factors, so they come first) and
+applies every registered run-time patch (memory/patches.py) with the handle's values, or the defaults.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ..handles import ModelHandle
 from ..memory import block_swap, planner  # noqa: F401  (each registers its patch)
 from ..memory.patches import configure
 from ..speed import attention_backends, compile, fp8  # noqa: F401  (each registers its patch)
+from . import lora_apply
 from .cache import MODULES
+from .lora import LORA_PATCH
 
 _BUILDERS: dict[str, Callable[[ModelHandle], nn.Module]] = {}
 
@@ -42,5 +45,8 @@ def module_of(handle: ModelHandle) -> nn.Module:
 
 
 def prepare(handle: ModelHandle) -> nn.Module:
-    """The module for `handle`, configured by every registered patch."""
-    return configure(module_of(handle), dict(handle.patches))
+    """The module for `handle`, with the handle's LoRAs and configured by every registered patch."""
+    module = module_of(handle)
+    values = dict(handle.patches)
+    lora_apply.apply(handle, module, tuple(values.pop(LORA_PATCH, ())))
+    return configure(module, values)

@@ -21,10 +21,10 @@ LOADERS = {
     "vae": "load it with OpenReel VAE Loader (put it in models/vae)",
     "text_encoder": "load it with OpenReel Text Encoder Loader (put it in models/text_encoders)",
     "clip_vision": "load it with OpenReel CLIP Vision Loader (put it in models/clip_vision)",
-    "lora": "apply it to a loaded model with a LoRA node instead of loading it as a model",
+    "lora": "apply it to a loaded DiT with the OpenReel LoRA node (put it in models/loras)",
 }
 NOUNS = {"dit": "a diffusion transformer", "vae": "a VAE", "text_encoder": "a text encoder",
-         "clip_vision": "a CLIP vision encoder"}
+         "clip_vision": "a CLIP vision encoder", "lora": "a LoRA"}
 UNKNOWN = {**NOUNS, "dit": "a diffusion model"}   # "… is not a diffusion model OpenReel knows"
 
 UMT5_OFFICIAL_ANCHORS = ("blocks.0.pos_embedding.embedding.weight",)
@@ -80,6 +80,12 @@ def is_t5(ckpt: Checkpoint) -> bool:
     return _any_key(*T5_HF_ANCHORS, *UMT5_OFFICIAL_ANCHORS, "blocks.0.attn.q.weight", "shared.weight")(ckpt)
 
 
+def is_lora(ckpt: Checkpoint) -> bool:
+    """Low-rank factors (ComfyUI / kohya, diffusers / PEFT names) or full-rank deltas (`diff`, `diff_b`, `diff_m`)."""
+    return _any_fragment(".lora_A.", ".lora_B.", "lora_down.weight", "lora_up.weight", ".lora.down.weight")(ckpt) or \
+        any(k.endswith((".diff", ".diff_b", ".diff_m")) for k in ckpt.keys())
+
+
 # Kinds without an adapter: (kind, what, todo or None for the kind's loader, runnable, matcher), in order. The
 # Llama row comes before CLIP vision (a LLaVA folder holds a CLIP vision tower beside its language model); a full
 # CLIP model is a vision encoder unless a text-encoder loader asks (then its text tower is read).
@@ -88,8 +94,7 @@ _OTHER_KINDS = (
     ("clip_vision", "a CLIP vision encoder", None, True, is_clip),
     ("text_encoder", "a CLIP text encoder", None, True, is_clip_text),
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
-    ("lora", "a LoRA", None, False,
-     _any_fragment("lora_A.weight", "lora_down.weight", "lora_B.weight", "lora_up.weight", ".lora.down.weight")),
+    ("lora", "a LoRA", None, True, is_lora),
     ("vae", "an image VAE (Stable Diffusion / Flux family)", "use the VAE of the video model (Wan2.1, Wan2.2 or HunyuanVideo)", False,
      _any_fragment("decoder.up.0.block.0.")),
     ("vae", "a video VAE", None, False,

@@ -70,6 +70,17 @@ class SamplingDefaults:
                                     # 1 → 0, integer timesteps) or "linear" (linspace 1 → 0, float timesteps σ·1000)
 
 
+@dataclass(frozen=True)
+class LoraTarget:
+    """Where a LoRA's tensor for one parameter lands in a family's network: the parameter `param` (official name),
+    the output rows `rows` (start, stop) of it that the LoRA's layer makes when the network fuses several of the
+    file's layers into one (HunyuanVideo's q, k, v), and `reorder`, applied to the LoRA's output rows when the
+    network orders them differently from the file's layer."""
+    param: str
+    rows: tuple[int, int] | None = None
+    reorder: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class ModelInputs:
     """One model's keyword inputs for a sampling run besides the latent and the timestep: `shared` by every call,
@@ -98,6 +109,13 @@ class DiTFamily:
     def describe(self, ckpt: Checkpoint) -> DiTSpec:
         """The spec from shapes (raises DetectionError for a file of this family it cannot run)."""
         raise NotImplementedError
+
+    def lora_target(self, name: str, spec: DiTSpec | None = None) -> LoraTarget | None:
+        """Where the parameter `name` a LoRA changes (its prefix removed; this family's official, ComfyUI or
+        diffusers naming) lands in this family's network, or None when `name` is no name of this family. With
+        `spec` None only recognition is asked (a LoRA made for another family is named in errors), and rows of
+        fused layers are left out. The default takes names as the network's own and recognizes nothing."""
+        return LoraTarget(name) if spec is not None else None
 
     def build(self, spec: DiTSpec, ops: Ops) -> nn.Module:
         raise NotImplementedError

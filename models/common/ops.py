@@ -5,7 +5,12 @@ everything else (embeddings, norms, modulation, heads) is plain torch. The loade
 network exists, so nothing is rewritten after construction:
 - `PLAIN`: `nn.Linear` (reference parity, tests);
 - `cast_ops(scaled)`: `CastLinear`, stored in any dtype (16-bit, fp8, fp8 with a scale per tensor or per output
-  channel) and computed in the activations' dtype. Later weight formats (LoRA deltas, GGUF) are further ops.
+  channel) and computed in the activations' dtype. Later weight formats (GGUF) are further ops.
+
+A `CastLinear` may carry unmerged LoRA factors (`lora_down` [R, in], `lora_up` [out, R], `lora_scale` [R]: the
+ranks of every LoRA on the layer side by side, each rank's strength·α/r in `lora_scale`; set and cleared by
+model_loaders/lora_apply.py). They are buffers, so they move with the layer (block swap streams them with their
+block) and a compiled block sees them; the layer then adds ((x·downᵀ)·scale)·upᵀ to its output.
 
 A `CastLinear` whose `fp8_matmul` is set ("row" / "tensor" activation scales; the "fp8_matmul" patch sets it)
 hands its product to the linear kernel registered under "fp8" (speed/fp8.py) instead of upcasting its weight; the
@@ -46,6 +51,8 @@ class CastLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.register_buffer("scale_weight", torch.ones(()) if scaled else None)
+        for name in ("lora_down", "lora_up", "lora_scale"):
+            self.register_buffer(name, None)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         w = self.weight.to(dtype)
@@ -54,16 +61,21 @@ class CastLinear(nn.Module):
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
         if self.fp8_matmul is not None and "fp8" in _KERNELS:
             out = _KERNELS["fp8"](self, x, self.fp8_matmul)
-            if out is not None:
-                return out
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if out is None:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            out = F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if self.lora_down is not None:
+            low = F.linear(x, self.lora_down.to(x.dtype)) * self.lora_scale.to(x.dtype)
+            out = out + F.linear(low, self.lora_up.to(x.dtype))
+        return out
 
     def extra_repr(self) -> str:
         scale = "none" if self.scale_weight is None else tuple(self.scale_weight.shape)
-        return f"in={self.in_features}, out={self.out_features}, weight={self.weight.dtype}, scale={scale}"
+        lora = "" if self.lora_down is None else f", lora_rank={self.lora_down.shape[0]}"
+        return f"in={self.in_features}, out={self.out_features}, weight={self.weight.dtype}, scale={scale}{lora}"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import torch
 from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
-from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
+from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, find_prefix,
+                             register_family)
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from .model import FP32_PARAMS, HunyuanConfig, HunyuanDiT
@@ -72,6 +73,22 @@ _DIFFUSERS_RULES = [(re.compile(a), b) for a, b in (
 )]
 
 _SIZES = {3072: "13B"}
+
+# LoRAs: official parameter names a LoRA may change (recognizes a HunyuanVideo LoRA), and diffusers' separate
+# layers that the network fuses: (pattern, fused layer, the part's group in the pattern). A fused layer's output
+# rows are q, k, v (hidden wide each), then for single blocks the MLP input (mlp_width wide).
+_LORA_NAMES = re.compile(
+    r"^(double_blocks\.\d+\.(img|txt)_(mod\.linear|attn_qkv|attn_proj|attn_q_norm|attn_k_norm|mlp\.fc[12])|"
+    r"single_blocks\.\d+\.(linear[12]|modulation\.linear|q_norm|k_norm)|img_in\.proj|txt_in\.[\w.]+|time_in\.mlp\.[02]|"
+    r"vector_in\.(in|out)_layer|guidance_in\.mlp\.[02]|final_layer\.(linear|adaLN_modulation\.1))\.(weight|bias)$")
+_LORA_FUSED = tuple((re.compile(a), b) for a, b in (
+    (r"^transformer_blocks\.(\d+)\.attn\.to_([qkv])\.(weight|bias)$", r"double_blocks.\1.img_attn_qkv.\3"),
+    (r"^transformer_blocks\.(\d+)\.attn\.add_([qkv])_proj\.(weight|bias)$", r"double_blocks.\1.txt_attn_qkv.\3"),
+    (r"^single_transformer_blocks\.(\d+)\.attn\.to_([qkv])\.(weight|bias)$", r"single_blocks.\1.linear1.\3"),
+    (r"^single_transformer_blocks\.(\d+)\.proj_(mlp)\.(weight|bias)$", r"single_blocks.\1.linear1.\3"),
+    (r"^context_embedder\.token_refiner\.refiner_blocks\.(\d+)\.attn\.to_([qkv])\.(weight|bias)$",
+     r"txt_in.individual_token_refiner.blocks.\1.self_attn_qkv.\3"),
+))
 
 # Later models built on this architecture, by keys only they have (official and diffusers names).
 _UNSUPPORTED = (
@@ -195,6 +212,23 @@ class HunyuanFamily(DiTFamily):
             raise DetectionError(f"{ckpt.name}: {err}", "add a config.json stating num_attention_heads and "
                                  "rope_axes_dim beside the weights") from err
         return _classify(ckpt.name, cfg)
+
+    def lora_target(self, name: str, spec: DiTSpec | None = None) -> LoraTarget | None:
+        """Official / ComfyUI names as they are; diffusers names renamed, diffusers' q, k, v (and the single
+        blocks' MLP input) to their rows of the fused layer, its final modulation with [scale, shift] swapped."""
+        for pattern, fused in _LORA_FUSED:
+            match = pattern.match(name)
+            if match:
+                if spec is None:
+                    return LoraTarget(match.expand(fused))
+                d = spec.config.hidden
+                start = "qkvm".index(match.group(2)[0]) * d
+                width = spec.config.mlp_width if start == 3 * d else d
+                return LoraTarget(match.expand(fused), (start, start + width))
+        if re.match(r"^norm_out\.linear\.(weight|bias)$", name):
+            return LoraTarget("final_layer.adaLN_modulation.1." + name.rpartition(".")[2], reorder=_swap_halves)
+        official = diffusers_to_official(name)
+        return LoraTarget(official) if _LORA_NAMES.match(official) else None
 
     def build(self, spec: DiTSpec, ops: Ops) -> HunyuanDiT:
         return HunyuanDiT(spec.config, ops)

@@ -13,7 +13,8 @@ import torch
 from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
-from ..common.family import Checkpoint, DiTFamily, ModelInputs, SamplingDefaults, find_prefix, register_family
+from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, find_prefix,
+                             register_family)
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from . import latents as wan_latents
@@ -59,6 +60,12 @@ _UNSUPPORTED = (
 )
 
 _SIZES = {1536: "1.3B", 3072: "5B", 5120: "14B"}
+
+# Official parameter names a LoRA may change (after the diffusers names are renamed): recognizes a Wan LoRA.
+_LORA_NAMES = re.compile(
+    r"^(blocks\.\d+\.((self_attn|cross_attn)\.\w+|ffn\.[02]|norm3)\.(weight|bias)|blocks\.\d+\.modulation|"
+    r"head\.(head\.(weight|bias)|modulation)|img_emb\.emb_pos|(patch_embedding|text_embedding\.[02]|"
+    r"time_embedding\.[02]|time_projection\.1|img_emb\.proj\.[0134]|fps_projection\.[02])\.(weight|bias))$")
 
 
 def diffusers_to_official(key: str) -> str:
@@ -115,6 +122,11 @@ class WanFamily(DiTFamily):
             image_dim=ckpt.shape("img_emb.proj.0.weight")[0] if has_img else 1280, image_tokens=image_tokens,
             fps_embedding="fps_embedding.weight" in ckpt)
         return _classify(ckpt.name, config, _SIZES.get(dim, f"{dim}-wide"))
+
+    def lora_target(self, name: str, spec: DiTSpec | None = None) -> LoraTarget | None:
+        """Official / ComfyUI names as they are, diffusers names renamed; nothing of Wan's is fused."""
+        official = diffusers_to_official(name)
+        return LoraTarget(official) if _LORA_NAMES.match(official) else None
 
     def build(self, spec: DiTSpec, ops: Ops) -> WanDiT:
         return WanDiT(spec.config, ops)
