@@ -109,7 +109,8 @@ class SamplingSession:
             expert = self.experts[index]
             one = 0
             if expert.family is not None:
-                one = expert.family.activation_bytes(expert.spec, expert.family.tokens(expert.spec, tuple(x.shape)))
+                one = expert.family.activation_bytes(expert.spec, expert.family.tokens(expert.spec, tuple(x.shape)),
+                                                     token_chunk=getattr(expert.module, "token_chunk", 0))
             patches.load(expert.module, one)
             batched = self.batch_cfg if self.batch_cfg is not None else getattr(expert.module, "cfg_batching", None)
             if batched is None:  # no plan chose: batch when a second sample's activations fit

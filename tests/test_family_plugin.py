@@ -142,7 +142,7 @@ class ToyFamily(DiTFamily):
     def model_inputs(self, spec, embeds, cond, defaults):
         return ModelInputs({"context": embeds.positive}, None, {"guidance": self.embedded_scale(embeds, defaults)})
 
-    def activation_bytes(self, spec, tokens, batch=1):
+    def activation_bytes(self, spec, tokens, batch=1, token_chunk=0):
         return batch * tokens * spec.config.dim * 4 * 8
 
 

@@ -157,8 +157,9 @@ class DiTFamily:
         """Tokens of one video of `latent_shape` [B, C, F, H, W] (the config's patch_size: (t, h, w))."""
         return math.prod(n // p for n, p in zip(latent_shape[2:], spec.config.patch_size))
 
-    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
-        """Upper estimate of one forward's working memory beyond the weights (16-bit compute)."""
+    def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
+        """Upper estimate of one forward's working memory beyond the weights (16-bit compute), with the blocks run
+        in `token_chunk`-token slices where the network supports it (0: whole)."""
         raise NotImplementedError
 
 
