@@ -59,18 +59,23 @@ def decode_pixels(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto")
 
 def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") -> Iterator[torch.Tensor]:
     """Normalized latent → IMAGE chunks [f, H, W, 3] in 0..1 on the CPU, batch item 0 then 1 …, streamed when
-    untiled (a video writer can consume them as they come); the VAE is offloaded when the last chunk is out."""
+    untiled (a video writer can consume them as they come); the VAE is offloaded when the last chunk is out.
+    A progress bar counts the decoded frames; an interrupt stops the decode before the next chunk."""
     module = module_of(handle)
     device = runtime.load_model(module)
+    frames = module.cfg.temporal_stride * (latent.shape[2] - 1) + 1
     try:
         s = module.cfg.spatial_stride
         tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
-        for b in range(latent.shape[0]):
-            item = latent[b:b + 1]
-            chunks = module.decode_iter(item) if tile is None else [module.decode(item, tile_size=tile)]
-            for chunk in chunks:  # [1, 3, f, H, W] in [-1, 1]
+        with runtime.Progress(latent.shape[0] * frames, "OpenReel VAE decode") as bar:
+            for b in range(latent.shape[0]):
                 runtime.throw_if_interrupted()
-                yield ((chunk[0].float() + 1) / 2).permute(1, 2, 3, 0).cpu()
+                item = latent[b:b + 1]
+                chunks = module.decode_iter(item) if tile is None else [module.decode(item, tile_size=tile)]
+                for chunk in chunks:  # [1, 3, f, H, W] in [-1, 1]
+                    bar.update(chunk.shape[2])
+                    runtime.throw_if_interrupted()
+                    yield ((chunk[0].float() + 1) / 2).permute(1, 2, 3, 0).cpu()
     finally:
         runtime.offload_model(module)
 

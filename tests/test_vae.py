@@ -290,3 +290,34 @@ def test_handles_are_small_and_frozen():
     with pytest.raises(AttributeError):
         handle.latent_format = "wan22"
     assert handle.weights_key == ("vae", ("a.pth",), ((1, 2),), "auto", "fp32")
+
+
+def test_decoding_shows_progress_and_stops_at_an_interrupt(tmp_path, monkeypatch):
+    """Issue 13 item 7: VAE Decode sent no progress, and an interrupt waited for the whole decode."""
+    from openreel import runtime
+    from openreel.encoding.video import decode_video
+
+    cfg = TINY["wan21"][2]
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanVAE(cfg).state_dict().items()}
+    save_file({k: torch.randn(s) * 0.05 for k, s in shapes.items()}, tmp_path / "vae.safetensors")
+    handle = load_vae(tmp_path / "vae.safetensors")
+    updates = []
+
+    class Recording(runtime.Progress):
+        def update(self, n=1, preview=None):
+            updates.append((n, self.total))
+            super().update(n, preview)
+    monkeypatch.setattr(runtime, "Progress", Recording)
+    z = torch.randn(1, 16, 4, 4, 6)
+    chunks = list(decode_video(handle, z, "off"))
+    assert sum(c.shape[0] for c in chunks) == 13
+    assert updates == [(1, 13), (4, 13), (4, 13), (4, 13)]  # frame by frame, as the decoder streams them
+
+    updates.clear()
+    stream = decode_video(handle, z, "off")
+    next(stream)
+    runtime.request_interrupt()
+    with pytest.raises(runtime.Interrupted):
+        next(stream)
+    assert len(updates) == 2  # stopped after the chunk being decoded, not at the end
