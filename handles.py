@@ -4,7 +4,9 @@ A node never mutates a handle; it returns a new one (`with_patch`, `dataclasses.
 cache stays correct. The module behind a handle is built once per `weights_key` (kind, files, their stamps, weight
 and compute dtype) and shared through `model_loaders.cache`; `model_loaders.core.module_of` rebuilds it from the
 files if the cache let it go. Patches (attention backend, block swap, compile, …) change no weight: they are
-applied to the shared module before each use (`model_loaders.core.prepare`).
+applied to the shared module before each use (`model_loaders.core.prepare`). The "lora" patch is the exception
+that keeps the same identity: it changes the shared module's weights (or adds run-time factors) before each use and
+is undone exactly for a handle without it (model_loaders/lora_apply.py), so LoRAs never make a second module.
 """
 from __future__ import annotations
 

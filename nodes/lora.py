@@ -45,6 +45,15 @@ class OpenReelLoRA(OpenReelNode):
                            "for fp8 weights or with block swap, merged otherwise."}),
         }}
 
+    @classmethod
+    def IS_CHANGED(cls, lora_name, **_):
+        """The file's size and time: a LoRA file replaced on disk is read again."""
+        try:
+            stat = runtime.model_path("loras", lora_name).stat()
+        except Exception:   # the node itself reports a missing file
+            return ""
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+
     def apply(self, dit: DiTHandle, lora_name: str, strength: float, mode: str):
         spec = lora_spec(runtime.model_path("loras", lora_name), strength, mode)
         report = check(dit.spec, spec).report(f"strength {strength:g}, {_MODE_TEXT[mode]}")

@@ -254,12 +254,13 @@ def test_every_layout_merged_and_unmerged_equals_the_reference_and_comes_off_exa
     expected = subject.reference(reference_state(subject, changes, STRENGTH))
     resolution = check(handle.spec, lora_spec(path))
     assert not resolution.unmatched, resolution.report()
+    file_bytes = subject.path.read_bytes()
     for mode in ("merged", "unmerged"):
         out = subject.run(with_lora(handle, path, STRENGTH, mode))
         assert rel(out, expected) <= TOL, (mode, rel(out, expected))
         assert rel(out, base) > 1e-3   # the LoRA did something
         assert torch.equal(subject.run(handle), base), mode   # taken out: bitwise the base
-    assert len(MODULES._items) == 1
+    assert len(MODULES._items) == 1 and subject.path.read_bytes() == file_bytes   # no second model, file untouched
 
 
 def test_unmerged_factors_live_on_the_large_linears_only(tmp_path):
@@ -428,6 +429,9 @@ def test_node_chains_and_reports(tmp_path):
         handle = subject.handle()
         first = OpenReelLoRA().apply(handle, "wan_comfy.safetensors", 0.5, "auto")
         second = OpenReelLoRA().apply(first["result"][0], "wan_diffusers.safetensors", 1.0, "unmerged")
+        stamp = OpenReelLoRA.IS_CHANGED(lora_name="wan_comfy.safetensors")
+        lora_file(tmp_path, "wan", "comfy")   # written again: ComfyUI must run the node again
+        assert stamp and OpenReelLoRA.IS_CHANGED(lora_name="wan_comfy.safetensors") != stamp
     finally:
         runtime.set_models_dir(None)
     out, report = second["result"]
