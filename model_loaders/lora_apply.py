@@ -200,17 +200,38 @@ def _merged(module: nn.Module, name: str, base: dict[str, torch.Tensor], terms, 
     return {name: w.to(weight.dtype)}
 
 
-def _reader(handle: ModelHandle, module: nn.Module):
+REOPEN_BYTES = 1 << 30   # the model file is mapped anew after this many bytes read back (see `_Rereader`)
+
+
+def _reader(handle: ModelHandle, module: nn.Module) -> "_Rereader":
     """Reads parameters of `module` again from the handle's files, as its build stored them."""
     stamps = tuple((Path(f).stat().st_size, Path(f).stat().st_mtime_ns) if Path(f).exists() else None
                    for f in handle.files)
     if stamps != handle.file_stamp:
         raise InputError(f"{Path(handle.files[0]).name} changed on disk since it was loaded, so a merged LoRA cannot "
                          f"be taken out of it exactly", "run again: the model is read anew from its file")
-    family = family_of(handle.spec)
-    ckpt = family.normalize(open_checkpoint(handle.files[0]))
-    return base_reader(ckpt, weight_dtype=handle.weight_dtype, compute_dtype=handle.compute_dtype,
-                       fp32_params=family.fp32_params)
+    return _Rereader(handle)
+
+
+class _Rereader:
+    """`build.base_reader` over the handle's files, opened anew every REOPEN_BYTES: the pages of a memory-mapped
+    file that were read count in the process's resident memory until it is unmapped, so reading a whole 14B model
+    back through one mapping would show as a second model in RSS (page cache, but counted)."""
+
+    def __init__(self, handle: ModelHandle):
+        self.handle, self.read, self.count = handle, None, 0
+
+    def __call__(self, module: nn.Module, name: str) -> torch.Tensor:
+        if self.read is None or self.count > REOPEN_BYTES:
+            self.read = None   # the previous mapping goes with its last reference
+            family = family_of(self.handle.spec)
+            ckpt = family.normalize(open_checkpoint(self.handle.files[0]))
+            self.read = base_reader(ckpt, weight_dtype=self.handle.weight_dtype,
+                                    compute_dtype=self.handle.compute_dtype, fp32_params=family.fp32_params)
+            self.count = 0
+        tensor = self.read(module, name)
+        self.count += tensor.numel() * tensor.element_size()
+        return tensor
 
 
 # ----------------------------------------------------------------------------------------- unmerged
