@@ -1,5 +1,6 @@
-"""Speed nodes: FP8 weights and matmuls, the attention backend, regional torch.compile. Each takes a DiT and
-returns a patched copy of its handle; the module itself is configured when a sampler runs (memory.patches)."""
+"""Speed nodes: FP8 weights and matmuls, the attention backend, regional torch.compile, and (nodes/cache.py) step
+caches. Each takes a DiT and returns a patched copy of its handle; the module itself is configured when a sampler
+runs (memory.patches)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from ..models.common.ops import weight_linears
 from ..speed import attention_backends  # noqa: F401  (registers the installed backends)
 from ..speed.compile import MODES, CompileSettings
 from ..speed.fp8 import E4M3
+from .cache import OpenReelStepCache
 from .common import OpenReelNode, mappings
 
 _DIT_IN = ("OPENREEL_DIT", {"tooltip": "The diffusion transformer to configure."})
@@ -149,4 +151,5 @@ class OpenReelCompile(OpenReelNode):
         return (dit.with_patch("compile", settings),)
 
 
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelFP8, OpenReelAttention, OpenReelCompile)
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(OpenReelFP8, OpenReelAttention, OpenReelCompile,
+                                                           OpenReelStepCache)

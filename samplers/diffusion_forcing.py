@@ -49,6 +49,7 @@ def sample_window(session: SamplingSession, expert: int, schedule: FlowSchedule,
     quirk = {"skyreels_inplace_quirk": True} if original_solver_quirk and SOLVERS[solver] is FlowUniPC else {}
     solvers = [SOLVERS[solver](schedule.sigmas, **quirk) for _ in range(frames)]
     session.activate(expert, x)
+    session.begin_run(matrix.iterations)  # a window is a run of its own: step caches start afresh
     for k in range(matrix.iterations):
         start, end = matrix.intervals[k]
         x_in = x[:, :, start:end].clone()
@@ -59,7 +60,7 @@ def sample_window(session: SamplingSession, expert: int, schedule: FlowSchedule,
             noise = torch.randn(given.shape, generator=noise_generator, dtype=torch.float32).to(device)
             x_in[:, :, : prefix - start] = given * (1.0 - factor) + noise * factor
             t[:, : prefix - start] = float(addnoise_condition)
-        v = session.velocity(expert, x_in, t.to(device))
+        v = session.velocity(expert, x_in, t.to(device), step=k)
         for f in range(start, end):
             if update[k, f]:
                 x[:, :, f] = solvers[f].step(v[:, :, f - start], int(matrix.counters[k, f]) - 1, x[:, :, f])

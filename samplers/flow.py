@@ -47,7 +47,11 @@ def sample_flow(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, 
     def calls_from(i: int) -> int:
         return sum(session.calls_per_step(e) for e in map(expert_index, schedule.timesteps[i:]))
 
+    order = [expert_index(t) for t in schedule.timesteps]
+    spans = [range(order.index(e), len(order) - order[::-1].index(e)) if e in order else range(0)
+             for e in range(len(experts))]
     with session:
+        session.begin_run(len(order), spans)
         session.set_remaining(calls_from(0))
         for i, t in enumerate(schedule.timesteps):
             index = expert_index(t)
@@ -58,7 +62,7 @@ def sample_flow(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, 
             t_model = torch.full((x.shape[0], frames), float(t), device=device)
             if keep is not None:
                 t_model = t_model * keep.view(1, frames)  # given frames are clean: timestep 0
-            v = session.velocity(index, x, t_model if family is None else family.model_timestep(t_model))
+            v = session.velocity(index, x, t_model if family is None else family.model_timestep(t_model), step=i)
             x0 = x - schedule.sigmas[i] * v if latent_format is not None else None
             x = solver_state.step(v, i, x)
             if keep is not None:

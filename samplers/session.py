@@ -11,6 +11,7 @@ a preview per step. A guidance-distilled model's embedded scale is one of its in
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,10 @@ from .. import runtime
 from ..handles import DiTSpec
 from ..latents import LatentFormat, preview
 from ..memory import patches
+from ..models.common import calls
 from ..models.common.family import DiTFamily, ModelInputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,17 +64,19 @@ class _Active:
         return 1 if self.expert.unguided or self.batched else 2
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, call: Callable) -> torch.Tensor:
+        """`call(fn, branches)` makes one model call holding the rows of those guidance branches."""
         module, g = self.expert.module, self.expert.guidance
         if self.expert.unguided:
-            return call(lambda: module(x, t, **self.positive, **self.shared))
+            return call(lambda: module(x, t, **self.positive, **self.shared), calls.BRANCHES[:1])
         if self.batched:
             both = {k: torch.cat([v, self.negative[k]]) if isinstance(v, torch.Tensor) else v
                     for k, v in self.positive.items()}
             shared = {k: _twice(v) for k, v in self.shared.items()}
-            v_cond, v_uncond = call(lambda: module(torch.cat([x, x]), torch.cat([t, t]), **both, **shared)).chunk(2)
+            v_cond, v_uncond = call(lambda: module(torch.cat([x, x]), torch.cat([t, t]), **both, **shared),
+                                    calls.BRANCHES).chunk(2)
         else:
-            v_cond = call(lambda: module(x, t, **self.positive, **self.shared))
-            v_uncond = call(lambda: module(x, t, **self.negative, **self.shared))
+            v_cond = call(lambda: module(x, t, **self.positive, **self.shared), calls.BRANCHES[:1])
+            v_uncond = call(lambda: module(x, t, **self.negative, **self.shared), calls.BRANCHES[1:])
         return v_uncond + g * (v_cond - v_uncond)
 
 
@@ -86,12 +92,19 @@ class SamplingSession:
         self.device = runtime.torch_device()
         self.active: dict[int, _Active] = {}
         self.bar: runtime.Progress | None = None
+        self.reports = calls.Reports()       # what wrappers keeping state across calls (step caches) report
+        self.run: calls.Run | None = None
 
     def __enter__(self) -> "SamplingSession":
         self.bar = runtime.Progress(0, self.label).__enter__()
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
+        texts = self.reports.texts() if kind is None else []
+        for text in texts:
+            log.info("%s: %s", self.label, text)
+        if texts:
+            self.describe("; ".join(text.splitlines()[0] for text in texts))
         try:
             if kind is not None or not runtime.IN_COMFYUI:  # inside ComfyUI its memory manager owns residency
                 for index in list(self.active):
@@ -118,6 +131,12 @@ class SamplingSession:
             self.active[index] = _Active(expert, self.device, batched)
         return self.active[index]
 
+    def begin_run(self, steps: int, spans: Sequence[range] | None = None) -> None:
+        """A new run of `steps` steps: a sampling loop, or one diffusion-forcing window. Wrappers that keep state
+        from call to call (step caches) start afresh. `spans`: the steps each expert takes (all, by default)."""
+        spans = tuple(spans) if spans is not None else (range(steps),) * len(self.experts)
+        self.run = calls.Run(steps, spans, self.reports)
+
     def calls_per_step(self, index: int) -> int:
         """Model calls one step of expert `index` makes (one not loaded yet counts as unbatched)."""
         if index in self.active:
@@ -133,16 +152,28 @@ class SamplingSession:
         self.bar.set_total(self.bar.value + calls)
 
     # ------------------------------------------------------------------ calls
-    def _call(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _call(self, fn: Callable[[], torch.Tensor], info: calls.Call | None = None) -> torch.Tensor:
         runtime.throw_if_interrupted()
         with torch.no_grad():
-            out = fn()
+            if info is None:
+                out = fn()
+            else:
+                with calls.calling(info):
+                    out = fn()
         self.bar.update(1)
         return out
 
-    def velocity(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Expert `index`'s guided velocity at latents `x` and model timesteps `t` (it must be active)."""
-        return self.active[index].velocity(x, t, self._call)
+    def velocity(self, index: int, x: torch.Tensor, t: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Expert `index`'s guided velocity at latents `x` and model timesteps `t` (it must be active); `step`:
+        the step of the current run (`begin_run`) it is for, which wrappers keeping state across calls read."""
+        active = self.active[index]
+        if self.run is None or step is None:
+            return active.velocity(x, t, lambda fn, branches: self._call(fn))
+        per_step = 1 if active.expert.unguided else 2  # branches a step evaluates
+
+        def call(fn, branches):
+            return self._call(fn, calls.Call(self.run, step, branches, per_step, index))
+        return active.velocity(x, t, call)
 
     def show(self, x0: torch.Tensor) -> None:
         """A preview of the current clean-latent estimate, where the latent format has a preview map."""

@@ -22,6 +22,7 @@ from ...errors import InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from .ops import Ops
+from .step_cache import StepCacheProfile
 
 
 
@@ -146,6 +147,12 @@ class DiTFamily:
     def causal_attention(self, spec: DiTSpec, block_size: int) -> dict[str, Any]:
         """Model inputs that make attention block-causal over groups of `block_size` latent frames."""
         raise InputError(f"{spec.description} has no block-causal attention", "switch causal_attention off")
+
+    def step_cache_profile(self, spec: DiTSpec, latent_shape: tuple[int, ...] | None = None,
+                           pair: bool = False) -> StepCacheProfile:
+        """The published step-cache calibrations for `spec` (speed/step_cache), for latents of `latent_shape`
+        [B, C, F, H, W] (None: any size) and as a single model or one of a `pair` of experts. None by default."""
+        return StepCacheProfile()
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The sampler's per-latent-frame timesteps [B, F] (0..1000; given frames 0) in the form the network

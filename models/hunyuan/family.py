@@ -28,6 +28,7 @@ from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, Sam
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from .model import FP32_PARAMS, HunyuanConfig, HunyuanDiT
+from .step_cache import hunyuan_step_cache_profile
 
 OFFICIAL_ANCHORS = ("txt_in.individual_token_refiner.blocks.0.norm1.weight",)
 DIFFUSERS_ANCHORS = ("context_embedder.token_refiner.refiner_blocks.0.norm1.weight",)
@@ -282,6 +283,10 @@ class HunyuanFamily(DiTFamily):
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return t[:, 0]
+
+    def step_cache_profile(self, spec: DiTSpec, latent_shape=None, pair: bool = False):
+        """The published TeaCache / MagCache calibrations (models/hunyuan/step_cache.py)."""
+        return hunyuan_step_cache_profile(spec, latent_shape, pair)
 
     # ------------------------------------------------------------------ memory
     def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:

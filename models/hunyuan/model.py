@@ -512,6 +512,21 @@ class HunyuanDiT(WrappedModel):
         out = self.final_layer(stream[:, :tokens], vec_act, dtype).float()
         return self.unpatchify(out, grid)
 
+    def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        """What TeaCache compares from step to step (speed/step_cache), from the first block list's inputs, as
+        TeaCache4HunyuanVideo (for either kind): the first double block's modulated image input, its layer-normed
+        image tokens under the block's first shift and scale, in the compute dtype. Where block swap keeps that
+        block in host memory, its modulation runs on copies of its weights."""
+        block = self.double_blocks[0]
+        mod = block.img_mod
+        if mod.linear.weight.device != inp.vec.device:
+            tensors = {**dict(mod.named_parameters()), **dict(mod.named_buffers())}
+            moved = {n: t.to(inp.vec.device, non_blocking=True) for n, t in tensors.items()}
+            shift, scale = torch.func.functional_call(mod, moved, (inp.vec,))[:2]
+        else:
+            shift, scale = mod(inp.vec)[:2]
+        return _modulate(_layer_norm(x[:, :inp.img_tokens], block.eps), shift, scale).to(inp.dtype)
+
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, C·pt·ph·pw] (channel-major within a token, unlike Wan) → [B, C, F, H, W]."""
         pt, ph, pw = self.cfg.patch_size

@@ -19,6 +19,7 @@ from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from . import latents as wan_latents
 from .model import FP32_PARAMS, WanConfig, WanDiT
+from .step_cache import wan_step_cache_profile
 
 OFFICIAL_ANCHORS = ("head.modulation",)
 DIFFUSERS_ANCHORS = ("condition_embedder.time_proj.weight",)
@@ -164,6 +165,10 @@ class WanFamily(DiTFamily):
 
     def causal_attention(self, spec: DiTSpec, block_size: int) -> dict:
         return {"causal_block_size": block_size}
+
+    def step_cache_profile(self, spec: DiTSpec, latent_shape=None, pair: bool = False):
+        """The published TeaCache / MagCache calibrations (models/wan/step_cache.py)."""
+        return wan_step_cache_profile(spec, latent_shape, pair)
 
     def check(self, spec: DiTSpec, fmt: LatentFormat, cond: ImageConditioning | None, embeds: TextEmbeds,
               pair: DiTSpec | None) -> None:

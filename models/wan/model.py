@@ -69,6 +69,7 @@ class StepInputs(NamedTuple):
     backend: str
     dtype: torch.dtype
     chunk: int = 0                    # tokens per chunk in the FFN (0: off)
+    e: torch.Tensor | None = None     # [B, G, D] float32 time embedding (the head's; step caches compare it)
 
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -326,10 +327,16 @@ class WanDiT(WrappedModel):
         if causal_block_size and causal_block_size > 0:
             mask = self._block_causal_mask(grid, causal_block_size, x.device)
         inp = StepInputs(e0, self._text_context(context.to(x.device), dtype), image_context, rope, mask,
-                         self.attention_backend, dtype, self.token_chunk)
+                         self.attention_backend, dtype, self.token_chunk, e)
         x = self.run_blocks("blocks", x, inp)
         out = self.head(x, e, dtype).float()
         return self.unpatchify(out, grid)
+
+    def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
+        """What TeaCache compares from step to step (speed/step_cache), from the block list's inputs, as
+        TeaCache4Wan2.1: the time embedding e [B, G, D] ("teacache"), or with retention steps ("teacache_ret") the
+        blocks' modulation input e0 [B, G, 6, D]."""
+        return inp.e0 if kind == "teacache_ret" else inp.e
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, pt·ph·pw·C] (channel fastest) → [B, C, F, H, W]."""

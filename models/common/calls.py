@@ -1,0 +1,77 @@
+"""What a model call is part of, for wrappers that keep state from one call to the next (step caches).
+
+The sampling session (samplers/session.py) sets a `Call` around every model call it makes: the run it belongs to
+(one sampling loop, or one diffusion-forcing window: a wrapper's state starts afresh with each run), the step of
+that run, the guidance branches whose rows the call's batch holds, and which model of the run is called (a Wan2.2
+pair has two, each with its span of steps). A forward outside a session has no `Call`, and stateful wrappers then
+leave it alone. Wrappers post a report for the session with `Reports.post`; the session logs and shows them when it
+ends.
+"""
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+BRANCHES = ("positive", "negative")   # classifier-free guidance branches, in the order a batched call holds them
+
+
+class Reports:
+    """What stateful wrappers have to say about one sampling session: one text-maker per wrapper (the latest one
+    posted), called when the session ends."""
+
+    def __init__(self):
+        self._makers: dict[int, tuple[object, Callable[[], str]]] = {}
+
+    def post(self, owner: object, make: Callable[[], str]) -> None:
+        self._makers[id(owner)] = (owner, make)
+
+    def texts(self) -> list[str]:
+        return [text for _, make in self._makers.values() if (text := make())]
+
+
+@dataclass(eq=False)
+class Run:
+    """One sampling loop (or one diffusion-forcing window) of a session: `steps` steps, of which model i of the
+    run takes `spans[i]` (a single model all of them; a Wan2.2 pair's high-noise expert the first ones)."""
+    steps: int
+    spans: tuple[range, ...]
+    reports: Reports
+
+
+@dataclass(frozen=True, eq=False)
+class Call:
+    """One model call: step `step` of `run`, by model `expert` of the run. `branches`: the guidance branches whose
+    rows the batch holds, in order, an equal share of rows each (("positive", "negative") for batched CFG);
+    `branches_per_step`: the branches each step evaluates (2 with classifier-free guidance, else 1)."""
+    run: Run
+    step: int
+    branches: tuple[str, ...]
+    branches_per_step: int
+    expert: int = 0
+
+    @property
+    def experts(self) -> int:
+        return len(self.run.spans)
+
+    @property
+    def span(self) -> range:
+        return self.run.spans[self.expert]
+
+
+_CURRENT: ContextVar[Call | None] = ContextVar("openreel_model_call", default=None)
+
+
+def current() -> Call | None:
+    """The call in progress (None outside a sampling session)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def calling(call: Call) -> Iterator[None]:
+    token = _CURRENT.set(call)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
