@@ -115,8 +115,8 @@ class Resolution:
         rank = "-" if not self.ranks else str(min(self.ranks)) if len(self.ranks) == 1 else \
             f"{min(self.ranks)}-{max(self.ranks)}"
         lines = [f"LoRA {self.file}: {self.layout}, rank {rank}" + (f", {mode}" if mode else ""),
-                 f"matched {self.matched} of {self.matched + len(self.unmatched)} keys: {modules} layers touched "
-                 f"({pairs} low-rank pairs, {len(self.terms) - pairs} full-rank deltas)"]
+                 f"matched {self.matched} of {self.matched + len(self.unmatched)} keys; layers touched: {modules} "
+                 f"(low-rank pairs: {pairs}, full-rank deltas: {len(self.terms) - pairs})"]
         if self.unmatched:
             lines.append(f"not matched ({len(self.unmatched)}" + (f"; they look like {self.seems}" if self.seems
                                                                     else "") + "):")
@@ -289,10 +289,8 @@ def resolve(ckpt: Checkpoint, family: DiTFamily, spec, shapes: dict[str, tuple[i
     res.layout = _layout(prefixes, naming, groups)
     names = [g.name for g in groups.values()]
     if not res.terms:
-        raise InputError(f"{res.file} changes nothing in this {spec.description}: it seems to be "
-                         f"{_seems_for(names, family, mismatches, groups)}",
-                         f"use a LoRA made for {family.title} models of this size (the LoRA's layers must be this "
-                         f"model's); for a Wan2.2 pair, connect each expert's LoRA to its own expert")
+        what, todo = _seems_for(names, family, spec, mismatches, groups)
+        raise InputError(f"{res.file} changes nothing in {spec.description}: it seems to be {what}", todo)
     if res.unmatched:
         left = [g.name for g in groups.values() if any(k in res.unmatched for k in g.parts.values())]
         res.seems = _foreign(left, family) or ""
@@ -339,11 +337,17 @@ def _foreign(names: list[str], family: DiTFamily) -> str | None:
     return None
 
 
-def _seems_for(names: list[str], family: DiTFamily, mismatches: list[str], groups: dict[str, _Group]) -> str:
+def _seems_for(names: list[str], family: DiTFamily, spec, mismatches: list[str],
+               groups: dict[str, _Group]) -> tuple[str, str]:
+    """(what a LoRA that matches nothing seems to be for, what to do)."""
+    mine = f"pick a LoRA made for this model ({spec.description})"
     if mismatches:
-        return f"a LoRA for another size of {family.title} model ({mismatches[0]})"
+        return f"a LoRA for another size of {family.title} model ({mismatches[0]})", mine
     found = _foreign(names, family)
+    for other in dit_families():
+        if found == f"a {other.title} LoRA":
+            return found, f"connect it to a {other.title} model, or {mine}"
     if found:
-        return found
+        return found, mine
     heads = sorted({".".join(k.split(".")[:2]) for g in groups.values() for k in g.parts.values()})
-    return f"a LoRA for another model (keys such as {', '.join(heads[:3]) or 'none'})"
+    return f"a LoRA for another model (keys such as {', '.join(heads[:3]) or 'none'})", mine

@@ -115,7 +115,7 @@ class Change:
             self.scale = (alpha / rank) if alpha is not None else 1.0
         else:
             self.delta = torch.randn(shape, generator=gen) * 0.05
-            self.scale = (alpha / rank) if kind == "pair_bias" and alpha is not None else 1.0
+            self.scale = 1.0
 
     def apply(self, state: dict, strength: float) -> None:
         if self.kind == "pair":
@@ -174,6 +174,9 @@ def wan_changes(layout: str) -> list[tuple[str, Change]]:
                 "comfy_AB": "diffusion_model." + ours, "bare": ours, "bare_AB": ours,
                 "diffusers": "transformer." + diffusers, "peft": "base_model.model." + diffusers}[layout]
         changes.append((name, Change(ours + ".weight", "pair", shape, rank, alpha, seed=10 + i)))
+    if layout == "diffusers":   # a bias delta as diffusers writes LightX2V's diff_b (PEFT's lora_bias)
+        changes.append(("transformer.blocks.0.attn1.to_q", Change("blocks.0.self_attn.q.bias", "lora_B.bias", (d,),
+                                                                  seed=26)))
     if layout in ("kohya", "comfy", "bare"):   # LightX2V-style full-rank deltas beside the pairs
         prefix = {"kohya": "lora_unet_", "comfy": "diffusion_model.", "bare": ""}[layout]
         name = (lambda n: prefix + n.replace(".", "_")) if layout == "kohya" else (lambda n: prefix + n)
@@ -385,7 +388,7 @@ def test_coverage_report_lists_what_did_not_match(tmp_path):
     assert resolution.ranks == {4, 8, 16} and len(resolution.terms) == 3
     text = resolution.report()
     assert "kohya names (lora_unet_), lora_down/lora_up + alpha, rank 4-16" in text
-    assert "matched 8 of 14 keys: 3 layers touched (3 low-rank pairs, 0 full-rank deltas)" in text
+    assert "matched 8 of 14 keys; layers touched: 3 (low-rank pairs: 3, full-rank deltas: 0)" in text
     assert "lora_unet_blocks_0_self_attn_zz.lora_down.weight (no such layer in this model)" in text
     assert "lora_unet_blocks_1_ffn_0.lora_down.weight (half of a low-rank pair)" in text
     assert "lora_unet_blocks_2_ffn_2.lora_up.weight (shape 256×999, the model's is 256×512)" in text
@@ -396,7 +399,8 @@ def test_a_lora_for_another_model_is_an_error_saying_what_it_is_for(tmp_path):
     wan, hunyuan = Subject(tmp_path / "w", "wan"), Subject(tmp_path / "h", "hunyuan")
     wan_lora, _ = lora_file(tmp_path, "wan", "comfy")
     kohya_hunyuan, _ = lora_file(tmp_path, "hunyuan", "kohya")
-    with pytest.raises(InputError, match="changes nothing in this HunyuanVideo .*: it seems to be a Wan LoRA"):
+    with pytest.raises(InputError, match="changes nothing in HunyuanVideo T2V .*: it seems to be a Wan LoRA. Connect "
+                                         "it to a Wan model, or pick a LoRA made for this model"):
         check(hunyuan.handle().spec, lora_spec(wan_lora))
     with pytest.raises(InputError, match="it seems to be a HunyuanVideo LoRA"):
         check(wan.handle().spec, lora_spec(kohya_hunyuan))
@@ -440,7 +444,7 @@ def test_node_chains_and_reports(tmp_path):
     assert out.weights_key == handle.weights_key   # one module per base weights
     assert second["ui"]["text"] == [report]
     assert "diffusers/official names (transformer.), lora_A/lora_B, rank 4-16" in report
-    assert "matched 12 of 12 keys: 6 layers touched (6 low-rank pairs, 0 full-rank deltas)" in report
+    assert "matched 13 of 13 keys; layers touched: 6 (low-rank pairs: 6, full-rank deltas: 1)" in report
 
 
 def test_loaders_refuse_a_lora_file_and_the_lora_node_refuses_a_model(tmp_path):
