@@ -46,10 +46,10 @@ _STATE = "_openreel_lora"
 
 @dataclass
 class _State:
-    """The LoRA stack a module carries: its key, the parameters merged into (restored from the file), and the
-    layers holding factors."""
+    """The LoRA stack a module carries: its key, the parameters merged into (restored from the file) with what was
+    merged into each, and the layers holding factors."""
     key: tuple = ()
-    merged: set[str] = field(default_factory=set)
+    merged: dict[str, tuple] = field(default_factory=dict)
     factors: set[str] = field(default_factory=set)
 
 
@@ -116,21 +116,27 @@ def _is_factor_term(module: nn.Module, term: Term) -> bool:
 def _apply(handle: ModelHandle, module: nn.Module, state: _State, applied: list[_Applied]) -> _State:
     merges: dict[str, list[tuple[Term, float, Checkpoint]]] = {}
     factors: dict[str, list[tuple[Term, float, Checkpoint]]] = {}
+    signatures: dict[str, list] = {}
     for a in applied:
         for term in a.resolution.terms:
             unmerged = a.mode == "unmerged" and _is_factor_term(module, term)
             target = factors.setdefault(term.param.rpartition(".")[0], []) if unmerged else \
                 merges.setdefault(term.param, [])
             target.append((term, a.spec.strength, a.ckpt))
-    read = _reader(handle, module) if state.merged else None
+            if not unmerged:
+                signatures.setdefault(term.param, []).append((a.spec.path, a.spec.stamp, a.spec.strength, term))
+    merged = {name: tuple(sig) for name, sig in signatures.items()}
+    changed = {name for name in merges if state.merged.get(name) != merged[name]}   # the rest stay as they are
+    stale = set(state.merged) - merges.keys()
+    read = _reader(handle, module) if stale or changed & state.merged.keys() else None
     device = runtime.torch_device()
-    for name in sorted(state.merged - merges.keys()):
+    for name in sorted(stale):
         for slot in _slots(module, name):
             _param(module, slot).copy_(read(module, slot))
-    for name, terms in merges.items():
+    for name in sorted(changed):
         base = {slot: (read(module, slot) if name in state.merged else _param(module, slot))
                 for slot in _slots(module, name)}
-        for slot, value in _merged(module, name, base, terms, device).items():
+        for slot, value in _merged(module, name, base, merges[name], device).items():
             _param(module, slot).copy_(value)
     dtype = getattr(module, "compute_dtype", torch.float32)
     tensors = {name: _factors(module.get_submodule(name), terms, dtype) for name, terms in factors.items()}
@@ -140,7 +146,7 @@ def _apply(handle: ModelHandle, module: nn.Module, state: _State, applied: list[
         _set_factors(module.get_submodule(layer_name), None)
     for layer_name, value in tensors.items():
         _set_factors(module.get_submodule(layer_name), value)
-    return _State(merged=set(merges), factors=set(tensors))
+    return _State(merged=merged, factors=set(tensors))
 
 
 def _swapping(handle: ModelHandle) -> bool:

@@ -279,6 +279,29 @@ def test_unmerged_factors_live_on_the_large_linears_only(tmp_path):
     assert merged == "unmerged" and module_of(handle) is module_of(subject.handle())
 
 
+def test_changing_one_lora_rewrites_only_the_weights_it_merges_into(tmp_path, monkeypatch):
+    subject = Subject(tmp_path, "wan")
+    first, a = lora_file(tmp_path, "wan", "comfy_AB")
+    second, b = lora_file(tmp_path, "wan", "peft")
+    handle = with_lora(subject.handle(), first, 0.5, "merged")
+    subject.run(with_lora(handle, second, 1.0, "unmerged"))
+    reader, read = lora_apply._reader, []
+
+    def recording(handle, module):
+        real = reader(handle, module)
+        return lambda module, name: read.append(name) or real(module, name)
+
+    monkeypatch.setattr(lora_apply, "_reader", recording)
+    out = subject.run(with_lora(handle, second, 2.0, "unmerged").with_patch("block_swap", BlockSwap(2)))
+    state = reference_state(subject, a, 0.5)
+    for _, c in b:
+        c.apply(state, 2.0)
+    assert rel(out, subject.reference(state)) <= TOL
+    # read back: only the small layers the unmerged LoRA merges into (its strength changed); the large linears
+    # the first one merged into stay as they are
+    assert sorted(read) == ["head.head.weight", "patch_embedding.weight", "text_embedding.0.weight"]
+
+
 def test_strength_zero_and_stacks(tmp_path):
     subject = Subject(tmp_path, "wan")
     first, a = lora_file(tmp_path, "wan", "comfy")
