@@ -51,10 +51,12 @@ def describe(dit: DiTHandle, settings: StepCacheSettings) -> str:
     for pair in (False, True):
         profile = family.step_cache_profile(dit.spec, None, pair)
         calibration = profile.teacache.get(settings.use_ret_steps) if method == "teacache" else profile.magcache
+        where = "in a pair of experts" if pair else "as a single model"
         if calibration is not None:
-            found.append(f"{'in a pair of experts' if pair else 'as a single model'}: {profile.model} "
-                         f"({calibration.source})")
-    if not found:
+            found.append(f"{where}: {profile.model} ({calibration.source})")
+        elif profile.model:
+            found.append(f"none {where} ({profile.model}: use EasyCache or give coefficients there)")
+    if not any(line.startswith(("as a", "in a")) for line in found):
         other = ", or switch use_ret_steps" if method == "teacache" else ""
         raise InputError(f"{title} has no published calibration for {dit.spec.description}",
                          f"use EasyCache, which needs no calibration{other}; or give coefficients")

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from openreel import runtime
 from openreel.errors import InputError
 from openreel.handles import DiTSpec, TextEmbeds
 from openreel.memory.block_swap import OFF, BlockSwap
@@ -466,7 +465,8 @@ HY = HunyuanConfig(hidden=64, heads=2, mlp_width=128, double_blocks=2, single_bl
 def hunyuan_expert(model, guidance: float):
     gen = torch.Generator().manual_seed(2)
     embeds = TextEmbeds(torch.randn(1, 6, 32, generator=gen), torch.randn(1, 4, 32, generator=gen),
-                        positive_pooled=torch.randn(1, 8, generator=gen), negative_pooled=torch.randn(1, 8, generator=gen))
+                        positive_pooled=torch.randn(1, 8, generator=gen),
+                        negative_pooled=torch.randn(1, 8, generator=gen))
     s = spec("t2v_13b", HY, "hunyuan")
     d = SamplingDefaults(8, 7.0, guidance, guidance, 0.0, 24, "test", embedded_guidance=6.0)
     return Expert(model, guidance, HUNYUAN.model_inputs(s, embeds, None, d), HUNYUAN, s), s
@@ -514,6 +514,19 @@ def test_hunyuan_teacache_uses_its_own_coefficients_and_input(guidance):
     expected = published_teacache(signals, tea.coefficients, 0.3, 8, 1, 7, branches=1)
     computed = [c["computed"] for c in outer.calls]
     assert computed == expected and computed[0] and computed[-1]
+
+
+def test_hunyuan_signal_runs_the_modulation_on_copies_where_the_first_block_is_elsewhere():
+    """Block swap may keep every block in host memory: the probe then copies the first block's modulation to the
+    stream's device for its one product (the meta device stands in for a GPU here)."""
+    from openreel.models.hunyuan.model import StepInputs
+
+    model = HunyuanDiT(HY).eval()
+    x = torch.empty(2, 18 + 5, HY.hidden, device="meta")
+    inp = StepInputs(torch.empty(2, HY.hidden, device="meta"), 18, (None, None), None, "sdpa", torch.float32)
+    signal = model.step_cache_signal("teacache", x, inp)
+    assert signal.device.type == "meta" and tuple(signal.shape) == (2, 18, HY.hidden)
+    assert model.double_blocks[0].img_mod.linear.weight.device.type == "cpu"
 
 
 # ----------------------------------------------------------------------------------------- a family of its own
@@ -625,7 +638,7 @@ def test_step_cache_node(tmp_path):
         text = node.apply(as_14b, "magcache", **args)["ui"]["text"][0]
         assert "as a single model: Wan2.1 T2V-14B" in text and "in a pair of experts: Wan2.2 T2V-A14B" in text
         text = node.apply(as_14b, "teacache", **args)["ui"]["text"][0]
-        assert "Wan2.1 T2V-14B" in text and "pair" not in text
+        assert "as a single model: Wan2.1 T2V-14B" in text and "none in a pair of experts (Wan2.2 T2V-A14B" in text
         flf = dataclasses.replace(dit, spec=dataclasses.replace(dit.spec, variant="flf2v_14b"))
         with pytest.raises(InputError, match="TeaCache has no published calibration"):
             node.apply(flf, "teacache", **args)
@@ -670,7 +683,8 @@ def test_published_profiles_per_model():
     assert profile(spec("ti2v_5b"), None, False).magcache.ratios[0][1] == 0.99505
     assert profile(spec("flf2v_14b"), None, False) == profile(spec("t2v_64-wide"), None, False)
     hy = spec("t2v_13b", HY, "hunyuan")
-    h544, h720 = HUNYUAN.step_cache_profile(hy, (1, 16, 33, 68, 120)), HUNYUAN.step_cache_profile(hy, (1, 16, 33, 90, 160))
+    h544 = HUNYUAN.step_cache_profile(hy, (1, 16, 33, 68, 120))
+    h720 = HUNYUAN.step_cache_profile(hy, (1, 16, 33, 90, 160))
     assert h544.model == "HunyuanVideo T2V 544p" and h720.model == "HunyuanVideo T2V 720p"
     assert h544.magcache.ratios[0][1] == 1.06971 and h720.magcache.ratios[0][1] == 1.0754
     assert len(h720.magcache.ratios) == 1 and len(h720.magcache.ratios[0]) == 50 and True not in h720.teacache

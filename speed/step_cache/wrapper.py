@@ -161,6 +161,7 @@ class StepCache(Wrapper):
         self._reports: calls.Reports | None = None
         self._clone_inputs = False
         self._who = ""
+        self._span = range(0)
 
     @property
     def _calibrating(self) -> bool:
@@ -178,6 +179,7 @@ class StepCache(Wrapper):
             self._run, self._state = call.run, _RunState(setup, self.settings)
             self._who = "" if call.experts == 1 else " (high-noise expert)" if call.expert == 0 else \
                 " (low-noise expert)"
+            self._span = call.span
         return self._state
 
     def report(self) -> str:
@@ -187,13 +189,12 @@ class StepCache(Wrapper):
         text = (f"{TITLES[self.settings.method]}{self._who}: {self.skipped} of {self.calls} model calls reused the "
                 f"cache instead of running {work} (≈{self.calls / max(1, self.calls - self.skipped):.2f}× fewer)")
         if self._calibrating and self._state is not None and self._state.measured:
-            rows = []
-            for key, by_step in self._state.measured.items():
+            span, rows = self._span, []
+            for by_step in self._state.measured.values():   # one read from the device for the whole run
                 values = dict(zip(by_step, torch.stack(list(by_step.values())).tolist()))
-                span = range(min(by_step) - 1, max(by_step) + 1)
                 rows.append(", ".join(f"{values.get(i, 1.0):.5f}" for i in span))
             text += (f"\nMagCache ratios measured at steps {span.start}–{span.stop - 1} (one row per branch; give "
-                     f"them as coefficients): " + "; ".join(rows))
+                     f"them as coefficients, a pair's two experts' rows joined): " + "; ".join(rows))
         return text
 
     def _keys(self, call: calls.Call) -> tuple:
@@ -273,7 +274,8 @@ class StepCache(Wrapper):
         else:
             wishes = []
             for key, rule in zip(p.keys, rules):
-                branch, per_step = (calls.BRANCHES.index(key), info.branches_per_step) if isinstance(key, str) else (0, 1)
+                single = isinstance(key, str)   # one branch's rows (else a joint key: the whole batch)
+                branch, per_step = (calls.BRANCHES.index(key), info.branches_per_step) if single else (0, 1)
                 local = (info.step - info.span.start) * per_step + branch
                 retained = (outside or (setup.experts is not None and info.expert not in setup.experts)
                             or local < int(len(info.span) * per_step * s.retention))
