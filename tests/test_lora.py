@@ -380,6 +380,28 @@ def test_merged_under_block_swap_writes_into_the_host_copies(tmp_path):
     assert torch.equal(subject.run(handle.with_patch("block_swap", swap)), base)
 
 
+def test_unmerged_factors_add_to_the_fp8_matmul_kernel(monkeypatch):
+    """A layer whose product the FP8 kernel computes still adds its factors (the kernel stood in for on the CPU by
+    tests/test_fp8.py's model of torch._scaled_mm)."""
+    from test_fp8 import fake_scaled_mm, fp8_layer
+
+    from openreel.speed import fp8
+
+    calls = []
+    monkeypatch.setattr(torch, "_scaled_mm", fake_scaled_mm(calls))
+    monkeypatch.setattr(fp8, "scaled_mm_refusal", lambda x, weight: None)
+    gen = torch.Generator().manual_seed(4)
+    w, x = torch.randn(32, 64, generator=gen) * 0.05, torch.randn(5, 64, generator=gen).bfloat16()
+    down, up = torch.randn(4, 64, generator=gen) * 0.1, torch.randn(32, 4, generator=gen) * 0.1
+    layer = fp8_layer(w, None, "channel")
+    layer.lora_down, layer.lora_up, layer.lora_scale = down.bfloat16(), up.bfloat16(), torch.full((4,), 0.5)
+    layer.fp8_matmul = "row"
+    out = layer(x)
+    exact = x.float() @ (w + 0.5 * up @ down).t()
+    assert calls == ["rowwise"] and rel(out.float(), exact) < 2 * FP8_TOL
+    assert rel(out.float(), x.float() @ w.t()) > 2 * FP8_TOL   # the factors' term is there
+
+
 def test_unmerged_with_regional_compile(tmp_path):
     subject = Subject(tmp_path, "wan")
     path, _ = lora_file(tmp_path, "wan", "comfy")
