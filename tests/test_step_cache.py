@@ -484,10 +484,19 @@ def test_hunyuan_teacache_uses_its_own_coefficients_and_input(guidance):
     reference = run()
     cache(model, settings("teacache", 0.0, spec=s, family="hunyuan", use_ret_steps=False))
     assert torch.equal(run(), reference)
+    skipping = settings("magcache", 0.5, spec=s, family="hunyuan", magcache_k=2, retention=0.0,
+                        coefficients=((1.0,) * 8,))
+    cache(model, skipping)
+    plain_skips = run()
+    assert model.wrappers.get("step_cache")._clone_inputs is False   # learnt: no copies needed
     PATCHES["token_chunks"].apply(model, 7)   # the blocks now add into their input in place
     try:
-        chunked = run()
+        chunked = run()   # the first call saw its input change in place: the cache keeps copies from then on
+        assert model.wrappers.get("step_cache")._clone_inputs and model.wrappers.get("step_cache").skipped == 5
+        torch.testing.assert_close(chunked, plain_skips, rtol=1e-5, atol=1e-5)
         cache(model, settings("magcache", 0.0, spec=s, family="hunyuan"))
+        chunked = run()
+        cache(model, None)
         assert torch.equal(run(), chunked)
     finally:
         PATCHES["token_chunks"].apply(model, 0)

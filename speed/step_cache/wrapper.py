@@ -13,7 +13,8 @@ Cost per call (measured on the CPU tests by counting: see tests/test_step_cache.
 branch key from the device (one `.tolist()` of the stacked relative L1 distances, none during retention steps);
 MagCache reads nothing; EasyCache reads one (`.item()`) on its deciding call. The residual is one subtraction over
 the stream per segment of a computed call, and keeping it costs one stream per call layout; the segment's input is
-kept by reference (copied only once the blocks were seen to change it in place, HunyuanVideo's token chunks).
+kept by reference, except in a session's first computed call, which keeps a copy and watches whether the blocks
+change their input in place (HunyuanVideo's token chunks): if so, copies are kept for the rest of the session.
 """
 from __future__ import annotations
 
@@ -136,12 +137,13 @@ class _RunState:
 
 class _Pass:
     """One model call in flight: its keys, the decision (taken at the first block list), and the computed
-    segments [kept input, its versions, output, its versions]."""
+    segments [input kept (a copy, or the input itself), the input, its versions, output, its versions]."""
 
     def __init__(self, call: calls.Call, keys: tuple):
         self.call, self.keys = call, keys
         self.skip: bool | None = None
         self.segment = 0
+        self.fallback = False   # a skipped call runs the segment it has no residual for
         self.last_out = None
         self.segments: list[list] = []
 
@@ -159,7 +161,7 @@ class StepCache(Wrapper):
         self._state: _RunState | None = None
         self._pass: _Pass | None = None
         self._reports: calls.Reports | None = None
-        self._clone_inputs = False
+        self._clone_inputs: bool | None = None
         self._who = ""
         self._span = range(0)
 
@@ -171,6 +173,7 @@ class StepCache(Wrapper):
     def _begin(self, call: calls.Call, model: nn.Module, x: torch.Tensor) -> _RunState:
         if call.run.reports is not self._reports:  # a new sampling session: a new report
             self._reports, self.calls, self.skipped = call.run.reports, 0, 0
+            self._clone_inputs = None   # unknown: copy the first call's block-list inputs and watch them
             call.run.reports.post(self, self.report)
         if call.run is not self._run:
             setup = _Setup(self.settings, model, call, tuple(x.shape))
@@ -186,8 +189,9 @@ class StepCache(Wrapper):
         if not self.calls:
             return ""
         work = "the model" if self.settings.method == "easycache" else "its blocks"
+        speedup = self.calls / max(1, self.calls - self.skipped)
         text = (f"{TITLES[self.settings.method]}{self._who}: {self.skipped} of {self.calls} model calls reused the "
-                f"cache instead of running {work} (≈{self.calls / max(1, self.calls - self.skipped):.2f}× fewer)")
+                f"cache instead of running {work}, estimated speedup {speedup:.2f}× (a reused call counted as free)")
         if self._calibrating and self._state is not None and self._state.measured:
             span, rows = self._span, []
             for by_step in self._state.measured.values():   # one read from the device for the whole run
@@ -233,19 +237,19 @@ class StepCache(Wrapper):
             p.skip = self._decide(state, p, model, x, args)
         chained = p.last_out is not None and x is p.last_out
         if p.skip and chained:
-            out = x
+            out = call(x, *args) if p.fallback else x
         elif p.skip:
             kept = state.residuals.get(p.keys, [])
             residual = kept[p.segment] if p.segment < len(kept) else None
             p.segment += 1
-            usable = residual is not None and _shapes(residual) == _shapes(x)
-            out = _map(torch.add, x, residual) if usable else call(x, *args)
+            p.fallback = residual is None or _shapes(residual) != _shapes(x)  # no residual: run this segment
+            out = call(x, *args) if p.fallback else _map(torch.add, x, residual)
         else:
             if not chained:
-                kept = _map(torch.clone, x) if self._clone_inputs else x
-                p.segments.append([kept, _versions(kept), None, None])
+                kept = x if self._clone_inputs is False else _map(torch.clone, x)
+                p.segments.append([kept, x, _versions(x), None, None])
             out = call(x, *args)
-            p.segments[-1][2:] = [out, _versions(out)]
+            p.segments[-1][3:] = [out, _versions(out)]
         p.last_out = out
         return out
 
@@ -291,16 +295,15 @@ class StepCache(Wrapper):
         return skip
 
     def _keep_residuals(self, state: _RunState, p: _Pass) -> None:
-        residuals = []
-        for kept, kept_versions, out, out_versions in p.segments:
-            if _versions(kept) != kept_versions:  # the blocks changed their input in place: copy it from now on
-                self._clone_inputs = True
-                residuals = None
-                break
-            if _versions(out) != out_versions:    # changed after its block list returned: nothing to keep
-                residuals = None
-                break
-            residuals.append(_map(torch.sub, out, kept))
+        residuals, changed = [], False
+        for kept, given, versions, out, out_versions in p.segments:
+            inplace = _versions(given) != versions   # the blocks added into their input (HunyuanVideo's chunks)
+            changed |= inplace
+            if (inplace and kept is given) or _versions(out) != out_versions:
+                residuals = None                     # the input kept, or the output, is no longer what it was
+            elif residuals is not None:
+                residuals.append(_map(torch.sub, out, kept))
+        self._clone_inputs = bool(self._clone_inputs) or changed   # learnt from a call that copied (None) or not
         if residuals is None:
             state.residuals.pop(p.keys, None)
             return
