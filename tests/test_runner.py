@@ -152,7 +152,8 @@ def test_inspect_says_what_every_kind_of_file_is_and_lists_a_folder(tmp_path, ca
         assert what in capsys.readouterr().out
     assert cli_main(["inspect", str(models / "diffusion_models")]) == 0
     out = capsys.readouterr().out
-    assert out.count("Load it with OpenReel DiT Loader") == len(synthetic.DIFFUSION_MODELS)  # subfolders too
+    assert out.count("Load it with OpenReel DiT Loader") == len(synthetic.DIFFUSION_MODELS) + 1  # subfolders too
+    assert f"{synthetic.HUNYUAN_DIT}: a HunyuanVideo diffusion transformer" in out
 
 
 def test_cli_help_names_folders_exit_codes_and_an_example_and_version_answers(capsys):
