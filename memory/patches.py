@@ -3,8 +3,11 @@
 Memory and speed nodes never touch modules: they return `handle.with_patch(name, value)`. The module behind a
 handle is shared (see model_loaders.cache), so before each use `model_loaders.core.prepare(handle)` sets every
 registered patch to the handle's value, or to its default when the handle has none: two handles on one module
-never leak settings. Patches that change weights (fp8 storage) are not patches: they are the handle's dtype fields
-and key the cache. The modules that register patches are imported by model_loaders/core.py.
+never leak settings. Storage changes (fp8) are not patches: they are the handle's dtype fields and key the cache.
+The one patch that touches weights is "lora" (model_loaders/lora_apply.py): it merges into the shared module or adds
+low-rank factors, and restores the base weights exactly when the handle's LoRA stack changes, so the cache holds one
+copy per base model. The others: "attention", "compile", "fp8_matmul", "block_swap", "token_chunks", "step_cache".
+The modules that register patches are imported by model_loaders/core.py.
 """
 from __future__ import annotations
 
