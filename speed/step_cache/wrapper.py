@@ -9,13 +9,14 @@ as computed. Residuals are kept per call layout (the branch keys of the batch, i
 of block lists each fed the previous one's output (HunyuanVideo's double- then single-stream lists make one segment;
 lists with other work between them, e.g. a join, make several).
 
-Cost per call (counted in tests/test_step_cache.py, `test_device_reads_per_call`): TeaCache makes one read from
-the device per call outside its retention steps (a `.tolist()` of the branches' relative L1 distances, both branches
-of a batched call at once); MagCache none; EasyCache one `.item()` per deciding call once its rate is known. A
-computed call adds one subtraction over the stream per segment; the residual kept costs one stream per call layout
-(a computed call frees its own before its blocks run). The segment's input is kept by reference and watched (its version counter): blocks seen adding into their input in place (HunyuanVideo's token chunks) make the
-next calls keep a copy instead, and the call that showed it keeps no residual (once in a model's life, where a copy
-at every first call would add a stream to the activations, some 15% for Wan 14B).
+Cost per call (counted in tests/test_step_cache.py, `test_device_reads_per_call`): TeaCache makes one read from the
+device per call outside its retention steps (a `.tolist()` of the branches' relative L1 distances, both branches of
+a batched call at once); MagCache none; EasyCache one `.item()` per deciding call once its rate is known. A computed
+call adds one subtraction over the stream per segment; the residual kept costs one stream per call layout (a
+computed call frees its own before its blocks run). The segment's input is kept by reference and watched (its
+version counter): blocks seen adding into their input in place (HunyuanVideo's token chunks) make the next calls
+keep a copy instead, and the call that showed it keeps no residual (once in a model's life, where a copy at every
+first call would add a stream to the activations, some 15% for Wan 14B).
 """
 from __future__ import annotations
 
