@@ -12,8 +12,8 @@ from .common import OpenReelNode
 
 _THRESHOLDS = ("Published settings: TeaCache Wan2.1 T2V-1.3B 0.05–0.08, 14B 0.14–0.2 (with use_ret_steps 0.1–0.2), "
                "I2V 0.13–0.3, HunyuanVideo 0.1 (1.6×) – 0.15 (2.1×); MagCache Wan2.1 0.12 (K 2–4) – 0.24 (K 6), "
-               "Wan2.2 0.04–0.06 (K 2), HunyuanVideo 0.24 (K 6); EasyCache Wan2.1 0.05 (0.1 ≈ 2×, 0.2 ≈ 3×; "
-               "ComfyUI's default 0.2), HunyuanVideo 0.025.")
+               "Wan2.2 0.04–0.06 (K 2), HunyuanVideo 0.24 (K 6); EasyCache Wan2.1 0.05 (0.1 ≈ 2×, 0.2 ≈ 3×), "
+               "HunyuanVideo 0.025 (ComfyUI's EasyCache node measures differently: its values do not carry over).")
 
 
 def parse_coefficients(text: str, method: str) -> tuple[tuple[float, ...], ...]:

@@ -12,10 +12,12 @@ overruled, which counts as a computed call.
 - MagCache (Zehong-Ma/MagCache): the calibrated magnitude ratio of each step multiplies an accumulated ratio; the
   error |1 - ratio| of each step is accumulated; skipped while that error is under the threshold and at most K
   calls in a row were skipped, else computed (ratio 1, error and count 0).
-- EasyCache (H-EmbodVis/EasyCache, the paper's authors' code, and ComfyUI's node): with k, the rate of the model
-  output's change to its input's change between the last two computed calls, each call adds
+- EasyCache (H-EmbodVis/EasyCache, the paper's authors' code): with k, the rate of the model output's change to its
+  input's change between the last two computed calls, each call adds
   k · mean|input change since the previous call| / mean|last computed output| to a sum; skipped while the sum stays
   under the threshold, else computed (sum back to 0). The positive branch decides; the other follows its step.
+  ComfyUI's EasyCache node measures the input change since the last computed call, on every 8th pixel, so its
+  thresholds are not these.
 A threshold of 0 never skips (every number is still measured).
 """
 from __future__ import annotations
