@@ -17,10 +17,29 @@ from typing import Callable, Iterator
 
 import torch
 
+from ...errors import InputError
+
 Span = tuple[int, int]                 # [start, end)
 Tiles = list[tuple[Span, Span]]        # (rows, columns) ranges in cells: a full grid, rows × columns
 Step = Callable[[torch.Tensor, dict], torch.Tensor]  # (input crop, the tile's causal cache) → output
 CENTRED, SEQUENTIAL = "centred", "sequential"
+
+
+def check_video(video: torch.Tensor, temporal_stride: int, spatial_stride: int, vae: str) -> None:
+    """Refuse frames a VAE cannot encode: not [B, 3, F, H, W], F not stride·n + 1, or a size not a multiple of the
+    spatial stride (`vae` names the VAE in the message)."""
+    ts, s = temporal_stride, spatial_stride
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise InputError(f"the video has shape {tuple(video.shape)}, not [batch, 3, frames, height, width]",
+                         "pass RGB frames")
+    frames, height, width = video.shape[2:]
+    if frames % ts != 1:
+        raise InputError(f"the video has {frames} frames, but the {vae} VAE encodes {ts}n+1 frames "
+                         f"(1, {ts + 1}, {2 * ts + 1}, …)",
+                         f"trim or extend the video to {ts}n+1 frames, e.g. {max(1, frames - (frames - 1) % ts)}")
+    if height % s or width % s:
+        raise InputError(f"the video is {width}×{height}, but the {vae} VAE needs width and height that are "
+                         f"multiples of {s}", f"resize or crop the video, e.g. to {width // s * s}×{height // s * s}")
 
 
 def spread_spans(size: int, tile: int, overlap: int) -> list[Span]:

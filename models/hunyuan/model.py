@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
+from ..common.norms import RMSNorm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
@@ -117,18 +118,6 @@ def _store_qkv(buffers: list[torch.Tensor], s: slice, qkv: torch.Tensor, q_norm:
     buffers[0][:, s] = apply_rope_interleaved(q_norm(q), cos, sin)
     buffers[1][:, s] = apply_rope_interleaved(k_norm(k), cos, sin)
     buffers[2][:, s] = v
-
-
-class HeadRMSNorm(nn.Module):
-    """RMS norm over each head's channels (the q/k norms)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -251,14 +240,14 @@ class DoubleStreamBlock(nn.Module):
         self.heads, self.eps = cfg.heads, cfg.eps
         self.img_mod = Modulation(d, 6, ops)
         self.img_attn_qkv = ops.linear(d, 3 * d)
-        self.img_attn_q_norm = HeadRMSNorm(hd, cfg.eps)
-        self.img_attn_k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.img_attn_q_norm = RMSNorm(hd, cfg.eps)
+        self.img_attn_k_norm = RMSNorm(hd, cfg.eps)
         self.img_attn_proj = ops.linear(d, d)
         self.img_mlp = MLP(d, cfg.mlp_width, ops)
         self.txt_mod = Modulation(d, 6, ops)
         self.txt_attn_qkv = ops.linear(d, 3 * d)
-        self.txt_attn_q_norm = HeadRMSNorm(hd, cfg.eps)
-        self.txt_attn_k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.txt_attn_q_norm = RMSNorm(hd, cfg.eps)
+        self.txt_attn_k_norm = RMSNorm(hd, cfg.eps)
         self.txt_attn_proj = ops.linear(d, d)
         self.txt_mlp = MLP(d, cfg.mlp_width, ops)
 
@@ -326,8 +315,8 @@ class SingleStreamBlock(nn.Module):
         self.heads, self.eps, self.hidden, self.mlp_width = cfg.heads, cfg.eps, d, cfg.mlp_width
         self.linear1 = ops.linear(d, 3 * d + cfg.mlp_width)
         self.linear2 = ops.linear(d + cfg.mlp_width, d)
-        self.q_norm = HeadRMSNorm(hd, cfg.eps)
-        self.k_norm = HeadRMSNorm(hd, cfg.eps)
+        self.q_norm = RMSNorm(hd, cfg.eps)
+        self.k_norm = RMSNorm(hd, cfg.eps)
         self.modulation = Modulation(d, 3, ops)
 
     def _attention_and_mlp(self, h: torch.Tensor, inp: StepInputs) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import SEQUENTIAL, Span, ramp_weights, strided_spans, tile_by_tile
+from ..common.tiling import SEQUENTIAL, Span, check_video, ramp_weights, strided_spans, tile_by_tile
 
 SCALING_FACTOR = 0.476986   # latent = posterior mean × this (no shift), HunyuanVideo's DiT space
 ATTENTION_SCORES = 1 << 28  # attention runs in query blocks of at most this many scores
@@ -338,18 +338,8 @@ class HunyuanVAE(nn.Module):
         F must be 4n+1 and H, W multiples of 8."""
         cfg, (device, dtype) = self.cfg, self._placement()
         s, ts = cfg.spatial_stride, cfg.temporal_stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise InputError(f"the video has shape {tuple(video.shape)}, not [batch, 3, frames, height, width]",
-                             "pass RGB frames")
+        check_video(video, ts, s, "HunyuanVideo")
         frames, height, width = video.shape[2:]
-        if frames % ts != 1:
-            raise InputError(f"the video has {frames} frames, but the HunyuanVideo VAE encodes {ts}n+1 frames "
-                             f"(1, {ts + 1}, {2 * ts + 1}, …, 129, …)",
-                             f"trim or extend the video to {ts}n+1 frames, e.g. {max(1, frames - (frames - 1) % ts)}")
-        if height % s or width % s:
-            raise InputError(f"the video is {width}×{height}, but the HunyuanVideo VAE needs width and height that "
-                             f"are multiples of {s}", f"resize or crop the video, e.g. to {width // s * s}×"
-                                                      f"{height // s * s}")
         tiles, overlap = self._tiles(height // s, width // s, tile_size, tile_overlap)
 
         def step(x: torch.Tensor, cache: dict) -> torch.Tensor:

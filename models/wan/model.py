@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
+from ..common.norms import RMSNorm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking
 from ..common.wrappers import WrappedModel
@@ -99,18 +100,6 @@ def _rows(mod: torch.Tensor, s: slice, length: int) -> torch.Tensor:
     if mod.shape[1] == 1:
         return mod
     return mod[:, torch.arange(s.start, s.stop, device=mod.device) // (length // mod.shape[1])]
-
-
-class RMSNorm(nn.Module):
-    """RMS norm over the whole model width (all heads together), as in Wan's q/k norms."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
 
 
 class SelfAttention(nn.Module):

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import spread_spans, stream, tile_by_tile
+from ..common.tiling import check_video, spread_spans, stream, tile_by_tile
 
 # Per-channel latent statistics: the DiTs work on (mu - mean) / std. Values from the official Wan2_1_VAE / Wan2_2_VAE.
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -343,18 +343,8 @@ class WanVAE(nn.Module):
         """
         cfg, (device, dtype) = self.cfg, self._placement()
         s, ts = cfg.spatial_stride, cfg.temporal_stride
-        if video.dim() != 5 or video.shape[1] != 3:
-            raise InputError(f"the video has shape {tuple(video.shape)}, not [batch, 3, frames, height, width]",
-                             "pass RGB frames")
+        check_video(video, ts, s, cfg.kind)
         frames, height, width = video.shape[2:]
-        if frames % ts != 1:
-            raise InputError(f"the video has {frames} frames, but a Wan VAE encodes {ts}n+1 frames "
-                             f"(1, {ts + 1}, {2 * ts + 1}, …, 81, …)",
-                             f"trim or extend the video to {ts}n+1 frames, e.g. {max(1, frames - (frames - 1) % ts)}")
-        if height % s or width % s:
-            raise InputError(f"the video is {width}×{height}, but the {cfg.kind} VAE needs width and height that "
-                             f"are multiples of {s}", f"resize or crop the video, e.g. to "
-                                                      f"{width // s * s}×{height // s * s}")
         tiles, overlap = self._tiles(height // s, width // s, tile_size, tile_overlap)
         chunks = [(0, 1)] + [(t, t + ts) for t in range(1, frames, ts)]
 
