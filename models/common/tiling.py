@@ -42,6 +42,16 @@ def check_video(video: torch.Tensor, temporal_stride: int, spatial_stride: int, 
                          f"multiples of {s}", f"resize or crop the video, e.g. to {width // s * s}×{height // s * s}")
 
 
+def tile_cells(tile_size: int, tile_overlap: int | None, stride: int) -> tuple[int, int]:
+    """A tile size and overlap in pixels (overlap None: a quarter of the tile) → (tile, overlap) in latent cells of
+    `stride` pixels; a clear error for a tile that cannot tile a frame."""
+    overlap = tile_size // 4 if tile_overlap is None else tile_overlap
+    if tile_size < stride or not 0 <= overlap < tile_size:
+        raise InputError(f"tile size {tile_size} with overlap {overlap} pixels cannot tile a frame",
+                         f"use a tile size of at least {stride} pixels and an overlap smaller than the tile")
+    return tile_size // stride, overlap // stride
+
+
 def spread_spans(size: int, tile: int, overlap: int) -> list[Span]:
     """Evenly spread [start, end) ranges of length `tile` that cover [0, size), neighbours sharing ≥ `overlap`."""
     if tile >= size:

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import SEQUENTIAL, Span, check_video, ramp_weights, strided_spans, tile_by_tile
+from ..common.tiling import (SEQUENTIAL, Span, check_video, ramp_weights, strided_spans, tile_by_tile,
+                             tile_cells)
 
 SCALING_FACTOR = 0.476986   # latent = posterior mean × this (no shift), HunyuanVideo's DiT space
 ATTENTION_SCORES = 1 << 28  # attention runs in query blocks of at most this many scores
@@ -409,13 +410,8 @@ class HunyuanVAE(nn.Module):
         once either side is longer than a tile, as in the official code."""
         if tile_size is None:
             return [((0, h), (0, w))], 0
-        s = self.cfg.spatial_stride
-        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
-        if tile_size < s or not 0 <= overlap < tile_size:
-            raise InputError(f"tile size {tile_size} with overlap {overlap} pixels cannot tile a frame",
-                             f"use a tile size of at least {s} pixels and an overlap smaller than the tile")
-        tile = tile_size // s
-        overlap = min(overlap // s, tile // 2)
+        tile, overlap = tile_cells(tile_size, tile_overlap, self.cfg.spatial_stride)
+        overlap = min(overlap, tile // 2)
         if h <= tile and w <= tile:
             return [((0, h), (0, w))], 0
         rows, cols = strided_spans(h, tile, tile - overlap), strided_spans(w, tile, tile - overlap)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import check_video, spread_spans, stream, tile_by_tile
+from ..common.tiling import check_video, spread_spans, stream, tile_by_tile, tile_cells
 
 # Per-channel latent statistics: the DiTs work on (mu - mean) / std. Values from the official Wan2_1_VAE / Wan2_2_VAE.
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -403,12 +403,7 @@ class WanVAE(nn.Module):
         """Tiles as (rows, columns) ranges in latent cells, and their overlap in cells."""
         if tile_size is None:
             return [((0, h), (0, w))], 0
-        s = self.cfg.spatial_stride
-        overlap = tile_size // 4 if tile_overlap is None else tile_overlap
-        if tile_size < s or not 0 <= overlap < tile_size:
-            raise InputError(f"tile size {tile_size} with overlap {overlap} pixels cannot tile a frame",
-                             f"use a tile size of at least {s} pixels and an overlap smaller than the tile")
-        tile = tile_size // s
-        overlap = min(overlap // s, tile - 1)
+        tile, overlap = tile_cells(tile_size, tile_overlap, self.cfg.spatial_stride)
+        overlap = min(overlap, tile - 1)
         rows, cols = spread_spans(h, tile, overlap), spread_spans(w, tile, overlap)
         return [(r, c) for r in rows for c in cols], overlap
