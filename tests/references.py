@@ -28,7 +28,7 @@ import torch.nn.functional as F
 REFERENCES = {
     "wan": "needs wan22 (pip install --no-deps -r requirements-reference.txt)",
     "diffusers": "needs diffusers (pip install -r requirements-dev.txt)",
-    "xfuser": "needs xfuser (pip install xfuser)",
+    "xfuser": "needs xfuser (pip install --no-deps -r requirements-reference.txt)",
     "einops": "needs einops (pip install einops), which the official HunyuanVideo code imports",
 }
 HUNYUAN_ENV = "HUNYUAN_VIDEO_PATH"
@@ -36,6 +36,8 @@ HUNYUAN_ENV = "HUNYUAN_VIDEO_PATH"
 
 def installed(package: str) -> bool:
     """Whether `package` can be imported, found without importing it (wan's __init__ is heavy)."""
+    if package in sys.modules:  # possibly registered empty by a loader below (no __spec__ to find)
+        return True
     try:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):  # a parent package missing, or a module without a spec
@@ -178,3 +180,77 @@ def load_hunyuan(module: str):
         sys.modules["hyref.modules.attenion"] = attn
     with _skip_on_missing_reference():
         return importlib.import_module("hyref.modules." + module)
+
+
+# ------------------------------------------------------------------------------------------ official Step-Video
+STEPVIDEO_ENV = "STEPVIDEO_T2V_PATH"
+_XFUSER_STEP = "xfuser.model_executor.models.customized.step_video_t2v"
+
+
+def _single_process_parallel_state() -> types.ModuleType:
+    """xfuser's `parallel_state` for one process: no sequence or tensor parallelism."""
+    state = types.ModuleType("xfuser.core.distributed.parallel_state")
+    state.get_sequence_parallel_world_size = lambda: 1
+    state.get_sequence_parallel_rank = lambda: 0
+    state.get_tensor_model_parallel_world_size = lambda: 1
+    state.get_tensor_model_parallel_rank = lambda: 0
+    return state
+
+
+def load_xfuser_step(module: str):
+    """xfuser 0.7.0's Step-Video block file `<module>` ('blocks', 'rope', 'normalization', 'attentions'), under its
+    own name, without xfuser's package __init__ (it needs triton and its distributed runtime): the packages above
+    it are registered empty and `parallel_state` is a single-process stand-in."""
+    require("xfuser", "einops")
+    found = sys.modules["xfuser"].__path__ if "xfuser" in sys.modules else None
+    root = Path((found or importlib.util.find_spec("xfuser").submodule_search_locations)[0])
+    parts = _XFUSER_STEP.split(".")
+    for depth in range(1, len(parts) + 1):
+        _package(".".join(parts[:depth]), root.joinpath(*parts[1:depth]))
+    _package("xfuser.core", root / "core")
+    _package("xfuser.core.distributed", root / "core" / "distributed")
+    sys.modules.setdefault("xfuser.core.distributed.parallel_state", _single_process_parallel_state())
+    return importlib.import_module(f"{_XFUSER_STEP}.{module}")
+
+
+def stepvideo_root() -> Path:
+    """`stepvideo/` of the official Step-Video-T2V checkout named by $STEPVIDEO_T2V_PATH; skips the calling test
+    when the variable is unset or names no checkout."""
+    path = os.environ.get(STEPVIDEO_ENV)
+    if not path:
+        pytest.skip(f"needs the official Step-Video code: set {STEPVIDEO_ENV} to a checkout of "
+                    f"stepfun-ai/Step-Video-T2V")
+    root = Path(path) / "stepvideo"
+    if not (root / "modules" / "model.py").is_file():
+        pytest.skip(f"{STEPVIDEO_ENV}={path} is not a Step-Video-T2V checkout (no stepvideo/modules/model.py)")
+    require("diffusers", "einops")
+    return root
+
+
+def load_stepvideo(module: str, replace: dict[str, types.ModuleType] | None = None):
+    """Import `stepvideo/<module>.py` (e.g. 'modules.model', 'vae.vae', 'text_encoder.stepllm') of the
+    $STEPVIDEO_T2V_PATH checkout under its own name, without the package __init__ files (they parse command
+    lines and start servers). Multi-GPU helpers become single-process stand-ins; the DiT's blocks come from
+    xfuser 0.7.0 as the official model imports them. `replace`: further modules to stand in (e.g. the closed
+    CUDA attention kernel of Step-LLM's `text_encoder.flashattention`)."""
+    root = stepvideo_root()
+    load_xfuser_step("blocks")
+    for name, path in (("stepvideo", root), ("stepvideo.modules", root / "modules"),
+                       ("stepvideo.vae", root / "vae"), ("stepvideo.text_encoder", root / "text_encoder"),
+                       ("stepvideo.diffusion", root / "diffusion")):
+        _package(name, path)
+    if "stepvideo.utils" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("stepvideo.utils", root / "utils" / "utils.py")
+        utils = importlib.util.module_from_spec(spec)
+        sys.modules["stepvideo.utils"] = utils
+        spec.loader.exec_module(utils)
+    if "stepvideo.parallel" not in sys.modules:
+        parallel = types.ModuleType("stepvideo.parallel")
+        parallel.get_sequence_parallel_world_size = lambda: 1
+        parallel.get_sequence_parallel_rank = lambda: 0
+        parallel.parallel_forward = lambda fn: fn
+        sys.modules["stepvideo.parallel"] = parallel
+    for name, stand_in in (replace or {}).items():
+        sys.modules[f"stepvideo.{name}"] = stand_in
+    with _skip_on_missing_reference():
+        return importlib.import_module(f"stepvideo.{module}")
