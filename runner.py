@@ -208,6 +208,8 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
         if isinstance(out, dict):
             if "ui" in out:
                 run.outputs[node_id] = out["ui"]
+                for text in out["ui"].get("text", ()):  # what the node shows under itself in ComfyUI
+                    log("      " + str(text).replace("\n", "\n      "))
             out = out.get("result", ())
         results[node_id] = tuple(out or ())
         log(f"      done in {time.time() - t0:.1f}s")
@@ -216,11 +218,21 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
 
 
 # A synthetic run keeps every size small: the models are tiny and random, the point is to exercise the graph.
+# A value may be a function of the node's inputs.
 SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64, "frames": 5},
                    "OpenReelImageToVideo": {"width": 64, "height": 64, "frames": 5},
                    "OpenReelSampler": {"steps": 2},
                    "OpenReelDiffusionForcingSampler": {"width": 64, "height": 64, "num_frames": 53,
-                                                       "base_num_frames": 37, "overlap_history": 21, "steps": 2}}
+                                                       "base_num_frames": 37, "overlap_history": 21, "steps": 2},
+                   # Tiny random models have no published calibration: give TeaCache / MagCache a plain one.
+                   "OpenReelStepCache": {"coefficients": lambda inputs: "" if inputs.get("method") == "easycache"
+                                         else inputs.get("coefficients") or "1, 0"}}
+
+
+def synthetic_inputs(entry: dict) -> dict:
+    """The inputs a synthetic run changes in one API-workflow node."""
+    return {name: value(entry["inputs"]) if callable(value) else value
+            for name, value in SYNTHETIC_SIZES.get(entry["class_type"], {}).items()}
 
 
 def use_synthetic_models(prompt: dict, folder: Path, log=print) -> None:
@@ -239,7 +251,7 @@ def use_synthetic_models(prompt: dict, folder: Path, log=print) -> None:
     runtime.set_models_dir(folder / "models")
     runtime.set_input_dir(folder / "input")
     for node_id, entry in prompt.items():
-        for name, value in SYNTHETIC_SIZES.get(entry["class_type"], {}).items():
+        for name, value in synthetic_inputs(entry).items():
             entry["inputs"][name] = value
             log(f"  synthetic run: node {node_id} {name} = {value}")
     log(f"NOTE: {synthetic.SYNTHETIC_NOTE}.")

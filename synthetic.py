@@ -88,7 +88,7 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
 
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
-SET_VERSION = "4"  # bump when the set's files change: a set written by another version is written anew
+SET_VERSION = "5"  # bump when the set's files change: a set written by another version is written anew
 TINY_TEXT_DIM = 64
 TINY_CLIP_DIM = 64
 
@@ -122,6 +122,12 @@ TINY_CLIP_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=
                       eos_token_id=2, pad_token_id=1)
 WORDS = ("cat", "dog", "red", "video", "walks", "on", "the", "grass", "realistic", "camera", "slowly", "über",
          "日本", "a", "photo", "of", "it's", "fox", "snow", "forest", "sunlit", "cinematic")
+# The 4-step distillation LoRA pairs as ComfyUI repackages LightX2V's (Comfy-Org/Wan_2.2_ComfyUI_Repackaged
+# split_files/loras): the layout of those files, on the tiny experts.
+LORAS = {"wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors": 500,
+         "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors": 501,
+         "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors": 502,
+         "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors": 503}
 INPUT_IMAGES = ("openreel_start.png", "openreel_end.png")
 INPUT_VIDEO = "openreel_clip.mp4"   # 33 frames at 24 fps, for the video-extension workflow
 
@@ -267,6 +273,27 @@ def write_hunyuan_models(models: Path) -> None:
     tiny_clip_tokenizer(text / "tokenizers" / "clip-vit-large-patch14")
 
 
+def distillation_lora(cfg: WanConfig, seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA for a Wan network of `cfg` in the layout of LightX2V's distillation LoRAs: `diffusion_model.`-named
+    `lora_down` / `lora_up` factors on every attention and FFN linear (no alpha: α = rank), `diff_b` on their
+    biases and full `diff` deltas on the norms with weights."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    linear = re.compile(r"blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]|blocks\.\d+\.ffn\.[02]")
+    out = {}
+    for key, shape in shapes.items():
+        name, _, kind = key.rpartition(".")
+        if linear.fullmatch(name) and kind == "weight":
+            out[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(rank, shape[1], generator=gen) * 0.05
+            out[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(shape[0], rank, generator=gen) * 0.05
+        elif kind in ("weight", "bias") and (linear.fullmatch(name) or re.fullmatch(
+                r"blocks\.\d+\.(norm3|self_attn\.norm_[qk]|cross_attn\.norm_[qk])", name)):
+            out[f"diffusion_model.{name}.{'diff' if kind == 'weight' else 'diff_b'}"] = \
+                torch.randn(shape, generator=gen) * 0.01
+    return _cast(out, torch.bfloat16)
+
+
 def write_model_set(models: Path, inputs: Path | None = None) -> None:
     """Every model kind the workflows use, tiny and random, under the file names the workflows name."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -319,6 +346,11 @@ def write_model_set(models: Path, inputs: Path | None = None) -> None:
                   str(models / "vae" / name))
 
     write_hunyuan_models(models)
+
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    for name, seed in LORAS.items():
+        cfg = WanConfig(**{**TINY_WAN.__dict__, "text_dim": TINY_TEXT_DIM, "in_dim": 36 if "_i2v_" in name else 16})
+        save_file({k: v.contiguous() for k, v in distillation_lora(cfg, seed).items()}, str(models / "loras" / name))
 
     if inputs is not None:
         from PIL import Image

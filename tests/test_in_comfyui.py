@@ -280,13 +280,13 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 def test_example_workflow_runs_in_comfyui(comfy, name):
     """Each API workflow, queued through /prompt on the synthetic set (small sizes), saves a playable mp4 that carries
     the prompt; ComfyUI's own LoadImage reads the start images from the input folder."""
-    from openreel.runner import SYNTHETIC_SIZES
+    from openreel.runner import SYNTHETIC_SIZES, synthetic_inputs
     from openreel.video_io import read_metadata, read_video
 
     server, _ = comfy
     prompt = json.loads((WORKFLOWS / f"{name}.json").read_text())
     for entry in prompt.values():
-        entry["inputs"].update(SYNTHETIC_SIZES.get(entry["class_type"], {}))
+        entry["inputs"].update(synthetic_inputs(entry))
     status, reply = server.post_prompt(prompt)
     assert status == 200, reply
     entry = server.wait_history(reply["prompt_id"])

@@ -32,7 +32,8 @@ def test_the_workflow_set_is_complete():
                             "wan22_ti2v_5b_t2v", "wan22_ti2v_5b_i2v", "skyreels_v2_t2v", "skyreels_v2_i2v",
                             "skyreels_v2_df_t2v_10s", "skyreels_v2_df_t2v_30s_async", "skyreels_v2_df_i2v",
                             "skyreels_v2_df_start_end", "skyreels_v2_df_extend", "hunyuan_video_t2v_720p",
-                            "hunyuan_video_t2v_544p_fast"])
+                            "hunyuan_video_t2v_544p_fast", "wan22_t2v_a14b_4step_lora",
+                            "wan22_i2v_a14b_4step_lora", "wan21_t2v_teacache", "wan22_t2v_a14b_magcache"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
