@@ -20,24 +20,51 @@ class LatentFormat:
     name: str                                   # the registry key and the LATENT's "latent_format" tag
     title: str                                  # for messages, e.g. "16-channel (Wan2.1 VAE)"
     channels: int
-    temporal_stride: int                        # pixel frames per latent frame (after the first)
+    temporal_stride: int                        # pixel frames per temporal step (after the lead frame)
     spatial_stride: int
     size_multiple: int                          # width and height must be multiples of this (stride × DiT patch)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     preview_factors: tuple[tuple[float, float, float], ...] | None = None   # latent channel → RGB, per channel
     preview_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Frame counts are lead + n·temporal_stride pixel frames ↔ lead + n·temporal_latents latent frames (n ≥ 0 with
+    # a lead frame, else n ≥ 1): a causal VAE that codes its first frame alone has lead 1 (4n+1 ↔ n+1); one that
+    # codes chunks independently has lead 0 and a chunk's latent frames here (17n ↔ 3n).
+    lead_frame: bool = True
+    temporal_latents: int = 1
+
+    def _counts(self, frames: int) -> tuple[int, int] | None:
+        """(lead, n) of a valid pixel frame count, else None."""
+        lead, s = int(self.lead_frame), self.temporal_stride
+        n, rest = divmod(frames - lead, s)
+        return (lead, n) if rest == 0 and n >= 1 - lead else None
+
+    def frame_rule(self) -> str:
+        """The valid pixel frame counts in words, e.g. "of the form 4n+1" or "a multiple of 17"."""
+        s = self.temporal_stride
+        return f"of the form {s}n+1" if self.lead_frame else f"a multiple of {s}"
+
+    def nearest_frames(self, frames: int) -> tuple[int, int]:
+        """The valid pixel frame counts just below (or the smallest) and above `frames` (when it is invalid)."""
+        lead, s = int(self.lead_frame), self.temporal_stride
+        lower = max(lead + (1 - lead) * s, lead + (frames - lead) // s * s)
+        return lower, lower + s
 
     def latent_frames(self, frames: int) -> int:
-        """Latent frames for `frames` pixel frames, or a clear error when the count is not stride·n + 1."""
-        s = self.temporal_stride
-        if frames < 1 or (frames - 1) % s:
-            lower = max(1, (frames - 1) // s * s + 1)
-            raise InputError(f"{frames} frames is not of the form {s}n+1", f"use {lower} or {lower + s} frames")
-        return (frames - 1) // s + 1
+        """Latent frames for `frames` pixel frames, or a clear error when the count breaks the frame rule."""
+        counts = self._counts(frames)
+        if counts is None:
+            lower, upper = self.nearest_frames(frames)
+            raise InputError(f"{frames} frames is not {self.frame_rule()}", f"use {lower} or {upper} frames")
+        lead, n = counts
+        return lead + n * self.temporal_latents
+
+    def valid_frames(self, frames: int) -> bool:
+        return self._counts(frames) is not None
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return self.temporal_stride * (latent_frames - 1) + 1
+        lead = int(self.lead_frame)
+        return lead + (latent_frames - lead) // self.temporal_latents * self.temporal_stride
 
     def latent_size(self, width: int, height: int, frames: int) -> tuple[int, int, int, int]:
         """(channels, latent frames, latent height, latent width), or a clear error for sizes that do not fit."""
@@ -60,12 +87,12 @@ def register_latent_format(fmt: LatentFormat) -> LatentFormat:
 def video_size_problems(width: int, height: int, frames: int) -> list[str]:
     """What is wrong with a video size for every latent format (checked before anything runs; the format the VAE
     picks checks its own, stricter rules when the node runs)."""
-    formats = list(LATENT_FORMATS.values())
+    formats = sorted(LATENT_FORMATS.values(), key=lambda f: f.temporal_stride)
     problems = []
-    if formats and not any(f.temporal_stride and (frames - 1) % f.temporal_stride == 0 for f in formats):
-        s = min(f.temporal_stride for f in formats)
-        lower = max(1, (frames - 1) // s * s + 1)
-        problems.append(f"frames = {frames} is not of the form {s}n+1: use {lower} or {lower + s}")
+    if formats and not any(f.valid_frames(frames) for f in formats):
+        rules = {f.frame_rule(): f.nearest_frames(frames) for f in formats}
+        problems.append(f"frames = {frames} is not " + ", nor ".join(
+            f"{rule}: use {lower} or {upper}" for rule, (lower, upper) in rules.items()))
     m = min((f.size_multiple for f in formats), default=1)
     if width % m or height % m:
         problems.append(f"{width}×{height} is not a multiple of {m}: use e.g. {width // m * m}×{height // m * m}")

@@ -52,7 +52,7 @@ def decode_pixels(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto")
     try:
         s = module.cfg.spatial_stride
         tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
-        return module.decode(latent, tile_size=tile).cpu()
+        return module.decode(latent, tile_size=tile).clamp_(-1, 1).cpu()
     finally:
         runtime.offload_model(module)
 
@@ -63,7 +63,7 @@ def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") 
     A progress bar counts the decoded frames; an interrupt stops the decode before the next chunk."""
     module = module_of(handle)
     device = runtime.load_model(module)
-    frames = module.cfg.temporal_stride * (latent.shape[2] - 1) + 1
+    frames = latent_format(handle.latent_format).pixel_frames(latent.shape[2])
     try:
         s = module.cfg.spatial_stride
         tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
@@ -72,10 +72,10 @@ def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") 
                 runtime.throw_if_interrupted()
                 item = latent[b:b + 1]
                 chunks = module.decode_iter(item) if tile is None else [module.decode(item, tile_size=tile)]
-                for chunk in chunks:  # [1, 3, f, H, W] in [-1, 1]
+                for chunk in chunks:  # [1, 3, f, H, W], nominally in [-1, 1] (not every VAE clamps)
                     bar.update(chunk.shape[2])
                     runtime.throw_if_interrupted()
-                    yield ((chunk[0].float() + 1) / 2).permute(1, 2, 3, 0).cpu()
+                    yield ((chunk[0].float() + 1) / 2).clamp_(0, 1).permute(1, 2, 3, 0).cpu()
     finally:
         runtime.offload_model(module)
 

@@ -15,7 +15,8 @@ from .identify import expect
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 SUPPORTED = ("supported: the Wan2.1 VAE (Wan2.1_VAE.pth / wan_2.1_vae.safetensors), the Wan2.2 VAE (Wan2.2_VAE.pth, "
-             "for TI2V-5B) and the HunyuanVideo VAE (vae/pytorch_model.pt / hunyuan_video_vae_bf16.safetensors)")
+             "for TI2V-5B), the HunyuanVideo VAE (vae/pytorch_model.pt / hunyuan_video_vae_bf16.safetensors) and "
+             "the Step-Video VAE (vae/vae_v2.safetensors)")
 
 
 def inspect_vae(path: str | Path) -> tuple[VAEFamily, Checkpoint, object]:

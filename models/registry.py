@@ -6,6 +6,7 @@ from .common.family import DIT_FAMILIES, VAE_FAMILIES, DiTFamily, VAEFamily
 from .hunyuan import family as _hunyuan  # noqa: F401  (each family module registers itself)
 from .hunyuan import latents as _hunyuan_vae  # noqa: F401
 from .stepvideo import family as _stepvideo  # noqa: F401
+from .stepvideo import latents as _stepvideo_vae  # noqa: F401
 from .wan import family as _wan  # noqa: F401
 
 
