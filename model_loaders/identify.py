@@ -33,6 +33,8 @@ CLIP_OFFICIAL_ANCHORS = ("visual.transformer.0.attn.to_qkv.weight",)
 CLIP_HF_ANCHORS = ("embeddings.patch_embedding.weight",)
 LLAMA_ANCHORS = ("layers.0.post_attention_layernorm.weight",)
 CLIP_TEXT_ANCHORS = ("embeddings.token_embedding.weight",)
+STEPLLM_ANCHORS = ("transformer.layers.0.attention.wqkv.weight",)
+BERT_ANCHORS = ("encoder.layer.0.attention.self.query.weight",)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,18 @@ def is_clip_text(ckpt: Checkpoint) -> bool:
     return prefix is not None and prefix + "encoder.layers.0.self_attn.q_proj.weight" in ckpt
 
 
+def is_stepllm(ckpt: Checkpoint) -> bool:
+    """Step-Video's Step-LLM (the official `Step1Model` names under any prefix)."""
+    prefix = find_prefix(ckpt, STEPLLM_ANCHORS)
+    return prefix is not None and prefix + "transformer.layers.0.feed_forward.w2.weight" in ckpt
+
+
+def is_bert(ckpt: Checkpoint) -> bool:
+    """BERT text encoders (transformers' `BertModel` names, `bert.`-prefixed or not): Step-Video's HunyuanCLIP."""
+    prefix = find_prefix(ckpt, BERT_ANCHORS)
+    return prefix is not None and prefix + "embeddings.word_embeddings.weight" in ckpt
+
+
 def is_t5(ckpt: Checkpoint) -> bool:
     """umT5 / T5 encoders: transformers names, Wan's official names (per-layer or shared position bias)."""
     return _any_key(*T5_HF_ANCHORS, *UMT5_OFFICIAL_ANCHORS, "blocks.0.attn.q.weight", "shared.weight")(ckpt)
@@ -91,6 +105,8 @@ def is_lora(ckpt: Checkpoint) -> bool:
 # CLIP model is a vision encoder unless a text-encoder loader asks (then its text tower is read).
 _OTHER_KINDS = (
     ("text_encoder", "a Llama text encoder (HunyuanVideo's LLaVA-Llama-3)", None, True, is_llama),
+    ("text_encoder", "Step-LLM (Step-Video's first text encoder)", None, True, is_stepllm),
+    ("text_encoder", "a BERT text encoder (Step-Video's HunyuanCLIP)", None, True, is_bert),
     ("clip_vision", "a CLIP vision encoder", None, True, is_clip),
     ("text_encoder", "a CLIP text encoder", None, True, is_clip_text),
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),

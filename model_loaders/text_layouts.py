@@ -10,6 +10,11 @@
   `skip_layers` layers and the final norm are dropped too: HunyuanVideo never reads them.
 - CLIP text (HunyuanVideo's CLIP-L): `text_model.` names (ComfyUI's clip_l.safetensors, HF folders; a full CLIP
   model loads its text tower) or transformers 5's unprefixed ones.
+- Step-LLM (Step-Video): the official `Step1Model` names (`tok_embeddings.word_embeddings`, `transformer.layers.N.
+  {attention.wqkv, attention.wo, feed_forward.w1, feed_forward.w2, attention_norm, ffn_norm}`) under any prefix: the
+  official step_llm/ folder (config.json beside) or a single file.
+- BERT (Step-Video's HunyuanCLIP): transformers' `BertModel` names with or without `bert.` (the official
+  hunyuan_clip/clip_text_encoder/ folder, a single file); the pooler and any pre-training heads are dropped.
 Each takes any storage ComfyUI uses (16-bit, fp8, fp8_scaled with `scale_weight`: model_loaders/build.py reads the
 scales). config.json values the shapes cannot give (heads, epsilons, rope θ) are read when a config beside the
 weights describes a model of the same width (its `text_config` first: LLaVA and full CLIP configs keep it there).
@@ -20,11 +25,14 @@ import re
 
 from ..errors import DetectionError
 from ..models.common.family import find_prefix, keep_under
+from ..models.text.bert import BertSpec
 from ..models.text.clip_text import LEGACY_EOS_ID, CLIPTextSpec
 from ..models.text.llama import LlamaSpec
+from ..models.text.stepllm import StepLLMSpec
 from ..models.text.umt5 import UMT5Spec
 from .checkpoint import Checkpoint, config_value, layer_count
-from .identify import CLIP_TEXT_ANCHORS, LLAMA_ANCHORS, T5_HF_ANCHORS, UMT5_OFFICIAL_ANCHORS
+from .identify import (BERT_ANCHORS, CLIP_TEXT_ANCHORS, LLAMA_ANCHORS, STEPLLM_ANCHORS, T5_HF_ANCHORS,
+                       UMT5_OFFICIAL_ANCHORS)
 
 UMT5_FILES = ("Wan needs umT5-XXL: models_t5_umt5-xxl-enc-bf16.pth, ComfyUI's umt5_xxl_*.safetensors or a "
               "transformers umT5 folder")
@@ -33,6 +41,10 @@ LLAMA_FILES = ("HunyuanVideo needs LLaVA-Llama-3-8B: ComfyUI's llava_llama3_fp16
                "folder or xtuner/llava-llama-3-8b-v1_1-transformers")
 CLIP_FILES = ("HunyuanVideo needs CLIP-L: ComfyUI's clip_l.safetensors or the folder of "
               "openai/clip-vit-large-patch14 (diffusers' text_encoder_2)")
+STEPLLM_FILES = ("Step-Video needs Step-LLM: the step_llm folder of stepfun-ai/stepvideo-t2v (or a single "
+                 "safetensors file of it)")
+BERT_FILES = ("Step-Video needs HunyuanCLIP: the hunyuan_clip folder of stepfun-ai/stepvideo-t2v (or its "
+              "clip_text_encoder folder, or a single safetensors file of it)")
 
 
 def text_config(ckpt: Checkpoint, width: int) -> dict:
@@ -191,4 +203,61 @@ def read_clip_text(raw: Checkpoint) -> tuple[Checkpoint, CLIPTextSpec, str]:
         max_positions=ckpt.shape("embeddings.position_embedding.weight")[0],
         eps=config.get("layer_norm_eps") or 1e-5, hidden_act=config.get("hidden_act") or "quick_gelu",
         eos_token_id=config.get("eos_token_id") or LEGACY_EOS_ID)
+    return ckpt, spec, "hf"
+
+
+def _missing(raw: Checkpoint, ckpt: Checkpoint, prefix: str, what: str, needed: tuple[str, ...]) -> None:
+    """A DetectionError naming the tensors of `needed` that `ckpt` lacks (with the file's `prefix`)."""
+    missing = [k for k in needed if k not in ckpt]
+    if missing:
+        raise DetectionError(f"{raw.name} looks like {what} but lacks {', '.join(prefix + k for k in missing)}",
+                             "the file is incomplete; download it again")
+
+
+# ----------------------------------------------------------------------------------------- Step-LLM
+def read_stepllm(raw: Checkpoint) -> tuple[Checkpoint, StepLLMSpec, str]:
+    """Step-LLM under `StepLLMTextEncoder` names, its spec (heads and epsilon from config.json when one describes
+    this width, else heads of 128 and 1e-5), layout."""
+    prefix = find_prefix(raw, STEPLLM_ANCHORS) or ""
+    ckpt = keep_under(raw, prefix).renamed(
+        lambda k: k if k.startswith(("tok_embeddings.", "transformer.layers.")) else None)
+    layer = "transformer.layers.0."
+    _missing(raw, ckpt, prefix, "Step-LLM", ("tok_embeddings.word_embeddings.weight", layer + "attention.wo.weight",
+                                             layer + "feed_forward.w1.weight", layer + "attention_norm.weight"))
+    vocab, width = ckpt.shape("tok_embeddings.word_embeddings.weight")
+    config = text_config(ckpt, width)
+    heads = config.get("num_attention_heads") or width // 128
+    head_dim = width // heads
+    groups, rest = divmod(ckpt.shape(layer + "attention.wqkv.weight")[0] - width, 2 * head_dim)
+    if rest or groups < 1 or heads % groups:
+        raise DetectionError(f"{raw.name}: its fused attention projection fits no grouping of {heads} heads of "
+                             f"{head_dim}", "put the config.json of step_llm beside the weights, or use the "
+                             "official step_llm folder")
+    spec = StepLLMSpec(vocab_size=vocab, hidden_size=width, ffn_size=ckpt.shape(layer + "feed_forward.w2.weight")[1],
+                       num_layers=layer_count(ckpt.keys(), r"transformer\.layers\.(\d+)\."), num_heads=heads,
+                       num_groups=groups, eps=config.get("layernorm_epsilon") or 1e-5)
+    return ckpt, spec, "official"
+
+
+# ----------------------------------------------------------------------------------------- BERT (HunyuanCLIP)
+def read_bert(raw: Checkpoint) -> tuple[Checkpoint, BertSpec, str]:
+    """The BERT encoder under `BertTextEncoder` names (`bert.`), its spec (heads, epsilon and activation from
+    config.json when one describes this width, else heads of 64, 1e-12 and GELU), layout."""
+    prefix = find_prefix(raw, BERT_ANCHORS) or ""
+    tower = keep_under(raw, prefix)
+    _missing(raw, tower, prefix, "a BERT text encoder", ("embeddings.position_embeddings.weight",
+                                                         "embeddings.token_type_embeddings.weight",
+                                                         "encoder.layer.0.intermediate.dense.weight"))
+    ckpt = tower.renamed(
+        lambda k: "bert." + k if k.startswith(("embeddings.", "encoder.")) and not k.endswith("_ids") else None)
+    vocab, width = ckpt.shape("bert.embeddings.word_embeddings.weight")
+    config = text_config(ckpt, width)
+    spec = BertSpec(
+        vocab_size=vocab, hidden_size=width,
+        intermediate_size=ckpt.shape("bert.encoder.layer.0.intermediate.dense.weight")[0],
+        num_layers=layer_count(ckpt.keys(), r"bert\.encoder\.layer\.(\d+)\."),
+        num_heads=config.get("num_attention_heads") or max(1, width // 64),
+        max_positions=ckpt.shape("bert.embeddings.position_embeddings.weight")[0],
+        type_vocab_size=ckpt.shape("bert.embeddings.token_type_embeddings.weight")[0],
+        eps=config.get("layer_norm_eps") or 1e-12, hidden_act=config.get("hidden_act") or "gelu")
     return ckpt, spec, "hf"

@@ -29,11 +29,13 @@ import torch
 
 from ... import runtime
 from ...errors import CheckpointError, InputError
+from . import bert, stepllm
 from .llama import PROMPT_TOKENS, TEMPLATE_TOKENS, VIDEO_TEMPLATE
 from .sentencepiece import tokenizer_from_sentencepiece
 
 __all__ = ["TEXT_LENGTH", "KINDS", "PromptTokenizer", "UMT5Tokenizer", "Llama3Tokenizer", "CLIPTokenizer",
-           "TokenizerSource", "clean_prompt", "find_tokenizer", "load_tokenizer", "tokenizer_from_sentencepiece"]
+           "BertTokenizer", "StepTokenizer", "TokenizerSource", "clean_prompt", "find_tokenizer", "load_tokenizer",
+           "tokenizer_from_sentencepiece"]
 
 TEXT_LENGTH = 512               # Wan's umT5 text length
 SPIECE_KEY = "spiece_model"     # ComfyUI's tensor holding the serialized SentencePiece model
@@ -125,6 +127,44 @@ class CLIPTokenizer(PromptTokenizer):
     pad_tokens = ("<|endoftext|>",)
 
 
+class BertTokenizer(PromptTokenizer):
+    """BERT's (HunyuanCLIP's, Step-Video's second encoder): `[CLS]` prompt `[SEP]`, padded with `[PAD]` to 77."""
+    what = "BERT (HunyuanCLIP)"
+    length = bert.TEXT_LENGTH
+    required = ("[CLS]", "[SEP]", "[UNK]")
+    pad_tokens = ("[PAD]",)
+
+
+class StepTokenizer(PromptTokenizer):
+    """Step-LLM's (Step-Video's first encoder), as the official `Wrapped_StepChatTokenizer`: the prompt's
+    SentencePiece ids cut to 318, then ids 1 (BOS) … 2 (EOS), padded with 2 to 320 — ids hard-coded there, not read
+    from the model. `backend` is a `sentencepiece.SentencePieceProcessor`; the official tokenizer asserts that the
+    chat control tokens are in the model, so a model without them is refused."""
+    what = "Step-LLM"
+    length = stepllm.TEXT_LENGTH
+    required = ("<|BOT|>", "<|EOT|>", "<|CALL_START|>", "<|CALL_END|>", "<|THINK_START|>", "<|THINK_END|>")
+    BOS, EOS, PAD = 1, 2, 2
+
+    def __init__(self, backend, name: str):
+        self.backend, self.name = backend, name
+        missing = [t for t in self.required if not backend.is_control(backend.piece_to_id(t))]
+        if missing:
+            raise CheckpointError(f"{name} is not a {self.what} tokenizer (it has no control token "
+                                  f"{', '.join(missing)})", "use step_llm/step1_chat_tokenizer.model")
+        self.pad_id = self.PAD
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_piece_size()
+
+    def __call__(self, prompts: Sequence[str], length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        length = length or self.length
+        rows = [[self.BOS] + ids[:length - 2] + [self.EOS] for ids in self.backend.encode(list(prompts))]
+        ids = torch.tensor([row + [self.PAD] * (length - len(row)) for row in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in rows], dtype=torch.long)
+        return ids, mask
+
+
 # ----------------------------------------------------------------------------------------- where tokenizers are
 @dataclass(frozen=True)
 class TokenizerKind:
@@ -144,15 +184,21 @@ KINDS = {
                            "text_encoders/llama_tokenizer", "xtuner/llava-llama-3-8b-v1_1-transformers"),
     "clip_text": TokenizerKind(CLIPTokenizer, ("json", "bpe"), (".", "../tokenizer_2", "../tokenizer"),
                                "clip-vit-large-patch14", "sd1_tokenizer", "openai/clip-vit-large-patch14"),
+    # Step-Video: step_llm/ holds its tokenizer; hunyuan_clip/ holds clip_text_encoder/ and tokenizer/.
+    "stepllm": TokenizerKind(StepTokenizer, ("step",), (".",), "step_llm", "",
+                             "stepfun-ai/stepvideo-t2v (step_llm/)"),
+    "hunyuan_clip": TokenizerKind(BertTokenizer, ("json", "wordpiece"), (".", "../tokenizer", "tokenizer"),
+                                  "hunyuan_clip", "", "stepfun-ai/stepvideo-t2v (hunyuan_clip/tokenizer/)"),
 }
-_FILES = {"json": ("tokenizer.json",), "spiece": ("spiece.model",), "bpe": ("vocab.json", "merges.txt")}
+_FILES = {"json": ("tokenizer.json",), "spiece": ("spiece.model",), "bpe": ("vocab.json", "merges.txt"),
+          "step": ("step1_chat_tokenizer.model",), "wordpiece": ("vocab.txt",)}
 
 
 @dataclass(frozen=True)
 class TokenizerSource:
     """Where a text encoder's tokenizer is read from; `stamp` (size, mtime_ns) makes a replaced file reload."""
     encoder: str    # the KINDS key
-    kind: str       # "checkpoint" (its spiece_model tensor), "spiece", "json", or "bpe" (`path` is the vocab.json)
+    kind: str       # "checkpoint" (its spiece_model tensor), a `_FILES` key (`path`: the format's first file)
     path: str
     key: str = ""   # the tensor name, for kind "checkpoint"
     stamp: tuple[int, int] = (0, 0)
@@ -222,6 +268,12 @@ def load_tokenizer(source: TokenizerSource) -> PromptTokenizer:
             backend = clip_bpe_tokenizer(Path(source.path), Path(source.path).with_name("merges.txt"))
         elif source.kind == "spiece":
             backend = tokenizer_from_sentencepiece(Path(source.path).read_bytes(), name)
+        elif source.kind == "step":
+            import sentencepiece
+
+            backend = sentencepiece.SentencePieceProcessor(model_proto=Path(source.path).read_bytes())
+        elif source.kind == "wordpiece":
+            backend = bert_wordpiece_tokenizer(Path(source.path))
         else:
             from ...model_loaders.checkpoint import open_checkpoint
 
@@ -254,4 +306,28 @@ def clip_bpe_tokenizer(vocab: Path, merges: Path):
     start, end = backend.token_to_id("<|startoftext|>"), backend.token_to_id("<|endoftext|>")
     backend.post_processor = processors.RobertaProcessing(("<|endoftext|>", end), ("<|startoftext|>", start),
                                                           trim_offsets=False, add_prefix_space=False)
+    return backend
+
+
+def bert_wordpiece_tokenizer(vocab: Path):
+    """BERT's tokenizer pipeline over its vocab.txt, as transformers builds it (`BertTokenizerFast`): BERT's
+    normalizer (control characters removed, CJK characters split off, lowercased and accents stripped unless the
+    tokenizer_config.json beside says `do_lower_case: false`), BERT's pre-tokenizer, WordPiece, `[CLS]` … `[SEP]`."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    config_file = vocab.with_name("tokenizer_config.json")
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    lowercase = config.get("do_lower_case", True)
+    backend = Tokenizer(WordPiece.from_file(str(vocab), unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=config.get("strip_accents"), lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if backend.token_to_id(t) is not None]
+    backend.add_special_tokens([AddedToken(t, special=True) for t in special])
+    if "[CLS]" in special and "[SEP]" in special:
+        backend.post_processor = processors.BertProcessing(("[SEP]", backend.token_to_id("[SEP]")),
+                                                           ("[CLS]", backend.token_to_id("[CLS]")))
     return backend
