@@ -89,6 +89,9 @@ class TextEmbeds:
 
     `*_mask` [1, L] marks real tokens for encoders whose models attend with a mask; `*_pooled` [1, width] is a
     pooled vector for models that take one (e.g. HunyuanVideo's CLIP-L). umT5 embeddings have neither.
+    `*_2` [1, L2, width2] are a second text encoder's token states for models that attend to two encoders' tokens
+    (Step-Video: HunyuanCLIP's last hidden states, 77 rows, beside Step-LLM's in `positive` / `negative`), with
+    `*_2_mask` [1, L2] marking its real tokens where the encoder has padding (a model may attend to every row).
     `embedded_guidance` is the guidance scale a guidance-distilled model takes as an input (HunyuanVideo's
     cfg-distilled DiT); None: the model's official value (OpenReel Embedded Guidance sets it)."""
     positive: torch.Tensor   # [1, L, width]
@@ -98,3 +101,7 @@ class TextEmbeds:
     positive_pooled: torch.Tensor | None = None
     negative_pooled: torch.Tensor | None = None
     embedded_guidance: float | None = None
+    positive_2: torch.Tensor | None = None
+    negative_2: torch.Tensor | None = None
+    positive_2_mask: torch.Tensor | None = None
+    negative_2_mask: torch.Tensor | None = None

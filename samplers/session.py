@@ -58,6 +58,9 @@ class _Active:
         self.shared = {k: _on(v, device) for k, v in inputs.shared.items()}
         self.positive = {k: _on(v, device) for k, v in inputs.positive.items()}
         self.negative = {k: _on(v, device) for k, v in (inputs.negative or {}).items()}
+        module, family = expert.module, expert.family
+        # every model call's output as the velocity noise − x0 (the family's convention: DiTFamily.model_output)
+        self.model = module if family is None else lambda *args, **kw: family.model_output(module(*args, **kw))
 
     @property
     def calls_per_step(self) -> int:
@@ -65,7 +68,7 @@ class _Active:
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, call: Callable) -> torch.Tensor:
         """`call(fn, branches)` makes one model call holding the rows of those guidance branches."""
-        module, g = self.expert.module, self.expert.guidance
+        module, g = self.model, self.expert.guidance
         if self.expert.unguided:
             return call(lambda: module(x, t, **self.positive, **self.shared), calls.BRANCHES[:1])
         if self.batched:

@@ -159,6 +159,12 @@ class DiTFamily:
         takes, e.g. `t[:, 0]` for a network with one timestep per sample."""
         return t
 
+    def model_output(self, output: torch.Tensor) -> torch.Tensor:
+        """The network's output as the velocity noise − x0 the samplers integrate (samplers/session.py applies it
+        to every model call): the output itself by default; e.g. its negation for a network predicting x0 − noise
+        (Step-Video)."""
+        return output
+
     # ------------------------------------------------------------------ memory
     def tokens(self, spec: DiTSpec, latent_shape: tuple[int, ...]) -> int:
         """Tokens of one video of `latent_shape` [B, C, F, H, W] (the config's patch_size: (t, h, w))."""
