@@ -1,0 +1,290 @@
+"""Whole-video sampling of a Wan2.2 T2V-A14B pair through the real node path, against diffusers' `WanPipeline`
+(`transformer_2`, `boundary_ratio`) on the same weights (issue 12).
+
+Configurations (480p × 81 frames, both experts, random weights of the real size):
+  (a) 40 steps, CFG 4 / 3 (the official recipe);  (b) the same with MagCache at the published Wan2.2 setting;
+  (c) 4 steps, CFG 1, an unmerged rank-64 LoRA on both experts (the distillation-LoRA recipe).
+Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
+Cache, OpenReel Sampler), with the experts' modules put in the module cache instead of read from 28 GB files.
+
+What is timed and what is extrapolated (said in the output): a model call costs the same at every step, so (a) is
+timed over a short schedule of `--measure-steps` steps with the same CFG and both experts active, and seconds per
+video = 80 × the measured seconds per call (the per-run fixed costs are inside the measured steps). (b) counts the
+calls MagCache computes in a full 40-step run (its decisions depend only on the published calibration and the
+schedule, so a run at a small latent gives the same count) and prices them at (a)'s seconds per call with the
+bookkeeping measured at threshold 0. (c) is timed whole (4 steps). The peer is timed the same way.
+
+Run on the GPU machine from the repo root:  python bench/wan22_video.py --out $OUT [--tiny for a CPU smoke test]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if "openreel" not in sys.modules:
+    spec = importlib.util.spec_from_file_location("openreel", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    sys.modules["openreel"] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+from safetensors.torch import save_file  # noqa: E402
+
+from openreel import runtime  # noqa: E402
+from openreel.handles import DiTHandle, TextEmbeds  # noqa: E402
+from openreel.latents import empty_latent, latent_format  # noqa: E402
+from openreel.model_loaders.build import materialize  # noqa: E402
+from openreel.model_loaders.cache import MODULES  # noqa: E402
+from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
+from openreel.models.registry import family_of  # noqa: E402
+from openreel.models.wan.family import WAN  # noqa: E402
+from openreel.models.wan.model import WanConfig, WanDiT  # noqa: E402
+from openreel.nodes.cache import OpenReelStepCache  # noqa: E402
+from openreel.nodes.lora import OpenReelLoRA  # noqa: E402
+from openreel.nodes.memory import OpenReelVRAMBudget  # noqa: E402
+from openreel.nodes.sample import OpenReelSampler  # noqa: E402
+from openreel.nodes.speed import OpenReelCompile  # noqa: E402
+
+GIB = 1 << 30
+A14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+TINY = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2)
+LORA_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+                "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def expert(cfg: WanConfig, salt: str, device: str) -> DiTHandle:
+    """A random expert of `cfg` built on the host through the real materialize path, in the module cache."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
+
+    def reader(key, shape):
+        def read():
+            gen = torch.Generator(device=device).manual_seed(zlib.crc32((salt + key).encode()))
+            return torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) * (0.02 if len(shape) > 1
+                                                                                             else 0.1)
+        return read
+
+    ckpt = Checkpoint((Path(f"random-{salt}.safetensors"),), {k: TensorInfo(s, torch.bfloat16) for k, s in shapes.items()},
+                      {k: reader(k, s) for k, s in shapes.items()})
+    spec = WAN.describe(ckpt)
+    handle = DiTHandle(spec, (f"random-{salt}.safetensors",), ((0, 0),), "auto", "bf16")
+    MODULES.get_or_build(handle.weights_key, lambda: materialize(
+        lambda ops: family_of(spec).build(spec, ops), ckpt, device=runtime.offload_device(), weight_dtype="bf16",
+        compute_dtype="bf16", fp32_params=family_of(spec).fp32_params))
+    return handle
+
+
+def write_lora(cfg: WanConfig, rank: int, path: Path, seed: int) -> None:
+    """A rank-`rank` LoRA on every attention and FFN linear, in the layout of the distillation LoRAs
+    (`diffusion_model.` names, lora_down / lora_up, α = rank)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(cfg.num_layers):
+        for name in LORA_LINEARS:
+            rows, cols = (cfg.ffn_dim, cfg.dim) if name == "ffn.0" else (cfg.dim, cfg.ffn_dim) if name == "ffn.2" \
+                else (cfg.dim, cfg.dim)
+            key = f"diffusion_model.blocks.{i}.{name}"
+            out[f"{key}.lora_down.weight"] = (torch.randn(rank, cols, generator=gen) * 0.01).bfloat16()
+            out[f"{key}.lora_up.weight"] = (torch.randn(rows, rank, generator=gen) * 0.01).bfloat16()
+    save_file(out, str(path))
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_ours(dits, embeds, latent, steps: int, cfg: float) -> tuple[float, float, torch.Tensor]:
+    """Seconds and peak GiB of one OpenReel Sampler run."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.perf_counter()
+    out = OpenReelSampler().run(dit=dits[0], dit_low_noise=dits[1], embeds=embeds, latent=latent, seed=1,
+                                steps=steps, cfg=cfg, shift=12.0, solver="unipc", cfg_low_noise=min(cfg, 3.0),
+                                boundary=0.875)[0]["samples"]
+    sync()
+    peak = torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+    return time.perf_counter() - t0, peak, out
+
+
+class Calls:
+    """Counts the model calls the experts computed (not served from a step cache), one per guidance branch: the
+    rows of the batch reaching the first block (batched CFG runs both branches in one pass)."""
+
+    def __init__(self, modules):
+        self.count = 0
+        self.hooks = [m.blocks[0].register_forward_pre_hook(self._hit) for m in modules]
+
+    def _hit(self, _module, args, *_):
+        self.count += args[0].shape[0]
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+
+# ----------------------------------------------------------------------------------------- the peer
+def peer_pipeline(modules, cfg: WanConfig, device: str):
+    """diffusers' WanPipeline with both experts (copies of our weights on the GPU) and the official boundary."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    from openreel.models.wan.family import diffusers_to_official
+
+    experts = []
+    for ours in modules:
+        with torch.device("meta"):
+            ref = WanTransformer3DModel(patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads,
+                                        attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim,
+                                        out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+                                        ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", eps=cfg.eps)
+        keep_fp32 = set(WanTransformer3DModel._keep_in_fp32_modules)
+        for name, _ in list(ref.named_parameters()):
+            mod_name, _, attr = name.rpartition(".")
+            mod = ref.get_submodule(mod_name) if mod_name else ref
+            want = torch.float32 if keep_fp32 & set(name.split(".")) else torch.bfloat16
+            tensor = ours.get_parameter(diffusers_to_official(name)).detach().to(device, want, copy=True)
+            mod._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+        ref.rope = type(ref.rope)(cfg.dim // cfg.num_heads, cfg.patch_size, 1024).to(device)
+        experts.append(ref.eval())
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=experts[0],
+                       transformer_2=experts[1], boundary_ratio=0.875)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, FlowMatchEulerDiscreteScheduler
+
+
+def run_peer(pipe, embeds, frames: int, height: int, width: int, steps: int, cfg: float) -> tuple[float, float]:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.perf_counter()
+    dev = pipe.transformer.device
+    pipe(prompt_embeds=embeds.positive.to(dev, torch.bfloat16),
+         negative_prompt_embeds=embeds.negative.to(dev, torch.bfloat16), height=height, width=width,
+         num_frames=frames, num_inference_steps=steps, guidance_scale=cfg, guidance_scale_2=min(cfg, 3.0),
+         output_type="latent", generator=torch.Generator(dev).manual_seed(1))
+    sync()
+    peak = torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+    return time.perf_counter() - t0, peak
+
+
+# ----------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
+    parser.add_argument("--measure-steps", type=int, default=4)
+    parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
+    parser.add_argument("--skip-peer", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runtime.set_device(device)
+    cfg = TINY if args.tiny else A14B
+    frames, height, width = (5, 64, 64) if args.tiny else (81, 480, 832)
+    text_dim = cfg.text_dim
+    embeds = TextEmbeds(torch.randn(1, 90, text_dim) * 0.1, torch.randn(1, 120, text_dim) * 0.1)
+    latent = empty_latent(latent_format("wan21"), width, height, frames)
+    small = empty_latent(latent_format("wan21"), 64, 64, 5)
+    report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
+              "cpu", "torch": torch.__version__, "size": "tiny" if args.tiny else "14B experts", "video":
+              f"{width}x{height}x{frames}", "measure_steps": args.measure_steps, "compile": args.compile, "rows": {}}
+
+    def record(name, **row):
+        report["rows"][name] = row
+        print(f"{name:58s} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in row.items()), flush=True)
+        (out / "wan22_video.json").write_text(json.dumps(report, indent=1))
+
+    t0 = time.perf_counter()
+    experts = [expert(cfg, salt, device) for salt in ("high", "low")]
+    modules = [MODULES.get_or_build(h.weights_key, None) for h in experts]
+    print(f"built two experts on the host in {time.perf_counter() - t0:.0f} s", flush=True)
+    lora = out / "lora_rank64.safetensors"
+    runtime.set_models_dir(out / "models")
+    (out / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(("distill_high.safetensors", "distill_low.safetensors")):
+        write_lora(cfg, 64 if not args.tiny else 4, out / "models" / "loras" / name, seed=i)
+
+    def compiled(h):
+        return OpenReelCompile().apply(h, **COMPILE)[0] if args.compile else h
+
+    resident = [compiled(h) for h in experts]
+    plan = OpenReelVRAMBudget().apply(experts[0], latent, 24.0 if not args.tiny else 0.01, False, experts[1])
+    swapped = [compiled(plan["result"][0]), compiled(plan["result"][1])]
+    report["plan_24gb"] = plan["result"][2]
+    print(plan["result"][2], flush=True)
+    lora_dits = [compiled(OpenReelLoRA().apply(h, name, 1.0, "unmerged")["result"][0])
+                 for h, name in zip(experts, ("distill_high.safetensors", "distill_low.safetensors"))]
+    coefficients = "1, 0" if args.tiny else ""  # a tiny model has no published calibration
+    mag, mag_zero = ([OpenReelStepCache().apply(h, "magcache", threshold, 0, -1, True, 2, 0.2, coefficients)
+                      ["result"][0] for h in resident] for threshold in (0.05, 0.0))
+
+    n = args.measure_steps
+    calls_a = 2 * 40
+    run_ours(resident, embeds, small, 2, 4.0)  # warm-up (compile, kernels) at a small size
+    for label, dits in (("resident", resident), ("24 GB plan", swapped)):
+        run_ours(dits, embeds, latent, 1, 4.0) if label == "24 GB plan" else None
+        seconds, peak, _ = run_ours(dits, embeds, latent, n, 4.0)
+        per_call = seconds / (2 * n)
+        record(f"ours (a) {label}: {n} steps measured", seconds=seconds, per_call_s=per_call, peak_gib=peak,
+               video_s_extrapolated=per_call * calls_a)
+        if label == "resident":
+            seconds0, _, _ = run_ours(mag_zero, embeds, latent, n, 4.0)
+            record("ours (a) resident + MagCache at threshold 0 (bookkeeping)", seconds=seconds0,
+                   overhead_pct=100 * (seconds0 / seconds - 1))
+            counter = Calls(modules)
+            run_ours(mag, embeds, small, 40, 4.0)
+            counter.close()
+            record("ours (b) MagCache 0.05 K2: calls computed in a 40-step run", calls=counter.count,
+                   of=calls_a, video_s_extrapolated=per_call * counter.count * seconds0 / seconds)
+    run_ours(lora_dits, embeds, small, 1, 1.0)
+    seconds, peak, _ = run_ours(lora_dits, embeds, latent, 4, 1.0)
+    record("ours (c) 4 steps CFG 1, unmerged rank-64 LoRA both experts (timed whole)", seconds=seconds,
+           peak_gib=peak)
+    report["rows"]["ratio (c)/(a) ours"] = seconds / report["rows"][f"ours (a) resident: {n} steps measured"][
+        "video_s_extrapolated"]
+
+    if not args.skip_peer:
+        for m in modules:
+            m.to("cpu")
+        torch.cuda.empty_cache() if device == "cuda" else None
+        pipe, _ = peer_pipeline(modules, cfg, device)
+        if args.compile:
+            for t in (pipe.transformer, pipe.transformer_2):
+                t.compile_repeated_blocks(fullgraph=True)
+        run_peer(pipe, embeds, 5, 64, 64, 2, 4.0)
+        seconds, peak = run_peer(pipe, embeds, frames, height, width, n, 4.0)
+        per_call = seconds / (2 * n)
+        record(f"diffusers (a) both experts resident: {n} steps measured", seconds=seconds, per_call_s=per_call,
+               peak_gib=peak, video_s_extrapolated=per_call * calls_a)
+        try:
+            t0 = time.perf_counter()
+            for i, name in enumerate(("distill_high.safetensors", "distill_low.safetensors")):
+                pipe.load_lora_weights(str(out / "models" / "loras" / name), adapter_name=f"d{i}",
+                                       load_into_transformer_2=i == 1)
+            pipe.fuse_lora(components=["transformer", "transformer_2"], lora_scale=1.0)
+            lora_note = f"LoRAs loaded and fused in {time.perf_counter() - t0:.1f} s (its fastest mode)"
+        except Exception as err:  # the peer's loader: say what failed, time its base speed instead
+            lora_note = f"diffusers could not load the LoRA pair ({type(err).__name__}: {err}); timed without it"
+        run_peer(pipe, embeds, 5, 64, 64, 1, 1.0)
+        seconds, peak = run_peer(pipe, embeds, frames, height, width, 4, 1.0)
+        record("diffusers (c) 4 steps CFG 1 (timed whole)", seconds=seconds, peak_gib=peak, note=lora_note)
+    print(json.dumps(report["rows"], indent=1))
+
+
+COMPILE = {}  # filled from the compile node's defaults below
+
+if __name__ == "__main__":
+    spec = OpenReelCompile.INPUT_TYPES()
+    COMPILE.update({k: v[1]["default"] for k, v in spec["required"].items() if k != "dit"})
+    main()
