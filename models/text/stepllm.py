@@ -64,7 +64,7 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     the remaining heads 2^(−4k/n) for odd k = 1, 3, 5, …"""
     n = 2 ** math.floor(math.log2(heads))
     slopes = torch.pow(2.0 ** (-8.0 / n), torch.arange(1, n + 1, dtype=torch.float32))
-    extra = torch.pow(2.0 ** (-4.0 / n), torch.arange(1, 2 * (heads - n), 2, dtype=torch.float32))
+    extra = torch.pow(2.0 ** (-4.0 / n), torch.arange(1, 1 + 2 * (heads - n), 2, dtype=torch.float32))
     return torch.cat([slopes, extra])
 
 
