@@ -23,6 +23,10 @@ class OpenReelTextEncode(OpenReelNode):
       video template, the third-last layer's states) and text_encoder_2 is CLIP-L (clip_l.safetensors: the pooled
       vector). HunyuanVideo runs without classifier-free guidance by default, so its negative prompt is unused
       unless guidance is above 1.
+    - Step-Video: text_encoder is Step-LLM (the step_llm folder: every row of its last hidden state, 320 tokens,
+      and their mask; the official positive "magic" suffix is appended to the prompt) and text_encoder_2 is
+      HunyuanCLIP (the hunyuan_clip folder: its 77 token states). The official negative prompt is
+      encoding.prompts.STEPVIDEO_NEGATIVE.
     Encodings are cached, so re-running a graph with the same prompts costs nothing; each encoder sits on the GPU
     only while it encodes."""
 
@@ -37,8 +41,9 @@ class OpenReelTextEncode(OpenReelNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "text_encoder": ("OPENREEL_TEXT_ENCODER", {
-                "tooltip": "From OpenReel Text Encoder Loader: umT5-XXL (Wan, SkyReels-V2) or the Llama encoder "
-                           "(HunyuanVideo: llava_llama3_*.safetensors)."}),
+                "tooltip": "From OpenReel Text Encoder Loader: umT5-XXL (Wan, SkyReels-V2), the Llama encoder "
+                           "(HunyuanVideo: llava_llama3_*.safetensors) or Step-LLM (Step-Video: the step_llm "
+                           "folder, with HunyuanCLIP as text_encoder_2)."}),
             "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What the video shows."}),
             "negative_prompt": ("STRING", {"multiline": True, "default": WAN_NEGATIVE,
                                            "tooltip": "What to steer away from (classifier-free guidance). The "
