@@ -1,11 +1,15 @@
 """Encoding nodes: prompts → OPENREEL_EMBEDS, frames ↔ latents through a Wan VAE."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..encoding.prompts import encode_prompts
 from ..encoding.video import TILE_CHOICES, check_latent_for, decode_latent, encode_video
 from .common import OpenReelNode, mappings
+
+log = logging.getLogger(__name__)
 
 # The official Wan negative prompt (wan/configs/shared_config.py `sample_neg_prompt`).
 WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
@@ -61,7 +65,9 @@ class OpenReelTextEncode(OpenReelNode):
 
 class OpenReelVAEDecode(OpenReelNode):
     """Decodes a latent video into frames (ComfyUI IMAGE). Temporal chunking is built in; spatial tiling keeps
-    large videos inside small VRAM budgets."""
+    large videos inside small VRAM budgets. ComfyUI's IMAGE has no batch of videos, so a latent of n videos
+    becomes their frames one video after another (as ComfyUI's own VAE Decode does; a warning says so): to save
+    each video as its own file, connect the latent and the VAE to OpenReel Save Video instead."""
 
     NODE_ID = "OpenReelVAEDecode"
     DISPLAY_NAME = "OpenReel VAE Decode"
@@ -80,6 +86,11 @@ class OpenReelVAEDecode(OpenReelNode):
 
     def decode(self, vae, latent, tiling: str):
         check_latent_for(vae, latent)
+        count = latent["samples"].shape[0]
+        if count > 1:
+            log.warning("%s: the latent holds %d videos; they are joined one after another into one IMAGE (ComfyUI's "
+                        "IMAGE has no batch of videos). To save each as its own file, connect the latent and the VAE "
+                        "to OpenReel Save Video instead.", self.DISPLAY_NAME, count)
         return (torch.cat(list(decode_latent(vae, latent, tiling))),)
 
 

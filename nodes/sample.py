@@ -7,6 +7,7 @@ from ..encoding.images import encode_image
 from ..encoding.video import encode_video
 from ..latents import empty_latent, latent_format, video_size_problems
 from ..models.registry import vae_family_of
+from ..samplers.batches import pair_images, stack_latents
 from ..samplers.sample import SOLVER_CHOICES, sample
 from ..samplers.schedules import linear_schedule, wan_unipc_schedule
 from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
@@ -31,7 +32,10 @@ class OpenReelEmptyLatent(OpenReelNode):
             "width": ("INT", {"default": 832, **SIZE, "tooltip": "Video width in pixels."}),
             "height": ("INT", {"default": 480, **SIZE, "tooltip": "Video height in pixels."}),
             "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
-            "batch": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": "Videos made at once."}),
+            "batch": ("INT", {"default": 1, "min": 1, "max": 16,
+                              "tooltip": "Videos made at once. Video k (from 0) takes the noise of seed + k, so it "
+                                         "can be made again alone with that seed. OpenReel Save Video writes one "
+                                         "file per video."}),
         }}
 
     @classmethod
@@ -45,7 +49,8 @@ class OpenReelEmptyLatent(OpenReelNode):
 class OpenReelImageToVideo(OpenReelNode):
     """Image conditioning for image-to-video. With the Wan2.1 VAE: Wan2.1 I2V (connect clip_vision), FLF2V (connect
     end_image and clip_vision), Wan2.2 I2V-A14B and SkyReels-V2 I2V (no clip_vision for Wan2.2). With the Wan2.2
-    VAE: Wan2.2 TI2V-5B image mode. Images are centre-cropped to the video's aspect and resized."""
+    VAE: Wan2.2 TI2V-5B image mode. Images are centre-cropped to the video's aspect and resized. A batch of n start
+    images makes n videos, one from each (with one end image for all, or one per start image)."""
 
     NODE_ID = "OpenReelImageToVideo"
     DISPLAY_NAME = "OpenReel Image To Video"
@@ -59,7 +64,7 @@ class OpenReelImageToVideo(OpenReelNode):
         return {
             "required": {
                 "vae": ("OPENREEL_VAE", {"tooltip": "Encodes the image (Wan2.2 VAE for TI2V-5B, else Wan2.1 VAE)."}),
-                "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
+                "start_image": ("IMAGE", {"tooltip": "The first frame of the video; n images make n videos."}),
                 "width": ("INT", {"default": 832, **SIZE, "tooltip": "Video width in pixels."}),
                 "height": ("INT", {"default": 480, **SIZE, "tooltip": "Video height in pixels."}),
                 "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
@@ -67,7 +72,8 @@ class OpenReelImageToVideo(OpenReelNode):
             "optional": {
                 "clip_vision": ("OPENREEL_CLIP_VISION", {"tooltip": "Wan2.1 I2V / FLF2V and SkyReels-V2 I2V need it; "
                                                                     "Wan2.2 models do not use it."}),
-                "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame models (FLF2V)."}),
+                "end_image": ("IMAGE", {"tooltip": "The last frame, for first-last-frame models (FLF2V); one "
+                                                   "for all videos or one per start image."}),
             },
         }
 
@@ -75,9 +81,24 @@ class OpenReelImageToVideo(OpenReelNode):
 
     def make(self, vae, start_image, width: int, height: int, frames: int, clip_vision=None, end_image=None):
         clip = None if clip_vision is None else (lambda images: encode_image(clip_vision, images))
-        latent = vae_family_of(vae).image_to_video(vae.spec, lambda video: encode_video(vae, video), start_image,
-                                                   width, height, frames, end=end_image, clip_tokens=clip)
-        return (latent,)
+        family = vae_family_of(vae)
+        latents = [family.image_to_video(vae.spec, lambda video: encode_video(vae, video), start, width, height,
+                                         frames, end=end, clip_tokens=clip)
+                   for start, end in pair_images(start_image, end_image)]
+        return (stack_latents(latents),)
+
+
+SWITCH = ("enable", "disable")
+_ADD_NOISE_TOOLTIP = (
+    "enable: noise from the seed is added to the latent at the schedule's first noise level. disable: the latent "
+    "already holds its noise (from a sampler before this one with leftover noise), as KSamplerAdvanced. For "
+    "two-stage sampling: SplitSigmas, the first sampler with the high sigmas, the second with the low sigmas and "
+    "add_noise disabled. With euler the two stages give exactly one sampler's result; the multistep solvers "
+    "(official/unipc, dpm++_2m) start their history afresh at the split, so the result differs slightly.")
+_LEFTOVER_TOOLTIP = (
+    "Only matters when the sigmas end above 0 (e.g. the high part of SplitSigmas). enable: return the latent "
+    "with the noise left at the last sigma, for a next sampler with add_noise disabled. disable: the last step "
+    "goes to 0 instead, denoising to the end (KSamplerAdvanced's return_with_leftover_noise).")
 
 
 class OpenReelSampler(OpenReelNode):
@@ -129,14 +150,17 @@ class OpenReelSampler(OpenReelNode):
                                       "tooltip": "Below 1: video-to-video from the latent's content (VAE Encode)."}),
                 "sigmas": ("SIGMAS", {"tooltip": "A custom noise schedule (e.g. from ComfyUI's sigma nodes); "
                                                  "replaces steps and shift."}),
+                "add_noise": (list(SWITCH), {"default": "enable", "tooltip": _ADD_NOISE_TOOLTIP}),
+                "return_with_leftover_noise": (list(SWITCH), {"default": "enable", "tooltip": _LEFTOVER_TOOLTIP}),
             },
         }
 
     def run(self, dit, embeds, latent, seed, steps, cfg, shift, solver, dit_low_noise=None, cfg_low_noise=0.0,
-            boundary=0.0, denoise=1.0, sigmas=None):
+            boundary=0.0, denoise=1.0, sigmas=None, add_noise="enable", return_with_leftover_noise="enable"):
         return (sample(dit, embeds, latent, seed=seed, steps=steps, guidance=cfg, shift=shift, solver=solver,
                        dit_low_noise=dit_low_noise, guidance_low_noise=cfg_low_noise, boundary=boundary,
-                       denoise=denoise, sigmas=sigmas),)
+                       denoise=denoise, sigmas=sigmas, add_noise=add_noise == "enable",
+                       leftover_noise=return_with_leftover_noise == "enable"),)
 
 
 class OpenReelEmbeddedGuidance(OpenReelNode):

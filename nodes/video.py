@@ -29,7 +29,8 @@ class OpenReelSaveVideo(OpenReelNode):
     written under a temporary name and appears only when complete. The prompt and workflow are embedded in the
     file's metadata, as ComfyUI's own video saver does, so dropping the mp4 on ComfyUI restores the graph.
     Connect either images, or a latent and its VAE: then frames stream from the decoder into the file and the
-    whole video never sits in memory."""
+    whole video never sits in memory, and a latent holding a batch of n videos is written as n files. (Images are
+    one video: ComfyUI's IMAGE has no batch of videos.)"""
 
     NODE_ID = "OpenReelSaveVideo"
     DISPLAY_NAME = "OpenReel Save Video"
@@ -65,13 +66,15 @@ class OpenReelSaveVideo(OpenReelNode):
         if (images is None) == (latent is None) or (latent is None) != (vae is None):
             raise InputError("connect either images, or a latent together with its vae", "connect one of the two")
         if images is not None:
-            frames = iter_chunks(images)
+            videos = [iter_chunks(images)]
         else:
             check_latent_for(vae, latent)
-            frames = decode_latent(vae, {**latent, "samples": latent["samples"][:1]})
-        path, _ = save_mp4(frames, folder, stem, fps, crf=crf, pix_fmt=pix_fmt,
-                           metadata=comfy_metadata(prompt, extra_pnginfo))
-        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
+            videos = (decode_latent(vae, {**latent, "samples": latent["samples"][b:b + 1]})
+                      for b in range(latent["samples"].shape[0]))
+        metadata = comfy_metadata(prompt, extra_pnginfo)
+        paths = [save_mp4(frames, folder, stem, fps, crf=crf, pix_fmt=pix_fmt, metadata=metadata)[0]
+                 for frames in videos]
+        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"} for path in paths],
                        "animated": (True,)}}
 
 

@@ -3,6 +3,7 @@ diffusion forcing window by window) → a LATENT."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Sequence
 
 import torch
 
@@ -14,11 +15,13 @@ from ..model_loaders.core import prepare
 from ..models.common.images import fit_image
 from ..models.common.family import SamplingDefaults
 from ..models.registry import family_of
+from .batches import batch_indices, broadcast_inputs, check_conditioning_fits
 from .df_plan import plan_windows
 from .diffusion_forcing import sample_video
 from .flow import sample_flow
 from .resume import ResumeStore, render_key
-from .schedules import FlowSchedule, add_noise, linear_schedule, wan_unipc_schedule
+from .schedules import FlowSchedule, linear_schedule, wan_unipc_schedule
+from .schedules import add_noise as noised
 from .session import Expert, SamplingSession
 
 SOLVER_CHOICES = ("official", "unipc", "dpm++_2m", "euler")
@@ -39,9 +42,12 @@ def solver_and_schedule(solver: str, steps: int, shift: float, denoise: float,
     return solver, linear_schedule(steps, shift, denoise, integer_timesteps=table == "wan_linear")
 
 
-def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Gaussian noise from a CPU generator: the same seed gives the same video on every device."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed) % 2**64), dtype=torch.float32)
+def make_noise(shape: tuple[int, ...], seed: int, indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Gaussian noise from a CPU generator: the same seed gives the same video on every device. Video k of a batch
+    [n, …] draws from seed + indices[k] (default k), so it comes out the same made alone with that seed."""
+    indices = range(shape[0]) if indices is None else indices
+    return torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed((int(seed) + i) % 2**64),
+                                  dtype=torch.float32) for i in indices])
 
 
 def check_inputs(dit: DiTHandle, embeds: TextEmbeds, latent: dict, dit_low_noise: DiTHandle | None = None) -> None:
@@ -53,6 +59,7 @@ def check_inputs(dit: DiTHandle, embeds: TextEmbeds, latent: dict, dit_low_noise
     if dit_low_noise is not None and dit_low_noise.spec.family != dit.spec.family:
         raise InputError(f"the two experts do not match: {dit.spec.description} and "
                          f"{dit_low_noise.spec.description}", "connect two experts of the same model")
+    check_conditioning_fits(latent, fmt)
     family_of(dit.spec).check(dit.spec, fmt, conditioning_of(latent), embeds,
                               dit_low_noise.spec if dit_low_noise is not None else None)
 
@@ -60,9 +67,14 @@ def check_inputs(dit: DiTHandle, embeds: TextEmbeds, latent: dict, dit_low_noise
 def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps: int = 0, guidance: float = 0.0,
            shift: float = 0.0, solver: str = "official", dit_low_noise: DiTHandle | None = None,
            guidance_low_noise: float = 0.0, boundary: float = 0.0, denoise: float = 1.0,
-           sigmas: torch.Tensor | None = None) -> dict:
-    """Denoise `latent` with one DiT or a (high-noise, low-noise) expert pair. Zeros mean "the official default"
-    for steps, guidance, shift, guidance_low_noise and boundary (the family's `defaults`)."""
+           sigmas: torch.Tensor | None = None, add_noise: bool = True, leftover_noise: bool = True) -> dict:
+    """Denoise `latent` (a batch of videos) with one DiT or a (high-noise, low-noise) expert pair. Zeros mean "the
+    official default" for steps, guidance, shift, guidance_low_noise and boundary (the family's `defaults`).
+
+    ComfyUI's conventions for split and chained sampling (KSamplerAdvanced): `add_noise` False takes the latent
+    as already at the schedule's first noise level (a previous sampler's leftover noise); `leftover_noise` False
+    ends a schedule that stops above σ 0 at 0 instead, denoising to the end. The result keeps the latent's other
+    keys (its image conditioning), so the next sampler of a chain sees them."""
     check_inputs(dit, embeds, latent, dit_low_noise)
     family, fmt, cond = family_of(dit.spec), format_of(latent, dit.spec.latent_format), conditioning_of(latent)
     samples = latent["samples"]
@@ -75,16 +87,23 @@ def sample(dit: DiTHandle, embeds: TextEmbeds, latent: dict, *, seed: int, steps
         if denoise != 1.0:
             raise InputError("denoise does not apply when sigmas are connected", "set denoise to 1.0 or cut the "
                              "sigmas themselves (e.g. with a split-sigmas node)")
+    if not leftover_noise:
+        schedule = replace(schedule, sigmas=torch.cat([schedule.sigmas[:-1], schedule.sigmas.new_zeros(1)]))
     pairs = [(dit, guidance)]
     if dit_low_noise is not None:
         pairs.append((dit_low_noise, guidance_low_noise or d.guidance_low_noise))
-    experts = [Expert(prepare(h), g, family.model_inputs(h.spec, embeds, cond, d), family, h.spec) for h, g in pairs]
-    noise = make_noise(tuple(samples.shape), seed)
-    fresh = sigmas is None and denoise == 1.0
-    x = noise if fresh else add_noise(samples.float(), noise, float(schedule.sigmas[0]))
+    count = samples.shape[0]
+    experts = [Expert(prepare(h), g, broadcast_inputs(family.model_inputs(h.spec, embeds, cond, d), count), family,
+                      h.spec) for h, g in pairs]
+    x = samples.float()
+    if add_noise:
+        noise = make_noise(tuple(samples.shape), seed, batch_indices(latent))
+        fresh = sigmas is None and denoise == 1.0
+        x = noise if fresh else noised(x, noise, float(schedule.sigmas[0]))
     out = sample_flow(experts, schedule, solver, x, boundary=boundary or d.boundary,
                       given=cond.given if cond is not None else None, latent_format=fmt)
-    return {"samples": out, "latent_format": fmt.name}
+    kept = {k: v for k, v in latent.items() if k != "windows"}  # windows describe the input's video, not this one
+    return {**kept, "samples": out, "latent_format": fmt.name}
 
 
 JOINS = ("vae_roundtrip", "reuse_latents")
@@ -111,6 +130,10 @@ def sample_diffusion_forcing(dit: DiTHandle, embeds: TextEmbeds, vae: VAEHandle,
         raise InputError(f"this VAE makes {latent_format(vae.latent_format).title} latents but "
                          f"{dit.spec.description} takes {fmt.title} latents", "connect the VAE of this model")
     _, _, h, w = fmt.latent_size(width, height, 1)
+    for name, image in (("start_image", start_image), ("end_image", end_image)):
+        if image is not None and image.shape[0] > 1:
+            raise InputError(f"{name} holds {image.shape[0]} images but diffusion forcing makes one video from one",
+                             "pick one image (e.g. with ImageFromBatch), or run the sampler once per image")
     if extend_video is not None and extend_latent is not None:
         raise InputError("both a video and a latent to extend are connected", "connect one of them")
     if extend_latent is not None:

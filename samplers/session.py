@@ -126,6 +126,7 @@ class SamplingSession:
             one = 0
             if expert.family is not None:
                 one = expert.family.activation_bytes(expert.spec, expert.family.tokens(expert.spec, tuple(x.shape)),
+                                                     batch=x.shape[0],
                                                      token_chunk=getattr(expert.module, "token_chunk", 0))
             patches.load(expert.module, one)
             batched = self.batch_cfg if self.batch_cfg is not None else getattr(expert.module, "cfg_batching", None)
