@@ -23,7 +23,7 @@ from ..models.common.ops import Ops
 from ..models.text import bert, clip_text, llama, stepllm, umt5
 from ..models.text.tokenizer import KINDS, find_tokenizer, load_tokenizer
 from .build import COMPUTE_DTYPES, materialize, resolve_compute_dtype
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, Checkpoint, open_checkpoint
 from .core import load, register_builder, stamps
 from .identify import expect, is_bert, is_clip_text, is_llama, is_stepllm, is_t5
 from .text_layouts import (BERT_FILES, CLIP_FILES, LLAMA_FILES, STEPLLM_FILES, UMT5_FILES, read_bert, read_clip_text,
@@ -71,7 +71,7 @@ def _weights(path: Path) -> Path:
     """The folder or file holding the weights `path` names (a model folder with them in a known subfolder)."""
     if path.is_dir():
         inner = next((path / name for name in WEIGHTS_SUBFOLDERS if (path / name).is_dir()), None)
-        if inner is not None and not any(p.suffix in (".safetensors", ".bin", ".pth", ".pt") for p in path.iterdir()):
+        if inner is not None and not any(p.suffix in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES for p in path.iterdir()):
             return inner
     return path
 

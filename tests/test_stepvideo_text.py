@@ -232,14 +232,15 @@ def _stored(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
             for k, v in raw.items() if not k.endswith("scale_weight") and k != "scaled_fp8"}
 
 
-@pytest.mark.parametrize("layout", ["official", "single", "prefixed", "fp8_scaled"])
+@pytest.mark.parametrize("layout", ["official", "first_shard", "single", "prefixed", "fp8_scaled"])
 def test_every_stepllm_layout_loads(step_tokenizer, tmp_path, layout):
-    """The official step_llm folder (bf16 shards, config.json, tokenizer beside) and single files in the text
-    encoders folder (bare or `text_encoder.`-prefixed bf16, ComfyUI fp8_scaled), their tokenizer in the shared
-    tokenizers/step_llm/ folder; fp8 weights stay fp8 under auto."""
+    """The official step_llm folder (bf16 shards, config.json, tokenizer beside; the folder or its first shard, as
+    the loader node lists it) and single files in the text encoders folder (bare or `text_encoder.`-prefixed bf16,
+    ComfyUI fp8_scaled), their tokenizer in the shared tokenizers/step_llm/ folder; fp8 stays fp8 under auto."""
     state = tiny.stepllm_state(SPEC)
-    if layout == "official":
+    if layout in ("official", "first_shard"):
         path = tiny.write_step_llm(tmp_path / "stepvideo-t2v" / "step_llm", state)
+        path = path if layout == "official" else path / "model-00001-of-00002.safetensors"
         stored = {k: v.bfloat16().float() for k, v in state.items()}
     else:
         shared = runtime.model_folders("text_encoders")[0]
@@ -263,11 +264,14 @@ def test_every_stepllm_layout_loads(step_tokenizer, tmp_path, layout):
         assert weight == (torch.float8_e4m3fn if dtype == "auto" and layout == "fp8_scaled" else torch.float32)
 
 
-@pytest.mark.parametrize("layout", ["official", "clip_text_encoder", "single", "bert_prefixed"])
+@pytest.mark.parametrize("layout", ["official", "clip_text_encoder", "bin_file", "single", "bert_prefixed"])
 def test_every_hunyuan_clip_layout_loads(bert_vocab, tmp_path, layout):
+    """The official hunyuan_clip folder (picked as the folder, its clip_text_encoder folder or the weights file in
+    it; tokenizer/ beside) and fp16 single files (bare or `bert.`-prefixed, tokenizer in tokenizers/hunyuan_clip/)."""
     state = tiny.hunyuan_clip_state(CLIP_SPEC)
     root = tiny.write_hunyuan_clip(tmp_path / "stepvideo-t2v" / "hunyuan_clip", state)
-    path = {"official": root, "clip_text_encoder": root / "clip_text_encoder"}.get(layout)
+    path = {"official": root, "clip_text_encoder": root / "clip_text_encoder",
+            "bin_file": root / "clip_text_encoder" / "pytorch_model.bin"}.get(layout)
     if path is None:
         shared = runtime.model_folders("text_encoders")[0]
         path = tiny.write_single(state, shared / "hunyuan_clip.safetensors", dtype=torch.float16,

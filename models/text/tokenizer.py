@@ -4,7 +4,8 @@ One table (`KINDS`, keyed by the encoder spec's `kind`) says, per encoder, which
 they are looked for and where to get them. Places, first found wins:
 1. the checkpoint itself (ComfyUI's umT5 files carry the SentencePiece model as a `spiece_model` uint8 tensor);
 2. beside the weights: their folder, the kind's subfolders there (umT5: `google/umt5-xxl/`, the official Wan
-   layout) and its diffusers sibling (`../tokenizer/`; CLIP-L as HunyuanVideo's second encoder: `../tokenizer_2/`);
+   layout) and its diffusers sibling (`../tokenizer/`; CLIP-L as HunyuanVideo's second encoder: `../tokenizer_2/`;
+   HunyuanCLIP: `../tokenizer/` beside the official `clip_text_encoder/`; Step-LLM: the step_llm folder itself);
 3. `tokenizers/<name>/` under a text-encoder models folder;
 4. the copy ComfyUI bundles in its `comfy/` package (Llama-3 and CLIP), when running inside (or beside) ComfyUI.
 A candidate that is no tokenizer of the wanted kind (e.g. another model's tokenizer.json in a shared folder) is
@@ -13,7 +14,9 @@ passed over, and named in the error if nothing fits.
 Files are read with `tokenizers`: tokenizer.json as saved (transformers 4's fast tokenizers ran exactly this
 pipeline); SentencePiece models through `sentencepiece.py`; CLIP's vocab.json + merges.txt through the pipeline
 CLIP's tokenizer.json describes (NFC, whitespace collapsed, lowercase, CLIP's word split, byte-level BPE with
-`</w>` word ends, `<|startoftext|>` … `<|endoftext|>`).
+`</w>` word ends, `<|startoftext|>` … `<|endoftext|>`); BERT's vocab.txt through the pipeline transformers builds
+for it. Step-LLM's `step1_chat_tokenizer.model` is run by the `sentencepiece` package itself, as the official
+tokenizer does, with the official wrapper's hard-coded BOS 1, EOS 2 and padding 2.
 """
 from __future__ import annotations
 
