@@ -27,7 +27,6 @@ from ..errors import InputError
 from ..handles import TextEmbeds, TextEncoderHandle
 from ..model_loaders.core import module_of
 from ..models.text.llama import TEMPLATE_TOKENS, VIDEO_TEMPLATE
-from ..models.text.stepllm import TEXT_LENGTH as STEP_TEXT_LENGTH
 from ..models.text.tokenizer import load_tokenizer
 
 _PROMPT_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
