@@ -10,11 +10,14 @@ VAE layout: the official file (`vae/vae_v2.safetensors`), optionally under a pre
 `first_stage_model.` (keys outside it are ignored). It stores the decoder's last conv as `decoder.conv_out.weight`
 / `.bias`, which the official loader renames to `decoder.conv_out.conv.*` (a state_dict saved from the official
 module has that name already; both load). The anchors are the 2×2×2 (un)patchify convs no other VAE has; version 1
-(`vae.safetensors`, 16 channels, without them) is not supported.
+(`vae.safetensors`, 16 channels, without them) is not supported. A file of the same design with another latent
+channel count (the smallest a 64-channel one can be holds a 113M-parameter unpatchify conv, so small test models use
+fewer channels) gets a format of the same rules with its own channel count.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from ...errors import DetectionError
 from ...latents import LatentFormat, register_latent_format
@@ -53,26 +56,33 @@ class StepVideoVAEFamily(VAEFamily):
                                  "the file is incomplete (an encoder or decoder only?); download the full VAE")
         levels = (_count(ckpt, r"encoder\.down\.(\d+)\."), _count(ckpt, r"decoder\.up\.(\d+)\."))
         latent = ckpt.shape("decoder.conv_in.conv.weight")[1]
-        if levels != (4, 4) or latent != STEPVIDEO_LATENT.channels or \
-                ckpt.shape("encoder.conv_out.conv.weight")[0] != 2 * latent:
+        if levels != (4, 4) or ckpt.shape("encoder.conv_out.conv.weight")[0] != 2 * latent:
             raise DetectionError(f"{ckpt.name} is a Step-Video-style VAE with {levels} levels and {latent} latent "
-                                 "channels, which is not the VAE v2's layout (4 levels, 64 channels)", _TODO)
+                                 "channels, which is not the VAE v2's layout (4 levels)", _TODO)
         cfg = StepVideoVAEConfig(
             latent_channels=latent, encoder_base=ckpt.shape("encoder.conv_in.conv.weight")[0],
             encoder_widths=tuple(ckpt.shape(f"encoder.down.{i}.block.0.conv1.conv.weight")[0] for i in range(4)),
             decoder_widths=tuple(ckpt.shape(f"decoder.up.{i}.block.0.conv1.conv.weight")[0] for i in range(4)),
             layers=_count(ckpt, r"encoder\.down\.0\.block\.(\d+)\."))
         widths = (cfg.encoder_base, *cfg.encoder_widths, *cfg.decoder_widths)
-        if any(width % GROUPS for width in widths):
-            raise DetectionError(f"{ckpt.name} has block widths {widths}, which {GROUPS} norm groups do not divide: "
-                                 "it is not a Step-Video VAE", _TODO)
+        # The (un)patchify shortcuts spread 8 cells of the innermost width over 32 channels per latent channel.
+        if any(width % GROUPS for width in widths) or (cfg.encoder_widths[-1] % (4 * latent)) or \
+                cfg.decoder_widths[-1] % (4 * latent):
+            raise DetectionError(f"{ckpt.name} has block widths {widths} for {latent} latent channels, which the "
+                                 f"Step-Video VAE's {GROUPS} norm groups and patchify shortcuts do not fit", _TODO)
         return cfg
 
     def build(self, config: StepVideoVAEConfig) -> StepVideoVAE:
         return StepVideoVAE(config)
 
     def latent_format(self, config: StepVideoVAEConfig) -> str:
-        return STEPVIDEO_LATENT.name
+        """"stepvideo" for the released VAE's 64 channels; a VAE of the same design with another channel count (a
+        small test model) gets a format of the same rules and its own channels, registered when first seen."""
+        z = config.latent_channels
+        if z == STEPVIDEO_LATENT.channels:
+            return STEPVIDEO_LATENT.name
+        return register_latent_format(replace(STEPVIDEO_LATENT, name=f"stepvideo_{z}ch", channels=z, mean=(0.0,) * z,
+                                              std=(1.0,) * z, title=f"{z}-channel (Step-Video-style VAE)")).name
 
 
 STEPVIDEO_VAE = register_vae_family(StepVideoVAEFamily())
