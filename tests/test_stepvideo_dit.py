@@ -341,12 +341,11 @@ def test_step_cache_signal_is_the_first_blocks_modulated_input(source):
     assert torch.equal(signals[0], seen["h"])
 
 
-def test_activation_figure_equals_the_tensors_alive(monkeypatch):
+def test_activation_figure_is_within_2_percent_above_the_tensors_alive(monkeypatch):
     from test_token_chunks import LiveBytes
     import torch.nn.functional as F
     from torch.utils._python_dispatch import _disable_current_modes
 
-    cfg = StepVideoConfig(hidden=256, heads=2, layers=2, ffn_width=1024, caption_dim=64, clip_dim=32)
     original = F.rms_norm
 
     def fused(x, shape, weight=None, eps=None):  # only the output, as CUDA's fused kernel
@@ -358,18 +357,19 @@ def test_activation_figure_equals_the_tensors_alive(monkeypatch):
     tokens = 4 * 32 * 64
     x = torch.randn(1, 64, 4, 32, 64, dtype=torch.bfloat16)
     context, clip = torch.randn(1, 320, 64, dtype=torch.bfloat16), torch.randn(1, 77, 32, dtype=torch.bfloat16)
-    mask = (torch.arange(320) < 40).long()[None]
-    spec = type("Spec", (), {"config": cfg})
-    for chunk in (0, 1000, 3000):
+    mask = torch.ones(1, 320, dtype=torch.long)  # the longest text the figure counts
+    for chunk, w in ((0, 1024), (0, 2048), (1000, 1024)):  # the peak in self-attention, the MLP, a chunk
+        cfg = StepVideoConfig(hidden=256, heads=2, layers=2, ffn_width=w, caption_dim=64, clip_dim=32)
         model = StepVideoDiT(cfg).eval()
         for name, p in model.named_parameters():
             p.data = (torch.randn_like(p) * 0.02).to(torch.float32 if re.fullmatch(FP32_PARAMS, name)
                                                       else torch.bfloat16)
         model.compute_dtype, model.token_chunk = torch.bfloat16, chunk
-        live = LiveBytes({p.untyped_storage().data_ptr() for p in model.parameters()})
+        inputs = (x, context, clip, mask)  # held by the caller, as the weights
+        live = LiveBytes({t.untyped_storage().data_ptr() for t in (*model.parameters(), *inputs)})
         with torch.no_grad(), live:
             model(x, torch.tensor([500.0]), context, context_mask=mask, clip=clip)
-        figure = STEPVIDEO.activation_bytes(spec, tokens, token_chunk=chunk)
+        figure = STEPVIDEO.activation_bytes(type("Spec", (), {"config": cfg}), tokens, token_chunk=chunk)
         assert live.peak <= figure <= live.peak * 1.02, (chunk, live.peak, figure)
 
 

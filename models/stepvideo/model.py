@@ -22,8 +22,10 @@ timestep stays as given.)
 Token chunks (`token_chunk` > 0, set by the "token_chunks" patch): the blocks build q, k, v chunk by chunk into
 full-length buffers, run self-attention once over all tokens, then add the output projection, the cross-attention
 (its queries are independent, so it runs per chunk against keys and values made once per block) and the MLP into
-the stream chunk by chunk. Without chunks the same code runs as one chunk, so the blocks always update the stream
-they are given in place: a wrapper that needs a block list's input after the loop must keep a copy.
+the stream chunk by chunk; the values are those of the default path (the chunked matrix products only have fewer
+rows). Without chunks q, k, v come straight from one projection and the branches are added as one chunk, so the
+blocks always update the stream they are given in place: a wrapper that needs a block list's input after the loop
+must keep a copy.
 """
 from __future__ import annotations
 
@@ -180,14 +182,11 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, 1e-6)
         self.k_norm = RMSNorm(cfg.head_dim, 1e-6)
 
-    def store(self, buffers: list[torch.Tensor], s: slice, h: torch.Tensor, rope) -> None:
-        """q and k (normalized, rotated) and v of tokens `s` from their modulated input `h` into `buffers` (a
-        function of its own: the chunk's temporaries die before the next chunk's)."""
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q and k (normalized, rotated by these angles) and v of the modulated tokens h [B, n, D]."""
         q, k, v = self.wqkv(h).unflatten(-1, (self.heads, 3, -1)).unbind(-2)
-        cos, sin = rope[0][s], rope[1][s]
-        buffers[0][:, s] = apply_rope_halves(self.q_norm(q), cos, sin, self.axes)
-        buffers[1][:, s] = apply_rope_halves(self.k_norm(k), cos, sin, self.axes)
-        buffers[2][:, s] = v
+        return (apply_rope_halves(self.q_norm(q), cos, sin, self.axes),
+                apply_rope_halves(self.k_norm(k), cos, sin, self.axes), v)
 
 
 class CrossAttention(nn.Module):
@@ -244,13 +243,24 @@ class StepVideoBlock(nn.Module):
         return (self.scale_shift_table.float() + inp.mod).unbind(1)
 
     def _self_attention(self, x: torch.Tensor, shift, scale, step: int, inp: StepInputs) -> torch.Tensor:
-        """Self-attention of the modulated stream, q/k/v made chunk by chunk (a method of its own, so its
-        buffers die on return)."""
+        """Self-attention of the modulated stream; with chunks, q, k, v are made chunk by chunk into buffers (a
+        method of its own, so they die on return)."""
+        def modulated(s: slice) -> torch.Tensor:
+            return _modulate(_layer_norm(x[:, s], 1e-5, self.norm1), shift, scale).to(inp.dtype)
+
+        cos, sin = inp.rope
+        if step >= x.shape[1]:
+            return attention(*self.attn1(modulated(slice(None)), cos, sin), backend=inp.backend)
         qkv = [x.new_empty(*x.shape[:2], self.heads, x.shape[2] // self.heads, dtype=inp.dtype) for _ in range(3)]
         for s in spans(0, x.shape[1], step):
-            self.attn1.store(qkv, s, _modulate(_layer_norm(x[:, s], 1e-5, self.norm1), shift, scale)
-                             .to(inp.dtype), inp.rope)
+            self._store(qkv, s, modulated(s), cos[s], sin[s])
         return attention(*qkv, backend=inp.backend)
+
+    def _store(self, buffers: list[torch.Tensor], s: slice, h: torch.Tensor, cos, sin) -> None:
+        """q, k, v of tokens `s` (modulated input `h`) into their buffers (a function of its own: the chunk's
+        projection dies before the next chunk's)."""
+        for buffer, part in zip(buffers, self.attn1(h, cos, sin)):
+            buffer[:, s] = part
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(inp)
@@ -356,9 +366,10 @@ class StepVideoDiT(WrappedModel):
         stream = self.pos_embed(x)
         inp = StepInputs(mod, text, mask, self._rope(grid, x.device), self.attention_backend, dtype,
                          self.token_chunk)
-        stream = self.run_blocks("transformer_blocks", stream, inp)
+        normed = _layer_norm(self.run_blocks("transformer_blocks", stream, inp), 1e-6)
+        del stream, inp   # the final layer modulates the normed stream in place: no second float32 stream
         shift, scale = (self.scale_shift_table.float() + embedded.unsqueeze(1)).unbind(1)
-        out = self.proj_out(_modulate(_layer_norm(stream, 1e-6), shift, scale).to(dtype)).float()
+        out = self.proj_out(normed.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1)).to(dtype)).float()
         return self.unpatchify(out, grid)
 
     def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
