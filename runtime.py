@@ -153,8 +153,50 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
         return device
     free_memory(module_bytes(module) + memory_required, device)
+    host = _tensors(module) if device.type != "cpu" else []
     module.to(device)
+    if host and any(t.device.type == "cpu" for _, _, t in host):
+        module.__dict__["_openreel_host"] = [(owner, name, old, _stamp(owner, name))
+                                             for owner, name, old in host if old.device.type == "cpu"]
     return device
+
+
+def _tensors(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """(owner, name, tensor) of every parameter and buffer of `module`, the parameters' data as they are now."""
+    return [(owner, name, t.data if isinstance(t, torch.nn.Parameter) else t)
+            for owner in module.modules() for table in (owner._parameters, owner._buffers)
+            for name, t in table.items() if t is not None]
+
+
+def _stamp(owner: torch.nn.Module, name: str) -> tuple[int, int] | None:
+    """What a tensor on the GPU was right after loading: its storage and its in-place version counter."""
+    t = owner._parameters.get(name, owner._buffers.get(name))
+    return None if t is None else (t.data_ptr(), t._version)
+
+
+def forget_host_copies(module: torch.nn.Module) -> None:
+    """Call before changing a model's weights in place: the next offload copies them instead of putting back the
+    host tensors kept from its load (an in-place write through `.data` leaves no trace to check)."""
+    module.__dict__.pop("_openreel_host", None)
+
+
+def _back_to_host_copies(module: torch.nn.Module) -> bool:
+    """Standalone offload without copying: the host tensors the module was loaded from were kept, and nothing
+    changed the GPU ones since (same storage, no in-place write, `forget_host_copies` not called), so they are
+    put back. False: copy instead."""
+    kept = module.__dict__.pop("_openreel_host", None)
+    if not kept or any(_stamp(owner, name) != stamp for owner, name, _, stamp in kept):
+        return False
+    for owner, name, host, _ in kept:
+        param = owner._parameters.get(name)
+        if param is not None and torch._has_compatible_shallow_copy_type(param, host):
+            param.data = host
+        elif param is not None:  # as Module.to does where the tensor kinds differ
+            owner._parameters[name] = torch.nn.Parameter(host, param.requires_grad)
+        else:
+            owner._buffers[name] = host
+    module.to(offload_device())  # whatever was not kept (made on the GPU while loaded)
+    return True
 
 
 def offload_model(module: torch.nn.Module) -> None:
@@ -166,7 +208,7 @@ def offload_model(module: torch.nn.Module) -> None:
                 loaded.model_unload()
                 _mm.current_loaded_models.pop(i)
                 break
-    else:
+    elif not _back_to_host_copies(module):
         module.to(offload_device())
     empty_cache()
 

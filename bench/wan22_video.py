@@ -7,12 +7,13 @@ Configurations (480p × 81 frames, both experts, random weights of the real size
 Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
 Cache, OpenReel Sampler), with the experts' modules put in the module cache instead of read from 28 GB files.
 
-What is timed and what is extrapolated (said in the output): a model call costs the same at every step, so (a) is
-timed over a short schedule of `--measure-steps` steps with the same CFG and both experts active, and seconds per
-video = 80 × the measured seconds per call (the per-run fixed costs are inside the measured steps). (b) counts the
-calls MagCache computes in a full 40-step run (its decisions depend only on the published calibration and the
-schedule, so a run at a small latent gives the same count) and prices them at (a)'s seconds per call with the
-bookkeeping measured at threshold 0. (c) is timed whole (4 steps). The peer is timed the same way.
+What is timed and what is extrapolated (said in the output): after a warm-up step at the real size, each of (a)
+is run for 1 and for 3 steps of a short schedule with the same CFG and both experts active; seconds per model call
+= the difference / 4 calls, fixed seconds per video (moving experts, the first step's set-up) = the 1-step run
+minus its 2 calls, and seconds per video = fixed + 80 calls. (b) counts the calls MagCache computes in a full
+40-step run (its decisions depend only on the published calibration and the schedule, so a run at a small latent
+gives the same count) and prices them the same way, with the bookkeeping measured at threshold 0. (c) is timed
+whole (4 steps). The peer is timed the same way.
 
 Run on the GPU machine from the repo root:  python bench/wan22_video.py --out $OUT [--tiny for a CPU smoke test]
 """
@@ -181,7 +182,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
-    parser.add_argument("--measure-steps", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
@@ -197,7 +197,7 @@ def main() -> None:
     small = empty_latent(latent_format("wan21"), 64, 64, 5)
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
               "cpu", "torch": torch.__version__, "size": "tiny" if args.tiny else "14B experts", "video":
-              f"{width}x{height}x{frames}", "measure_steps": args.measure_steps, "compile": args.compile, "rows": {}}
+              f"{width}x{height}x{frames}", "compile": args.compile, "rows": {}}
 
     def record(name, **row):
         report["rows"][name] = row
@@ -229,30 +229,38 @@ def main() -> None:
     mag, mag_zero = ([OpenReelStepCache().apply(h, "magcache", threshold, 0, -1, True, 2, 0.2, coefficients)
                       ["result"][0] for h in resident] for threshold in (0.05, 0.0))
 
-    n = args.measure_steps
     calls_a = 2 * 40
-    run_ours(resident, embeds, small, 2, 4.0)  # warm-up (compile, kernels) at a small size
-    for label, dits in (("resident", resident), ("24 GB plan", swapped)):
-        run_ours(dits, embeds, latent, 1, 4.0) if label == "24 GB plan" else None
-        seconds, peak, _ = run_ours(dits, embeds, latent, n, 4.0)
-        per_call = seconds / (2 * n)
-        record(f"ours (a) {label}: {n} steps measured", seconds=seconds, per_call_s=per_call, peak_gib=peak,
-               video_s_extrapolated=per_call * calls_a)
-        if label == "resident":
-            seconds0, _, _ = run_ours(mag_zero, embeds, latent, n, 4.0)
-            record("ours (a) resident + MagCache at threshold 0 (bookkeeping)", seconds=seconds0,
-                   overhead_pct=100 * (seconds0 / seconds - 1))
-            counter = Calls(modules)
-            run_ours(mag, embeds, small, 40, 4.0)
-            counter.close()
-            record("ours (b) MagCache 0.05 K2: calls computed in a 40-step run", calls=counter.count,
-                   of=calls_a, video_s_extrapolated=per_call * counter.count * seconds0 / seconds)
+
+    def per_video(run, dits) -> dict:
+        """(a) priced from a 1-step and a 3-step run (see the module docstring)."""
+        one, _ = run(dits, 1)
+        three, peak = run(dits, 3)
+        per_call = (three - one) / 4
+        fixed = one - 2 * per_call
+        return dict(per_call_s=per_call, fixed_s=fixed, peak_gib=peak, video_s=fixed + calls_a * per_call)
+
+    def ours(dits, steps):
+        seconds, peak, _ = run_ours(dits, embeds, latent, steps, 4.0)
+        return seconds, peak
+
+    run_ours(resident, embeds, latent, 1, 4.0)  # warm-up at the real size
+    a = per_video(ours, resident)
+    record("ours (a) resident", **a)
+    zero = per_video(ours, mag_zero)
+    record("ours (a) resident + MagCache at threshold 0 (bookkeeping)", **zero,
+           overhead_pct=100 * (zero["per_call_s"] / a["per_call_s"] - 1))
+    counter = Calls(modules)
+    run_ours(mag, embeds, small, 40, 4.0)
+    counter.close()
+    record("ours (b) MagCache 0.05 K2 (calls computed of 80 in a 40-step run)", calls=counter.count,
+           video_s=zero["fixed_s"] + counter.count * zero["per_call_s"])
+    run_ours(swapped, embeds, latent, 1, 4.0)  # warm-up: the swapped blocks' page-locked copies are made once
+    record("ours (a) 24 GB plan", **per_video(ours, swapped))
     run_ours(lora_dits, embeds, small, 1, 1.0)
     seconds, peak, _ = run_ours(lora_dits, embeds, latent, 4, 1.0)
     record("ours (c) 4 steps CFG 1, unmerged rank-64 LoRA both experts (timed whole)", seconds=seconds,
            peak_gib=peak)
-    report["rows"]["ratio (c)/(a) ours"] = seconds / report["rows"][f"ours (a) resident: {n} steps measured"][
-        "video_s_extrapolated"]
+    report["rows"]["ratio (c)/(a) ours"] = seconds / a["video_s"]
 
     if not args.skip_peer:
         for m in modules:
@@ -262,11 +270,9 @@ def main() -> None:
         if args.compile:
             for t in (pipe.transformer, pipe.transformer_2):
                 t.compile_repeated_blocks(fullgraph=True)
-        run_peer(pipe, embeds, 5, 64, 64, 2, 4.0)
-        seconds, peak = run_peer(pipe, embeds, frames, height, width, n, 4.0)
-        per_call = seconds / (2 * n)
-        record(f"diffusers (a) both experts resident: {n} steps measured", seconds=seconds, per_call_s=per_call,
-               peak_gib=peak, video_s_extrapolated=per_call * calls_a)
+        run_peer(pipe, embeds, frames, height, width, 1, 4.0)  # warm-up at the real size
+        record("diffusers (a) both experts resident", **per_video(
+            lambda _, steps: run_peer(pipe, embeds, frames, height, width, steps, 4.0), None))
         try:
             t0 = time.perf_counter()
             for i, name in enumerate(("distill_high.safetensors", "distill_low.safetensors")):

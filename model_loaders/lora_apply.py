@@ -85,6 +85,7 @@ def apply(handle: ModelHandle, module: nn.Module, stack: tuple[LoraSpec, ...] = 
     key = modes + ((("uniform", _swapping(handle)),) if any(m == "unmerged" for _, m in modes) else ())
     if key == state.key:
         return
+    runtime.forget_host_copies(module)  # weights change in place: copies kept from before a load go stale
     applied = []
     if stack:
         family = family_of(handle.spec)

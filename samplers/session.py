@@ -94,6 +94,7 @@ class SamplingSession:
         self.label = label
         self.device = runtime.torch_device()
         self.active: dict[int, _Active] = {}
+        self.loaded: set[int] = set()        # experts whose weights this session put on the GPU
         self.bar: runtime.Progress | None = None
         self.reports = calls.Reports()       # what wrappers keeping state across calls (step caches) report
         self.run: calls.Run | None = None
@@ -110,30 +111,50 @@ class SamplingSession:
             self.describe("; ".join(text.splitlines()[0] for text in texts))
         try:
             if kind is not None or not runtime.IN_COMFYUI:  # inside ComfyUI its memory manager owns residency
-                for index in list(self.active):
+                for index in sorted(self.loaded):
                     patches.offload(self.experts[index].module)
+                self.loaded.clear()
         finally:
             self.bar.__exit__(kind, exc, tb)
 
     # ------------------------------------------------------------------ residency and call counts
     def activate(self, index: int, x: torch.Tensor) -> _Active:
-        """Expert `index` on the GPU (any other offloaded first), its CFG mode chosen for latents like `x`."""
+        """Expert `index` on the GPU (another one offloaded first unless both fit), its CFG mode chosen for
+        latents like `x`."""
         if index not in self.active:
-            for other in list(self.active):
-                patches.offload(self.experts[other].module)
-                del self.active[other]
+            self.active.clear()
             expert = self.experts[index]
             one = 0
             if expert.family is not None:
                 one = expert.family.activation_bytes(expert.spec, expert.family.tokens(expert.spec, tuple(x.shape)),
                                                      batch=x.shape[0],
                                                      token_chunk=getattr(expert.module, "token_chunk", 0))
+            self._make_room(index, one)
             patches.load(expert.module, one)
+            self.loaded.add(index)
             batched = self.batch_cfg if self.batch_cfg is not None else getattr(expert.module, "cfg_batching", None)
             if batched is None:  # no plan chose: batch when a second sample's activations fit
                 batched = self.device.type == "cpu" or runtime.free_vram(self.device) > 2.2 * one
             self.active[index] = _Active(expert, self.device, batched)
         return self.active[index]
+
+    def _make_room(self, index: int, activations: int) -> None:
+        """Offload the other loaded experts unless expert `index`, a batched call's activations and a margin fit
+        beside them: a GPU that holds both experts of a pair keeps both, so nothing moves when the sampler
+        switches (and a run that starts with the low-noise expert finds it there). Experts under block swap, or
+        any plan of the VRAM planner, are always offloaded: their plan assumed the GPU to themselves."""
+        others = self.loaded - {index}
+        if not others:
+            return
+        modules = [self.experts[i].module for i in others | {index}]
+        planned = any(getattr(m, "residency", None) is not None or getattr(m, "cfg_batching", None) is not None
+                      for m in modules)
+        need = (0 if index in self.loaded else runtime.module_bytes(self.experts[index].module)) \
+            + 2.2 * activations + (1 << 30)
+        if planned or self.device.type == "cpu" or runtime.free_vram(self.device) < need:
+            for other in sorted(others):
+                patches.offload(self.experts[other].module)
+            self.loaded -= others
 
     def begin_run(self, steps: int, spans: Sequence[range] | None = None) -> None:
         """A new run of `steps` steps: a sampling loop, or one diffusion-forcing window. Wrappers that keep state
