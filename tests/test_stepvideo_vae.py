@@ -115,9 +115,11 @@ def test_decode_matches_the_official_code(chunks):
     assert rel(out, expected) <= 1e-5
 
 
-def test_blocked_attention_matches_the_official_code(monkeypatch):
+def test_blocked_attention_and_slabs_match_the_official_code(monkeypatch):
+    """Attention in blocks of queries, and every per-frame step and convolution a frame at a time."""
     _, ref, ours = official()
     monkeypatch.setattr(step_vae, "ATTENTION_SCORES", 7 * 40)  # 5 × 2 × 4 mid-block tokens: blocks of 7 queries
+    monkeypatch.setattr(step_vae, "SLAB", 1)
     z = latent(3, 1, 2)
     with torch.inference_mode():
         expected = ref.decode(z.transpose(1, 2).clone()).transpose(1, 2)

@@ -37,6 +37,7 @@ from ..common.tiling import spread_spans, stream, tile_by_tile, tile_cells
 GROUPS = 32                  # GroupNorm groups, fixed in the official code
 ATTENTION_SCORES = 1 << 28   # causal attention runs in query blocks of at most this many scores
 KEEP, MIX = 0.6, 0.4         # the decoded chunk-boundary blend
+SLAB = 1 << 28               # elements of a per-frame step's result computed at once
 
 
 @dataclass(frozen=True)
@@ -64,27 +65,52 @@ def front_zeros(x: torch.Tensor, frames: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, 0, frames, 0))
 
 
+def frame_slabs(x: torch.Tensor, scale: int = 1) -> list[tuple[int, int]]:
+    """Ranges of frames of [B, C, T, H, W] whose per-frame results (`scale` × a frame's elements) hold at most SLAB
+    elements (at least one frame each): per-frame steps on large tensors run a slab at a time, so that their
+    temporaries stay a slab's."""
+    per = max(1, SLAB // max(1, scale * x[:, :, :1].numel()))
+    return [(t, min(t + per, x.shape[2])) for t in range(0, x.shape[2], per)]
+
+
 def frame_norm(norm: nn.GroupNorm, x: torch.Tensor, silu: bool, front: int = 0) -> torch.Tensor:
     """GroupNorm of each frame of [B, C, T, H, W] on its own, then SiLU (`silu`), with `front` zero frames in
     front of the result (the padding of the causal conv that follows)."""
     b, c, t, h, w = x.shape
-    y = F.group_norm(x.transpose(1, 2).reshape(b * t, c, h, w), norm.num_groups, norm.weight, norm.bias, norm.eps)
-    if silu:
-        F.silu(y, inplace=True)
-    out = y.new_zeros(b, c, t + front, h, w) if front else y.new_empty(b, c, t, h, w)
-    out[:, :, front:] = y.view(b, t, c, h, w).transpose(1, 2)
+    out = x.new_empty(b, c, t + front, h, w)
+    out[:, :, :front] = 0
+    for t0, t1 in frame_slabs(x):
+        y = F.group_norm(x[:, :, t0:t1].transpose(1, 2).reshape(-1, c, h, w), norm.num_groups, norm.weight,
+                         norm.bias, norm.eps)
+        if silu:
+            F.silu(y, inplace=True)
+        out[:, :, front + t0:front + t1] = y.view(b, t1 - t0, c, h, w).transpose(1, 2)
     return out
 
 
 class Conv(nn.Module):
-    """A 3D convolution padded by zeros around each frame (kernel//2); causal padding in time is the caller's."""
+    """A 3D convolution padded by zeros around each frame (kernel//2); causal padding in time is the caller's. Large
+    results are computed in slabs of output frames (as the official code splits large convs in time), which bounds
+    the convolution's own workspace."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, kernel, stride, padding=(0, kernel // 2, kernel // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        (k, _, _), (st, s, _) = self.conv.kernel_size, self.conv.stride
+        frames = (x.shape[2] - k) // st + 1
+        per = max(1, SLAB * s * s // max(1, x[:, :1, :1].numel() * self.conv.out_channels))
+        if per >= frames:
+            return self.conv(x)
+        out = None
+        for o0 in range(0, frames, per):
+            o1 = min(o0 + per, frames)
+            y = self.conv(x[:, :, o0 * st:(o1 - 1) * st + k])
+            if out is None:
+                out = y.new_empty(*y.shape[:2], frames, *y.shape[3:])
+            out[:, :, o0:o1] = y
+        return out
 
 
 class Patchify(nn.Module):
@@ -204,7 +230,7 @@ class MidBlock(nn.Module):
 
 class FrameResample(nn.Module):
     """Per frame: a 3×3 conv with stride 2 after a zero row and column at the bottom and right (down), or
-    nearest ×2 then a 3×3 conv (up). The weight is the official 2D one."""
+    nearest ×2 then a 3×3 conv (up), in slabs of frames. The weight is the official 2D one."""
 
     def __init__(self, dim: int, up: bool):
         super().__init__()
@@ -212,9 +238,16 @@ class FrameResample(nn.Module):
         self.conv = nn.Conv2d(dim, dim, 3, padding=int(up), stride=1 if up else 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest") if self.up else F.pad(x, (0, 1, 0, 1))
-        return F.conv3d(x, self.conv.weight[:, :, None], self.conv.bias, (1, *self.conv.stride),
-                        (0, *self.conv.padding))
+        out = None
+        for t0, t1 in frame_slabs(x, 4 if self.up else 1):
+            y = x[:, :, t0:t1]
+            y = F.interpolate(y, scale_factor=(1, 2, 2), mode="nearest") if self.up else F.pad(y, (0, 1, 0, 1))
+            y = F.conv3d(y, self.conv.weight[:, :, None], self.conv.bias, (1, *self.conv.stride),
+                         (0, *self.conv.padding))
+            if out is None:
+                out = y.new_empty(*y.shape[:2], x.shape[2], *y.shape[3:])
+            out[:, :, t0:t1] = y
+        return out
 
 
 class Downsample3D(nn.Module):
