@@ -348,8 +348,13 @@ class StepVideoVAE(nn.Module):
     tiling: tiles see only their own pixels in GroupNorm and attention, so tiled results differ near seams).
     """
 
-    # Peak working memory of decoding one chunk, per pixel of a frame, 16-bit compute (see latents.py).
-    bytes_per_pixel = 48_000
+    # Peak working memory per pixel of a frame of decoding one chunk (what the auto tile choice needs), bf16, measured
+    # on an H200 with random real-size weights (2026-11-29): 24.5 GiB at 992×544 (48,700 B/pixel; the same per pixel
+    # at 1280×720) with whole-tensor per-frame steps; 21.7 GiB (43,100) with norms and resamplers in slabs, before
+    # the convs ran in slabs too (so an upper bound now; the peak was a full-size resnet's conv). decode_iter adds a
+    # chunk of output (+0.1 GiB); the allocator reserved up to 1.7× the peak. Tiled at 256 px: 3.2 GiB; encoding a
+    # chunk peaks at 28,600 B/pixel.
+    bytes_per_pixel = 45_000
 
     def __init__(self, cfg: StepVideoVAEConfig):
         super().__init__()
