@@ -21,8 +21,7 @@ import torch
 from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
-from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, find_prefix,
-                             register_family)
+from ..common.family import Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, register_family
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from .model import FP32_PARAMS, StepVideoConfig, StepVideoDiT
@@ -39,7 +38,6 @@ VARIANTS = {
     "stepvideo_t2v_turbo": SamplingDefaults(15, 17.0, 5.0, 5.0, 0.0, 25, "Step-Video-T2V-Turbo", solver="euler",
                                             schedule="linear"),
 }
-_TITLES = {"stepvideo_t2v": "Step-Video-T2V", "stepvideo_t2v_turbo": "Step-Video-T2V-Turbo"}
 _LORA_NAMES = re.compile(
     r"^(transformer_blocks\.\d+\.(attn1\.(wqkv|wo|q_norm|k_norm)|attn2\.(wq|wkv|wo|q_norm|k_norm)|ff\.net\.(0\.proj|2)"
     r"|norm[12])|adaln_single\.(linear|emb\.timestep_embedder\.linear_[12])|caption_projection\.linear_[12]"
@@ -61,10 +59,7 @@ class StepVideoFamily(DiTFamily):
     anchors = ("adaln_single.linear.weight",)
     fp32_params = FP32_PARAMS
 
-    # ------------------------------------------------------------------ files
-    def normalize(self, ckpt: Checkpoint) -> Checkpoint:
-        return ckpt.strip_prefix(find_prefix(ckpt, self.anchors) or "")
-
+    # ------------------------------------------------------------------ files (normalize: the default, prefix removed)
     def describe(self, ckpt: Checkpoint) -> DiTSpec:
         needed = ("pos_embed.proj.weight", "proj_out.weight", "caption_projection.linear_1.weight",
                   "clip_projection.weight", "transformer_blocks.0.ff.net.0.proj.weight",
@@ -100,7 +95,7 @@ class StepVideoFamily(DiTFamily):
             raise InputError(f"unknown Step-Video variant {variant!r}", f"use one of {tuple(VARIANTS)}")
         cfg = spec.config
         size = "30B" if cfg.hidden == 6144 and cfg.layers == 48 else f"{cfg.hidden} wide, {cfg.layers} layers"
-        return dataclasses.replace(spec, variant=variant, description=f"{_TITLES[variant]} ({size})")
+        return dataclasses.replace(spec, variant=variant, description=f"{VARIANTS[variant].source} ({size})")
 
     def lora_target(self, name: str, spec: DiTSpec | None = None) -> LoraTarget | None:
         """The official names as they are (the network uses them)."""
