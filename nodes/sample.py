@@ -106,7 +106,9 @@ class OpenReelSampler(OpenReelNode):
     or a Wan2.2 A14B pair: the high-noise expert in `dit` and the low-noise expert in `dit_low_noise`; the sampler
     switches at the boundary (official rule: timestep ≥ boundary·1000 uses the high-noise expert) and keeps only the
     active expert on the GPU. Zero in steps, cfg, shift, cfg_low_noise or boundary means the official default for
-    the detected model (HunyuanVideo: 50 steps, shift 7, cfg 1 with embedded guidance 6)."""
+    the detected model (HunyuanVideo: 50 steps, shift 7, cfg 1 with embedded guidance 6). A latent of n videos
+    gives n videos (one prompt serves all). add_noise and return_with_leftover_noise chain samplers as
+    KSamplerAdvanced does (see their tooltips)."""
 
     NODE_ID = "OpenReelSampler"
     DISPLAY_NAME = "OpenReel Sampler"

@@ -63,8 +63,12 @@ def pair_images(start: torch.Tensor, end: torch.Tensor | None) -> list[tuple[tor
     if {start.shape[0], ends} - {1, count}:
         raise InputError(f"start_image holds {start.shape[0]} images and end_image {ends}",
                          "give as many end images as start images (one video each), or one for all")
-    pick = lambda images, i: None if images is None else images[min(i, images.shape[0] - 1)][None]  # noqa: E731
-    return [(pick(start, i), pick(end, i)) for i in range(count)]
+    return [(_one(start, i), _one(end, i)) for i in range(count)]
+
+
+def _one(images: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    """Image `index` of `images` as a batch of one (a single image serves every index)."""
+    return None if images is None else images[min(index, images.shape[0] - 1)][None]
 
 
 def check_conditioning_fits(latent: dict, fmt: LatentFormat) -> None:
@@ -76,11 +80,11 @@ def check_conditioning_fits(latent: dict, fmt: LatentFormat) -> None:
     samples = latent["samples"]
     count, frames, size = samples.shape[0], samples.shape[2], tuple(samples.shape[3:])
     problems = []
-    for name in ("concat", "given"):
+    for name in ("concat", "given", "image_tokens"):
         made = getattr(cond, name)
         if made is None:
             continue
-        if tuple(made.shape[3:]) != size:
+        if name != "image_tokens" and tuple(made.shape[3:]) != size:
             problems.append(f"is {_pixels(size, fmt)} but its image conditioning is {_pixels(made.shape[3:], fmt)}")
         if name == "concat" and made.shape[2] != frames:
             problems.append(f"has {fmt.pixel_frames(frames)} frames but its image conditioning was made for "
