@@ -21,6 +21,7 @@ from openreel.video_io import read_video
 T2V = "wan2.1_t2v_1.3B_fp16.safetensors"
 I2V = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
 TI2V = "wan2.2_ti2v_5B_fp16.safetensors"
+HUNYUAN = synthetic.HUNYUAN_DIT
 FRAMES = 5
 
 
@@ -29,7 +30,7 @@ def kit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     synthetic.write_model_set(folder)
     runtime.set_models_dir(folder)
-    dit = {name: OpenReelDiTLoader().load(name, "auto", "fp32")[0] for name in (T2V, I2V, TI2V)}
+    dit = {name: OpenReelDiTLoader().load(name, "auto", "fp32")[0] for name in (T2V, I2V, TI2V, HUNYUAN)}
     vae = {kind: OpenReelVAELoader().load(name, "fp32")[0] for name, kind in synthetic.VAES.items()}
     yield dit, vae
     runtime.set_models_dir(None)
@@ -59,6 +60,18 @@ def test_a_batch_samples_with_guidance_and_each_video_is_its_seeds_video(kit):
     for k in range(2):  # video k of the batch comes out the same made alone with seed + k
         alone = run(dit[T2V], OpenReelEmptyLatent().make(vae["wan21"], 64, 64, FRAMES, 1)[0], seed=7 + k)["samples"]
         torch.testing.assert_close(batch[k:k + 1], alone, rtol=0, atol=1e-5)
+
+
+def test_a_hunyuan_batch_samples_with_guidance(kit):
+    dit, vae = kit
+    width, pooled = synthetic.TINY_LLAMA["hidden_size"], synthetic.TINY_CLIP_TEXT["hidden_size"]
+    texts = TextEmbeds(torch.randn(1, 5, width), torch.randn(1, 3, width), positive_pooled=torch.randn(1, pooled),
+                       negative_pooled=torch.randn(1, pooled))
+    sample = lambda batch, seed: OpenReelSampler().run(  # noqa: E731
+        dit[HUNYUAN], texts, OpenReelEmptyLatent().make(vae["hunyuan"], 64, 64, FRAMES, batch)[0], seed, 2, 5.0,
+        0.0, "euler")[0]["samples"]
+    in_batch, alone = sample(2, 7)[1:], sample(1, 8)
+    assert (in_batch - alone).norm() / alone.norm() < 1e-5  # float32 rounding of other matmul shapes only
 
 
 def test_noise_follows_comfyui_batch_index():
