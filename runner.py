@@ -219,7 +219,8 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
 
 # A synthetic run keeps every size small: the models are tiny and random, the point is to exercise the graph.
 # A value may be a function of the node's inputs.
-SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64, "frames": 5},
+SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64,  # frames of the workflow's rule: 4n+1 or 17n
+                                           "frames": lambda inputs: 17 if inputs.get("frames", 0) % 17 == 0 else 5},
                    "OpenReelImageToVideo": {"width": 64, "height": 64, "frames": 5},
                    "OpenReelSampler": {"steps": 2},
                    "OpenReelDiffusionForcingSampler": {"width": 64, "height": 64, "num_frames": 53,

@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_file
 
 from .models.wan.model import WanConfig, WanDiT
+from .synthetic_stepvideo import fp8_scaled
+from .synthetic_stepvideo import write_models as write_stepvideo_models
 
 COMFY_PREFIX = "model.diffusion_model."
 TINY_WAN = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64)
@@ -88,7 +90,7 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
 
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
-SET_VERSION = "5"  # bump when the set's files change: a set written by another version is written anew
+SET_VERSION = "6"  # bump when the set's files change: a set written by another version is written anew
 TINY_TEXT_DIM = 64
 TINY_CLIP_DIM = 64
 
@@ -221,21 +223,6 @@ def tiny_clip_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def _fp8_scaled(state: dict, linear: str) -> dict:
-    """ComfyUI's fp8_scaled layout of `state`: keys matching `linear` in fp8 with a per-tensor `scale_weight`,
-    the rest in fp16, and the `scaled_fp8` marker."""
-    out = {}
-    for key, value in state.items():
-        if re.fullmatch(linear, key):
-            scale = value.float().abs().amax() / 448.0
-            out[key] = (value.float() / scale).to(torch.float8_e4m3fn)
-            out[key.removesuffix("weight") + "scale_weight"] = scale.reshape(1)
-        else:
-            out[key] = value.half()
-    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
-    return out
-
-
 def write_hunyuan_models(models: Path) -> None:
     """HunyuanVideo's four files, tiny: the DiT (heads of 128, 1 double + 2 single blocks), the VAE (widths of 32),
     the LLaVA-Llama-3 encoder (fp8_scaled) and CLIP-L, with their tokenizers in the shared folders."""
@@ -261,7 +248,7 @@ def write_hunyuan_models(models: Path) -> None:
     with torch.device("meta"):
         llama = {k: v.shape for k, v in LlamaModel(LlamaConfig(**TINY_LLAMA)).state_dict().items()}
         clip = {k: v.shape for k, v in CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT)).state_dict().items()}
-    llama = {"model." + k: v for k, v in _fp8_scaled(_random(llama, seed=402), r".*_proj\.weight").items()}
+    llama = {"model." + k: v for k, v in fp8_scaled(_random(llama, seed=402), r".*_proj\.weight").items()}
     llama["scaled_fp8"] = llama.pop("model.scaled_fp8")
     text.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in llama.items()}, str(text / LLAVA_LLAMA))
@@ -346,6 +333,7 @@ def write_model_set(models: Path, inputs: Path | None = None) -> None:
                   str(models / "vae" / name))
 
     write_hunyuan_models(models)
+    write_stepvideo_models(models)
 
     (models / "loras").mkdir(parents=True, exist_ok=True)
     for name, seed in LORAS.items():

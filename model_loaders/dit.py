@@ -6,8 +6,10 @@ from pathlib import Path
 import torch.nn as nn
 
 from .. import runtime
+from ..errors import InputError
 from ..handles import DiTHandle
 from ..models.common.family import DiTFamily
+from ..models.registry import dit_families
 from .build import COMPUTE_DTYPES, materialize, resolve_compute_dtype
 from .checkpoint import Checkpoint, open_checkpoint
 from .core import load, register_builder, stamps
@@ -15,7 +17,13 @@ from .identify import expect
 
 WEIGHT_DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_scaled", "fp8_e4m3fn_channel")
 COMPUTE_DTYPE_CHOICES = ("auto",) + tuple(COMPUTE_DTYPES)
-SUPPORTED = "supported: Wan2.1, Wan2.2, SkyReels-V2, HunyuanVideo T2V (official, ComfyUI or diffusers layouts)"
+SUPPORTED = ("supported: Wan2.1, Wan2.2, SkyReels-V2, HunyuanVideo T2V, Step-Video-T2V and -Turbo (official, "
+             "ComfyUI or diffusers layouts)")
+
+
+def recipe_choices() -> tuple[str, ...]:
+    """"auto" and every family's recipes a person picks (models whose weights cannot tell them apart)."""
+    return ("auto",) + tuple(title for family in dit_families() for title in family.recipes())
 
 
 def inspect_dit(path: str | Path) -> tuple[DiTFamily, Checkpoint, DiTHandle]:
@@ -28,15 +36,28 @@ def inspect_dit(path: str | Path) -> tuple[DiTFamily, Checkpoint, DiTHandle]:
     return family, normalized, handle
 
 
-def load_dit(path: str | Path, weight_dtype: str = "auto", compute_dtype: str = "auto") -> DiTHandle:
-    """Detect and load a DiT into the module cache (on the offload device); return its handle."""
+def load_dit(path: str | Path, weight_dtype: str = "auto", compute_dtype: str = "auto",
+             recipe: str = "auto") -> DiTHandle:
+    """Detect and load a DiT into the module cache (on the offload device); return its handle. `recipe`: one of
+    `recipe_choices()` for a model whose weights do not say which it is (its defaults follow), or "auto"."""
     if weight_dtype not in WEIGHT_DTYPE_CHOICES or compute_dtype not in COMPUTE_DTYPE_CHOICES:
         raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPE_CHOICES}, compute_dtype one of "
                          f"{COMPUTE_DTYPE_CHOICES}")
     family, ckpt, handle = inspect_dit(path)
-    handle = DiTHandle(handle.spec, handle.files, handle.file_stamp, weight_dtype,
+    spec = handle.spec
+    if recipe != "auto":
+        if recipe not in family.recipes():
+            raise InputError(f"recipe {recipe!r} does not apply to {spec.description}",
+                             f"set recipe to auto{_recipes_of(family)}")
+        spec = family.with_variant(spec, family.recipes()[recipe])
+    handle = DiTHandle(spec, handle.files, handle.file_stamp, weight_dtype,
                        resolve_compute_dtype(compute_dtype, runtime.torch_device()))
     return load(handle, lambda: _build(family, ckpt, handle))
+
+
+def _recipes_of(family: DiTFamily) -> str:
+    titles = tuple(family.recipes())
+    return f" or one of {', '.join(titles)}" if titles else ""
 
 
 def _build(family: DiTFamily, ckpt: Checkpoint, handle: DiTHandle) -> nn.Module:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import runtime
 from ..model_loaders.checkpoint import is_companion_file
-from ..model_loaders.dit import COMPUTE_DTYPE_CHOICES, WEIGHT_DTYPE_CHOICES, load_dit
+from ..model_loaders.dit import COMPUTE_DTYPE_CHOICES, WEIGHT_DTYPE_CHOICES, load_dit, recipe_choices
 from ..model_loaders.clip_vision import load_clip_vision
 from ..model_loaders.text_encoder import DTYPE_CHOICES as ENCODER_DTYPE_CHOICES
 from ..model_loaders.text_encoder import load_text_encoder
@@ -19,8 +19,8 @@ def _model_choices(kind: str) -> list[str]:
 
 
 class OpenReelDiTLoader(OpenReelNode):
-    """Loads a video diffusion transformer (Wan2.1, Wan2.2 experts and TI2V-5B, SkyReels-V2, HunyuanVideo T2V)
-    from models/diffusion_models. The model kind is detected from the weights, never the file name; single files,
+    """Loads a video diffusion transformer (Wan2.1, Wan2.2 experts and TI2V-5B, SkyReels-V2, HunyuanVideo T2V,
+    Step-Video-T2V and -Turbo) from models/diffusion_models. The model kind is detected from the weights, never the file name; single files,
     sharded sets (pick any shard), diffusers folders and ComfyUI fp8_scaled files all work."""
 
     MODEL_FOLDER = "diffusion_models"  # where model_name is looked for (named in messages)
@@ -48,11 +48,17 @@ class OpenReelDiTLoader(OpenReelNode):
                 "default": "auto",
                 "tooltip": "Precision of the matrix math. auto: bf16 on GPUs that support it, else fp16 (GPU) "
                            "or fp32 (CPU). Norms and modulation always run in fp32, as in the official code."}),
+        }, "optional": {
+            "recipe": (list(recipe_choices()), {
+                "default": "auto",
+                "tooltip": "Which model this is where the weights cannot tell: Step-Video-T2V and its "
+                           "step-distilled Turbo have the same shapes. The sampler's defaults (steps, shift, cfg) "
+                           "follow it. auto: what the weights say (Step-Video: T2V)."}),
         }}
 
-    def load(self, model_name: str, weight_dtype: str, compute_dtype: str):
+    def load(self, model_name: str, weight_dtype: str, compute_dtype: str, recipe: str = "auto"):
         path = runtime.model_path("diffusion_models", model_name)
-        return (load_dit(path, weight_dtype, compute_dtype),)
+        return (load_dit(path, weight_dtype, compute_dtype, recipe),)
 
 
 _ENCODER_DTYPE_TOOLTIP = ("Storage of the encoder's large weights. auto: fp8 files stay fp8, others bf16 on GPUs "

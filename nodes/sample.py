@@ -15,8 +15,8 @@ from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
 
 class OpenReelEmptyLatent(OpenReelNode):
     """An empty latent video for text-to-video, sized for the VAE you will decode with (16 channels for the
-    Wan2.1 VAE, 48 for the Wan2.2 VAE). Width and height must be multiples of 16 (32 for the Wan2.2 VAE); frames
-    must be 4n+1 (81 = 5 s at 16 fps)."""
+    Wan2.1 and HunyuanVideo VAEs, 48 for the Wan2.2 VAE, 64 for Step-Video's). Width and height must be multiples
+    of 16 (32 for the Wan2.2 VAE); frames must be 4n+1 (81 = 5 s at 16 fps), for Step-Video 17n (204)."""
 
     NODE_ID = "OpenReelEmptyLatent"
     DISPLAY_NAME = "OpenReel Empty Latent"
@@ -31,7 +31,8 @@ class OpenReelEmptyLatent(OpenReelNode):
             "vae": ("OPENREEL_VAE", {"tooltip": "Decides the latent format (channels and stride)."}),
             "width": ("INT", {"default": 832, **SIZE, "tooltip": "Video width in pixels."}),
             "height": ("INT", {"default": 480, **SIZE, "tooltip": "Video height in pixels."}),
-            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1 frames."}),
+            "frames": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 1,
+                               "tooltip": "Wan and HunyuanVideo: 4n+1 frames (81, 129). Step-Video: 17n (204)."}),
             "batch": ("INT", {"default": 1, "min": 1, "max": 16,
                               "tooltip": "Videos made at once. Video k (from 0) takes the noise of seed + k, so it "
                                          "can be made again alone with that seed. OpenReel Save Video writes one "

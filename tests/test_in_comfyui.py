@@ -280,7 +280,7 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 def test_example_workflow_runs_in_comfyui(comfy, name):
     """Each API workflow, queued through /prompt on the synthetic set (small sizes), saves a playable mp4 that carries
     the prompt; ComfyUI's own LoadImage reads the start images from the input folder."""
-    from openreel.runner import SYNTHETIC_SIZES, synthetic_inputs
+    from openreel.runner import synthetic_inputs
     from openreel.video_io import read_metadata, read_video
 
     server, _ = comfy
@@ -294,8 +294,9 @@ def test_example_workflow_runs_in_comfyui(comfy, name):
     (saved,) = [item for out in entry["outputs"].values() for item in out.get("images", [])]
     path = server.base / "output" / saved["subfolder"] / saved["filename"]
     frames, _ = read_video(path)
-    count = SYNTHETIC_SIZES["OpenReelDiffusionForcingSampler"]["num_frames"] if "_df_" in name else \
-        SYNTHETIC_SIZES["OpenReelEmptyLatent"]["frames"]
+    nodes, key = (("OpenReelDiffusionForcingSampler",), "num_frames") if "_df_" in name else \
+        (("OpenReelEmptyLatent", "OpenReelImageToVideo"), "frames")
+    count = next(e["inputs"][key] for e in prompt.values() if e["class_type"] in nodes)
     assert frames.shape == (count, 64, 64, 3)
     embedded = json.loads(read_metadata(path)["prompt"])  # ComfyUI adds its own keys (e.g. is_changed)
     assert {k: (v["class_type"], v["inputs"]) for k, v in embedded.items()} == \

@@ -141,7 +141,7 @@ def test_a_workflow_file_that_is_no_object_is_refused(tmp_path, capsys):
 
 
 def test_inspect_says_what_every_kind_of_file_is_and_lists_a_folder(tmp_path, capsys):
-    from openreel import synthetic
+    from openreel import synthetic, synthetic_stepvideo
     from openreel.cli import main as cli_main
 
     models = tmp_path / "models"
@@ -152,7 +152,8 @@ def test_inspect_says_what_every_kind_of_file_is_and_lists_a_folder(tmp_path, ca
         assert what in capsys.readouterr().out
     assert cli_main(["inspect", str(models / "diffusion_models")]) == 0
     out = capsys.readouterr().out
-    assert out.count("Load it with OpenReel DiT Loader") == len(synthetic.DIFFUSION_MODELS) + 1  # subfolders too
+    dits = len(synthetic.DIFFUSION_MODELS) + 1 + len(synthetic_stepvideo.DIT_FILES)  # HunyuanVideo's, Step-Video's
+    assert out.count("Load it with OpenReel DiT Loader") == dits  # subfolders too
     assert f"{synthetic.HUNYUAN_DIT}: a HunyuanVideo diffusion transformer" in out
 
 

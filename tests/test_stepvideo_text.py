@@ -1,6 +1,6 @@
 """Step-Video's text encoders (Step-LLM and HunyuanCLIP): networks against the references, tokenizers, every file
 layout, identification and wrong files, and the Text Encode node's recipe — on tiny random weights and tiny
-tokenizers (openreel.models.text.stepvideo_synthetic).
+tokenizers (openreel.synthetic_stepvideo).
 
 The official Step-LLM (`stepvideo/text_encoder/stepllm.py` of $STEPVIDEO_T2V_PATH) runs through
 `references.load_stepvideo` with two stand-ins: its `text_encoder.flashattention` (which calls the closed CUDA kernel
@@ -33,7 +33,7 @@ from openreel.model_loaders.core import module_of
 from openreel.model_loaders.dit import load_dit
 from openreel.model_loaders.identify import identify
 from openreel.model_loaders.text_encoder import load_text_encoder
-from openreel.models.text import stepvideo_synthetic as tiny
+from openreel import synthetic_stepvideo as tiny
 from openreel.models.text.bert import BertSpec, BertTextEncoder
 from openreel.models.text.clip_text import CLIPTextSpec
 from openreel.models.text.stepllm import StepLLMSpec, StepLLMTextEncoder, alibi_slopes, ffn_width

@@ -4,7 +4,7 @@ chunks, the boundary blend, blocked attention), streaming, tiling, the frame rul
 
 Parity models keep the real architecture (4 levels, 2 resnets per level, per-frame GroupNorm with 32 groups, the
 2×2×2 (un)patchify with 32·z channels) with widths 32–64 and 4 latent channels; the loader's files need the real
-64 latent channels (the "stepvideo" format's), so `write_stepvideo_vae` writes one with widths 32 (SYNTHETIC).
+64 latent channels (the "stepvideo" format's), so `synthetic_stepvideo.write_vae` writes one with widths 32 (SYNTHETIC).
 """
 from dataclasses import replace
 
@@ -21,12 +21,13 @@ from openreel.model_loaders.vae import load_vae
 from openreel.models.stepvideo import vae as step_vae
 from openreel.models.stepvideo.latents import STEPVIDEO_VAE
 from openreel.models.stepvideo.vae import StepVideoVAE, StepVideoVAEConfig, causal_attention, front_zeros
+from openreel.synthetic_stepvideo import TINY_VAE, write_vae
 from references import load_stepvideo
 
 TINY = StepVideoVAEConfig(latent_channels=4, encoder_widths=(32, 32, 64, 64), decoder_widths=(32, 32, 64, 64))
 # Small models for files and for our own properties: widths 32, one resnet per encoder level, 4 latent channels (a
 # 64-channel VAE's unpatchify conv alone is at least 2048 → 2048 × 3³ = 113M parameters; the released one's 226M).
-SYNTHETIC = StepVideoVAEConfig(latent_channels=4, encoder_widths=(32,) * 4, decoder_widths=(32,) * 4, layers=1)
+SYNTHETIC = TINY_VAE
 
 
 def rel(a, b):
@@ -73,20 +74,6 @@ def frames(count, height, width, seed=1):
 def latent(count, height, width, channels=4, seed=2):
     return torch.randn(1, channels, count, height, width, generator=torch.Generator().manual_seed(seed))
 
-
-def write_stepvideo_vae(path, cfg=SYNTHETIC, prefix="", seed=0, dtype=torch.bfloat16):
-    """A random Step-Video VAE in the official file layout (`decoder.conv_out.weight`, not `.conv.weight`), keys
-    under `prefix`; small weights keep decoded values in range. Returns `path`."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in StepVideoVAE(cfg).state_dict().items()}
-    tensors = {}
-    for key, shape in shapes.items():
-        value = 1 + 0.1 * torch.randn(shape, generator=gen) if "norm" in key and key.endswith("weight") else \
-            torch.randn(shape, generator=gen) * (0.5 / shape[1:].numel() ** 0.5 if len(shape) > 1 else 0.05)
-        tensors[prefix + key.replace("decoder.conv_out.conv.", "decoder.conv_out.")] = value.to(dtype)
-    save_file(tensors, path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------- parity (official code)
@@ -247,7 +234,7 @@ def test_vae_v2_file_loads_and_decodes(tmp_path):
     from openreel.encoding.video import decode_video, encode_video
     from openreel.model_loaders.core import module_of
 
-    path = write_stepvideo_vae(tmp_path / "vae_v2.safetensors")
+    path = write_vae(tmp_path / "vae_v2.safetensors")
     found = identify(open_checkpoint(path), "vae")
     assert found.kind == "vae" and found.what == "a video VAE (Step-Video)"
     handle = load_vae(path)
@@ -263,7 +250,7 @@ def test_vae_v2_file_loads_and_decodes(tmp_path):
     assert all(i.min() >= 0 and i.max() <= 1 for i in images)
 
     # The same tensors under a prefix (a combined file), and as saved from the official module (conv_out.conv.*).
-    combined = write_stepvideo_vae(tmp_path / "combined.safetensors", prefix="vae.")
+    combined = write_vae(tmp_path / "combined.safetensors", prefix="vae.")
     assert load_vae(combined).spec == SYNTHETIC
     from safetensors.torch import load_file
     saved = {k.replace("decoder.conv_out.", "decoder.conv_out.conv."): v for k, v in load_file(path).items()}
@@ -275,7 +262,7 @@ def test_decoding_shows_progress_per_chunk(tmp_path, monkeypatch):
     from openreel import runtime
     from openreel.encoding.video import decode_video
 
-    handle = load_vae(write_stepvideo_vae(tmp_path / "vae_v2.safetensors"))
+    handle = load_vae(write_vae(tmp_path / "vae_v2.safetensors"))
     updates = []
 
     class Recording(runtime.Progress):
@@ -289,14 +276,14 @@ def test_decoding_shows_progress_per_chunk(tmp_path, monkeypatch):
 
 
 def test_wrong_step_video_vaes_are_refused(tmp_path):
-    path = write_stepvideo_vae(tmp_path / "vae_v2.safetensors")
+    path = write_vae(tmp_path / "vae_v2.safetensors")
     from safetensors.torch import load_file
     tensors = load_file(path)
     save_file({k: v for k, v in tensors.items() if not k.startswith("decoder.conv_in.")},
               tmp_path / "incomplete.safetensors")
     with pytest.raises(DetectionError, match="looks like a Step-Video VAE but lacks decoder.conv_in.conv.weight"):
         load_vae(tmp_path / "incomplete.safetensors")
-    narrow = write_stepvideo_vae(tmp_path / "z16.safetensors", replace(SYNTHETIC, latent_channels=16))
+    narrow = write_vae(tmp_path / "z16.safetensors", replace(SYNTHETIC, latent_channels=16))
     with pytest.raises(DetectionError, match="for 16 latent channels, which the Step-Video VAE's 32 norm groups and "
                                              "patchify shortcuts do not fit"):
         load_vae(narrow)

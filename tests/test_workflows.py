@@ -7,14 +7,15 @@ import pytest
 
 from openreel import runtime
 from openreel.model_loaders.cache import MODULES
-from openreel.runner import EXIT_OK, NODE_CLASS_MAPPINGS, SYNTHETIC_SIZES, main, use_synthetic_models, validate
+from openreel.runner import EXIT_OK, NODE_CLASS_MAPPINGS, main, synthetic_inputs, use_synthetic_models, validate
 from openreel.video_io import read_metadata, read_video
 from openreel.workflow_format import UI_ONLY_NODES, ui_to_api
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
 FPS = {"wan22_ti2v_5b_t2v": 24, "wan22_ti2v_5b_i2v": 24, "skyreels_v2_t2v": 24, "skyreels_v2_i2v": 24,
-       **{name: 24 for name in NAMES if name.startswith(("skyreels_v2_df", "hunyuan_video"))}}
+       **{name: 24 for name in NAMES if name.startswith(("skyreels_v2_df", "hunyuan_video"))},
+       **{name: 25 for name in NAMES if name.startswith("stepvideo")}}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def test_the_workflow_set_is_complete():
                             "skyreels_v2_df_t2v_10s", "skyreels_v2_df_t2v_30s_async", "skyreels_v2_df_i2v",
                             "skyreels_v2_df_start_end", "skyreels_v2_df_extend", "hunyuan_video_t2v_720p",
                             "hunyuan_video_t2v_544p_fast", "wan22_t2v_a14b_4step_lora",
-                            "wan22_i2v_a14b_4step_lora", "wan21_t2v_teacache", "wan22_t2v_a14b_magcache"])
+                            "wan22_i2v_a14b_4step_lora", "wan21_t2v_teacache", "wan22_t2v_a14b_magcache",
+                            "stepvideo_t2v_544p", "stepvideo_t2v_turbo", "stepvideo_t2v_24gb"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
@@ -70,9 +72,11 @@ def test_api_workflow_runs_headless_and_writes_an_mp4(name, synthetic_dir, tmp_p
     assert code == EXIT_OK
     (video,) = out.rglob("*.mp4")
     frames, fps = read_video(video)
-    node, count_key = ("OpenReelDiffusionForcingSampler", "num_frames") if "_df_" in name else \
-        ("OpenReelEmptyLatent", "frames")
-    width, height, count = (SYNTHETIC_SIZES[node][k] for k in ("width", "height", count_key))
+    nodes, count_key = (("OpenReelDiffusionForcingSampler",), "num_frames") if "_df_" in name else \
+        (("OpenReelEmptyLatent", "OpenReelImageToVideo"), "frames")
+    prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    entry = next(e for e in prompt.values() if e["class_type"] in nodes)
+    width, height, count = (synthetic_inputs(entry)[k] for k in ("width", "height", count_key))
     assert frames.shape == (count, height, width, 3)
     assert fps == pytest.approx(FPS.get(name, 16))
     assert json.loads(read_metadata(video)["prompt"])["8"]["class_type"] == "OpenReelSaveVideo"

@@ -111,6 +111,15 @@ class DiTFamily:
         """The spec from shapes (raises DetectionError for a file of this family it cannot run)."""
         raise NotImplementedError
 
+    def recipes(self) -> dict[str, str]:
+        """The official recipes a person picks where the weights cannot tell two models apart (Step-Video-T2V and
+        its step-distilled Turbo): title → variant, for the DiT loader's `recipe` choice. None by default."""
+        return {}
+
+    def with_variant(self, spec: DiTSpec, variant: str) -> DiTSpec:
+        """The same model as the variant `variant` of `recipes()` (its defaults and description)."""
+        raise InputError(f"{spec.description} has no recipes to choose from", "set recipe to auto")
+
     def lora_target(self, name: str, spec: DiTSpec | None = None) -> LoraTarget | None:
         """Where the parameter `name` a LoRA changes (its prefix removed; this family's official, ComfyUI or
         diffusers naming) lands in this family's network, or None when `name` is no name of this family. With

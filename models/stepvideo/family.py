@@ -24,9 +24,9 @@ from ...latents import ImageConditioning, LatentFormat
 from ..common.family import Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, register_family
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
+from .latents import latent_format_for
 from .model import FP32_PARAMS, StepVideoConfig, StepVideoDiT
 
-LATENT_FORMAT = "stepvideo"   # registered by models/stepvideo/latents.py
 SUPPORTED = "use a Step-Video-T2V (or -Turbo) model, official or ComfyUI layout"
 TEXT_ENCODERS = "encode the prompt with Step-LLM and HunyuanCLIP (OpenReel Text Encode with both encoders)"
 
@@ -87,7 +87,10 @@ class StepVideoFamily(DiTFamily):
         except ValueError as err:  # the official RoPE splits every head 64/32/32: heads are 128 wide
             raise DetectionError(f"{ckpt.name}: {err}", "check the config.json beside the weights; Step-Video's "
                                  "heads are 128 channels wide") from err
-        return self.with_variant(DiTSpec(self.name, "", "", "t2v", LATENT_FORMAT, cfg), "stepvideo_t2v")
+        return self.with_variant(DiTSpec(self.name, "", "", "t2v", latent_format_for(in_channels), cfg), "stepvideo_t2v")
+
+    def recipes(self) -> dict[str, str]:
+        return {defaults.source: variant for variant, defaults in VARIANTS.items()}
 
     def with_variant(self, spec: DiTSpec, variant: str) -> DiTSpec:
         """The same model under the recipe of `variant` (a key of VARIANTS): T2V and Turbo share their shapes."""

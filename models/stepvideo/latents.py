@@ -20,7 +20,7 @@ import re
 from dataclasses import replace
 
 from ...errors import DetectionError
-from ...latents import LatentFormat, register_latent_format
+from ...latents import LATENT_FORMATS, LatentFormat, register_latent_format
 from ..common.family import Checkpoint, VAEFamily, find_prefix, keep_under, register_vae_family
 from .vae import GROUPS, StepVideoVAE, StepVideoVAEConfig
 
@@ -76,13 +76,19 @@ class StepVideoVAEFamily(VAEFamily):
         return StepVideoVAE(config)
 
     def latent_format(self, config: StepVideoVAEConfig) -> str:
-        """"stepvideo" for the released VAE's 64 channels; a VAE of the same design with another channel count (a
-        small test model) gets a format of the same rules and its own channels, registered when first seen."""
-        z = config.latent_channels
-        if z == STEPVIDEO_LATENT.channels:
-            return STEPVIDEO_LATENT.name
-        return register_latent_format(replace(STEPVIDEO_LATENT, name=f"stepvideo_{z}ch", channels=z, mean=(0.0,) * z,
-                                              std=(1.0,) * z, title=f"{z}-channel (Step-Video-style VAE)")).name
+        return latent_format_for(config.latent_channels)
+
+
+def latent_format_for(channels: int) -> str:
+    """"stepvideo" for the released models' 64 channels; a VAE or DiT of the same design with another channel count
+    (a small test model) gets a format of the same rules and its own channels, registered when first seen."""
+    if channels == STEPVIDEO_LATENT.channels:
+        return STEPVIDEO_LATENT.name
+    name = f"stepvideo_{channels}ch"
+    if name not in LATENT_FORMATS:
+        register_latent_format(replace(STEPVIDEO_LATENT, name=name, channels=channels, mean=(0.0,) * channels,
+                                       std=(1.0,) * channels, title=f"{channels}-channel (Step-Video-style VAE)"))
+    return name
 
 
 STEPVIDEO_VAE = register_vae_family(StepVideoVAEFamily())

@@ -1,9 +1,13 @@
-"""Tiny random Step-Video text encoders in the real file layouts, for tests and the synthetic model set.
+"""Tiny random Step-Video models in the real file layouts, for tests and the synthetic model set.
 
 Nothing here is a real model: the weights are random and the tokenizers tiny. The layouts are the official
-stepfun-ai/stepvideo-t2v folders — `step_llm/` (config.json with the official field names, safetensors shards with
-their index, `step1_chat_tokenizer.model`) and `hunyuan_clip/` (`clip_text_encoder/` with a `BertModel` config.json
-and pytorch_model.bin, `tokenizer/` with vocab.txt and tokenizer_config.json) — and single safetensors files.
+stepfun-ai/stepvideo-t2v folders — `transformer/` (diffusion_pytorch_model shards with their index and config.json),
+`vae/vae_v2.safetensors`, `step_llm/` (config.json with the official field names, safetensors shards with their
+index, `step1_chat_tokenizer.model`) and `hunyuan_clip/` (`clip_text_encoder/` with a `BertModel` config.json and
+pytorch_model.bin, `tokenizer/` with vocab.txt and tokenizer_config.json) — and single safetensors files.
+
+The VAE and DiT are small by working on 4 latent channels: a 64-channel Step-Video VAE holds a 113M-parameter
+unpatchify conv whatever its widths (models/stepvideo/latents.py gives such models a format of their own).
 """
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .bert import BertSpec, BertTextEncoder
-from .stepllm import StepLLMSpec, StepLLMTextEncoder
+from .models.stepvideo.model import StepVideoConfig, StepVideoDiT
+from .models.stepvideo.vae import StepVideoVAE, StepVideoVAEConfig
+from .models.text.bert import BertSpec, BertTextEncoder
+from .models.text.stepllm import StepLLMSpec, StepLLMTextEncoder
 
+TINY_VAE = StepVideoVAEConfig(latent_channels=4, encoder_widths=(32,) * 4, decoder_widths=(32,) * 4, layers=1)
 # Heads of 128 and 64 (what files without a config.json are read with); the FFN width 512 is what the config's
 # ffn_hidden_size 400 rounds up to.
 TINY_STEPLLM = StepLLMSpec(vocab_size=512, hidden_size=256, ffn_size=512, num_layers=2, num_heads=2, num_groups=1)
@@ -155,3 +162,55 @@ def write_single(state: dict[str, torch.Tensor], path: Path, *, prefix: str = ""
     save_file({(k if k == "scaled_fp8" else prefix + k): (v if dtype is None else v.to(dtype)).contiguous()
                for k, v in state.items()}, str(path))
     return path
+
+
+def write_vae(path: Path, cfg: StepVideoVAEConfig = TINY_VAE, prefix: str = "", seed: int = 0,
+              dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A random Step-Video VAE in the official file layout (`decoder.conv_out.weight`, not `.conv.weight`), keys
+    under `prefix`; small weights keep decoded values in range. Returns `path`."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in StepVideoVAE(cfg).state_dict().items()}
+    tensors = {}
+    for key, shape in shapes.items():
+        value = 1 + 0.1 * torch.randn(shape, generator=gen) if "norm" in key and key.endswith("weight") else \
+            torch.randn(shape, generator=gen) * (0.5 / shape[1:].numel() ** 0.5 if len(shape) > 1 else 0.05)
+        tensors[prefix + key.replace("decoder.conv_out.conv.", "decoder.conv_out.")] = value.to(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def tiny_dit_config(llm: StepLLMSpec = TINY_STEPLLM, clip: BertSpec = TINY_HUNYUAN_CLIP,
+                    vae: StepVideoVAEConfig = TINY_VAE) -> StepVideoConfig:
+    """A Step-Video DiT for the tiny encoders and VAE: one head of 128, two blocks."""
+    return StepVideoConfig(hidden=128, heads=1, layers=2, ffn_width=256, in_channels=vae.latent_channels,
+                           out_channels=vae.latent_channels, patch=1, caption_dim=llm.hidden_size,
+                           clip_dim=clip.hidden_size)
+
+
+def dit_state(cfg: StepVideoConfig | None = None, seed: int = 700) -> dict[str, torch.Tensor]:
+    return _random_state(StepVideoDiT(cfg or tiny_dit_config()), seed)
+
+
+def write_dit(path: Path, state: dict[str, torch.Tensor] | None = None, *, prefix: str = "",
+              dtype: torch.dtype = torch.bfloat16) -> Path:
+    """One safetensors file of a tiny Step-Video DiT under the official names (`prefix`, e.g. ComfyUI's
+    `model.diffusion_model.`)."""
+    return write_single(dit_state() if state is None else state, path, prefix=prefix, dtype=dtype)
+
+
+DIT_FILES = ("stepvideo_t2v_bf16.safetensors", "stepvideo_t2v_turbo_bf16.safetensors")
+VAE_FILE = "stepvideo_vae_v2.safetensors"
+
+
+def write_models(models: Path) -> None:
+    """The synthetic set's Step-Video files: the DiTs as single files (T2V and Turbo: the same tiny weights, as
+    their shapes are the same), the VAE (the official file's layout), and the official step_llm/ and hunyuan_clip/
+    folders."""
+    state = dit_state()
+    for name in DIT_FILES:
+        write_dit(models / "diffusion_models" / name, state, prefix="model.diffusion_model.")
+    write_vae(models / "vae" / VAE_FILE)
+    write_step_llm(models / "text_encoders" / "step_llm")
+    write_hunyuan_clip(models / "text_encoders" / "hunyuan_clip")
