@@ -62,10 +62,6 @@ class _Active:
         # every model call's output as the velocity noise − x0 (the family's convention: DiTFamily.model_output)
         self.model = module if family is None else lambda *args, **kw: family.model_output(module(*args, **kw))
 
-    @property
-    def calls_per_step(self) -> int:
-        return 1 if self.expert.unguided or self.batched else 2
-
     def velocity(self, x: torch.Tensor, t: torch.Tensor, call: Callable) -> torch.Tensor:
         """`call(fn, branches)` makes one model call holding the rows of those guidance branches."""
         module, g = self.model, self.expert.guidance
@@ -163,9 +159,8 @@ class SamplingSession:
         self.run = calls.Run(steps, spans, self.reports)
 
     def calls_per_step(self, index: int) -> int:
-        """Model calls one step of expert `index` makes (one not loaded yet counts as unbatched)."""
-        if index in self.active:
-            return self.active[index].calls_per_step
+        """Progress ticks one step of expert `index` makes: one per guidance branch it evaluates (a batched CFG
+        call ticks for both), so the bar's total is known before any expert is loaded and never changes."""
         return 1 if self.experts[index].unguided else 2
 
     def describe(self, text: str) -> None:
@@ -173,11 +168,11 @@ class SamplingSession:
         self.bar.describe(f"{self.label}: {text}")
 
     def set_remaining(self, calls: int) -> None:
-        """The progress bar's total: calls made so far plus `calls` still to come."""
+        """The progress bar's total: ticks made so far plus `calls` still to come (`calls_per_step`)."""
         self.bar.set_total(self.bar.value + calls)
 
     # ------------------------------------------------------------------ calls
-    def _call(self, fn: Callable[[], torch.Tensor], info: calls.Call | None = None) -> torch.Tensor:
+    def _call(self, fn: Callable[[], torch.Tensor], info: calls.Call | None = None, ticks: int = 1) -> torch.Tensor:
         runtime.throw_if_interrupted()
         with torch.no_grad():
             if info is None:
@@ -185,7 +180,7 @@ class SamplingSession:
             else:
                 with calls.calling(info):
                     out = fn()
-        self.bar.update(1)
+        self.bar.update(ticks)
         return out
 
     def velocity(self, index: int, x: torch.Tensor, t: torch.Tensor, step: int | None = None) -> torch.Tensor:
@@ -193,11 +188,11 @@ class SamplingSession:
         the step of the current run (`begin_run`) it is for, which wrappers keeping state across calls read."""
         active = self.active[index]
         if self.run is None or step is None:
-            return active.velocity(x, t, lambda fn, branches: self._call(fn))
+            return active.velocity(x, t, lambda fn, branches: self._call(fn, ticks=len(branches)))
         per_step = 1 if active.expert.unguided else 2  # branches a step evaluates
 
         def call(fn, branches):
-            return self._call(fn, calls.Call(self.run, step, branches, per_step, index))
+            return self._call(fn, calls.Call(self.run, step, branches, per_step, index), len(branches))
         return active.velocity(x, t, call)
 
     def show(self, x0: torch.Tensor) -> None:

@@ -152,3 +152,30 @@ def test_schedule_node_gives_comfyui_sigmas_of_the_official_tables():
         assert torch.equal(sigmas, official.sigmas)
         # SIGMAS carry no integer timesteps: σ·1000 is used, at most 1 from the official int64 truncation
         assert (FlowSchedule.from_sigmas(sigmas).timesteps - official.timesteps.float()).abs().max() < 1
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+def test_progress_total_of_a_pair_is_known_up_front(monkeypatch, batch_cfg):
+    """The bar counts guidance branches (a batched CFG call ticks twice), so a pair's total is set once, before
+    any expert is loaded, and the bar ends full (before: it shrank when an expert batched its CFG)."""
+    from openreel import runtime
+
+    totals, values = [], []
+
+    class Recording(runtime.Progress):
+        def set_total(self, total):
+            totals.append(total)
+            super().set_total(total)
+
+        def update(self, n=1, preview=None):
+            super().update(n, preview)
+            values.append(self.value)
+
+    monkeypatch.setattr(runtime, "Progress", Recording)
+    (_, high), (_, low) = model_pair(2), model_pair(3)
+    ctx, nctx = texts()
+    sample_flow([expert(high, 4.0, ctx, nctx), expert(low, 1.0, ctx, nctx)], wan_unipc_schedule(6, 12.0), "unipc",
+                torch.randn(1, 16, *LATENT), boundary=0.875, batch_cfg=batch_cfg)
+    n_high = int((wan_unipc_schedule(6, 12.0).timesteps >= 875).sum())
+    expected = 2 * n_high + (6 - n_high)  # two branches per high-noise step, one (cfg 1) per low-noise step
+    assert set(totals) == {expected} and values[-1] == expected
