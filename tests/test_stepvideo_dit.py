@@ -484,3 +484,25 @@ def test_sampler_equals_the_official_model_and_scheduler():
                       schedule, solver, noise)
     assert torch.allclose(1 - schedule.sigmas, scheduler.sigmas, atol=1e-6)
     assert rel_err(got, x) < END_TO_END
+
+
+def test_the_loaders_recipe_picks_turbo_and_is_refused_for_other_models(tmp_path, fresh_cache, source):
+    """T2V and Turbo share their shapes: the DiT Loader's recipe says which, and the sampler's defaults follow it;
+    a recipe of another family is an error naming what to pick."""
+    from openreel.models.registry import family_of
+    from openreel.nodes.loaders import OpenReelDiTLoader
+    from openreel.synthetic import TINY_WAN, save_single, wan_state_dict
+
+    state, _, _ = source
+    path = tmp_path / "step.safetensors"
+    save_file(bf16(state), str(path))
+    choices = OpenReelDiTLoader.INPUT_TYPES()["optional"]["recipe"][0]
+    assert choices == ["auto", "Step-Video-T2V", "Step-Video-T2V-Turbo"]
+    auto, turbo = (load_dit(path, "auto", "fp32", recipe) for recipe in ("auto", "Step-Video-T2V-Turbo"))
+    assert auto.weights_key == turbo.weights_key  # one module in memory for both
+    d = family_of(turbo.spec).defaults(turbo.spec, False, 992, 544)
+    assert (turbo.spec.variant, d.steps, d.shift, d.guidance) == ("stepvideo_t2v_turbo", 15, 17.0, 5.0)
+    assert "Turbo" in turbo.spec.description and auto.spec.variant == "stepvideo_t2v"
+    wan = save_single(wan_state_dict(TINY_WAN), tmp_path / "wan.safetensors")
+    with pytest.raises(InputError, match="recipe 'Step-Video-T2V-Turbo' does not apply to .*Set recipe to auto"):
+        load_dit(wan, "auto", "fp32", "Step-Video-T2V-Turbo")
