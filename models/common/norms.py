@@ -1,4 +1,4 @@
-"""Norms the DiTs share."""
+"""Norms the DiTs share, and the adaptive-norm modulation."""
 from __future__ import annotations
 
 import torch
@@ -17,3 +17,16 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+    """LayerNorm over the last dimension in float32 (with `norm`'s affine weights, or none), as the official DiTs
+    compute their block norms."""
+    if norm is None:
+        return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
+    return F.layer_norm(x.float(), x.shape[-1:], norm.weight.float(), norm.bias.float(), eps)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, L, D] with one shift/scale [B, D] per sample: x·(1 + scale) + shift."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

@@ -60,6 +60,30 @@ def spread_spans(size: int, tile: int, overlap: int) -> list[Span]:
     return [(s, s + tile) for s in (round(i * (size - tile) / (n - 1)) for i in range(n))]
 
 
+def spread_tiles(h: int, w: int, tile_size: int | None, tile_overlap: int | None,
+                 stride: int) -> tuple[Tiles, int]:
+    """Evenly spread spatial tiles of a latent h×w as (rows, columns) ranges in latent cells, and their overlap in
+    cells (one tile for the whole frame when `tile_size` is None)."""
+    if tile_size is None:
+        return [((0, h), (0, w))], 0
+    tile, overlap = tile_cells(tile_size, tile_overlap, stride)
+    overlap = min(overlap, tile - 1)
+    rows, cols = spread_spans(h, tile, overlap), spread_spans(w, tile, overlap)
+    return [(r, c) for r in rows for c in cols], overlap
+
+
+def gather(chunks: Iterator[torch.Tensor], frames: int) -> torch.Tensor:
+    """A streamed decode's pieces [B, C, f, H, W] joined on frames into one [B, C, frames, H, W] tensor, filled in
+    place (never two copies of the video)."""
+    out, at = None, 0
+    for chunk in chunks:
+        if out is None:
+            out = torch.empty(*chunk.shape[:2], frames, *chunk.shape[3:], device=chunk.device)
+        out[:, :, at:at + chunk.shape[2]] = chunk
+        at += chunk.shape[2]
+    return out
+
+
 def strided_spans(size: int, tile: int, stride: int) -> list[Span]:
     """Ranges starting every `stride` cells, `tile` long and cut at `size` (the last ones may be short)."""
     return [(s, min(s + tile, size)) for s in range(0, size, stride)]

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import (SEQUENTIAL, Span, check_video, ramp_weights, strided_spans, tile_by_tile,
+from ..common.tiling import (SEQUENTIAL, Span, check_video, gather, ramp_weights, strided_spans, tile_by_tile,
                              tile_cells)
 
 SCALING_FACTOR = 0.476986   # latent = posterior mean × this (no shift), HunyuanVideo's DiT space
@@ -362,14 +362,8 @@ class HunyuanVAE(nn.Module):
     def decode(self, latent: torch.Tensor, tile_size: int | None = None,
                tile_overlap: int | None = None) -> torch.Tensor:
         """A latent [B, 16, T, h, w] → video [B, 3, 4(T-1)+1, 8h, 8w], float32 in [-1, 1]."""
-        out, at = None, 0
-        for chunk in self.decode_iter(latent, tile_size, tile_overlap):
-            if out is None:
-                frames = self.cfg.temporal_stride * (latent.shape[2] - 1) + 1
-                out = torch.empty(*chunk.shape[:2], frames, *chunk.shape[3:], device=chunk.device)
-            out[:, :, at:at + chunk.shape[2]] = chunk
-            at += chunk.shape[2]
-        return out
+        frames = self.cfg.temporal_stride * (latent.shape[2] - 1) + 1
+        return gather(self.decode_iter(latent, tile_size, tile_overlap), frames)
 
     @torch.no_grad()
     def decode_iter(self, latent: torch.Tensor, tile_size: int | None = None,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm
+from ..common.norms import RMSNorm, layer_norm, modulate
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
@@ -86,16 +86,6 @@ class StepInputs(NamedTuple):
     dtype: torch.dtype
     chunk: int = 0                    # tokens per chunk (0: off); see the module docstring
 
-
-def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
-    if norm is None:
-        return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
-    return F.layer_norm(x.float(), x.shape[-1:], norm.weight.float(), norm.bias.float(), eps)
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, L, D] float32 with per-sample shift/scale [B, D]."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +236,7 @@ class StepVideoBlock(nn.Module):
         """Self-attention of the modulated stream; with chunks, q, k, v are made chunk by chunk into buffers (a
         method of its own, so they die on return)."""
         def modulated(s: slice) -> torch.Tensor:
-            return _modulate(_layer_norm(x[:, s], 1e-5, self.norm1), shift, scale).to(inp.dtype)
+            return modulate(layer_norm(x[:, s], 1e-5, self.norm1), shift, scale).to(inp.dtype)
 
         cos, sin = inp.rope
         if step >= x.shape[1]:
@@ -271,7 +261,7 @@ class StepVideoBlock(nn.Module):
         kv = self.attn2.keys_values(inp.context)
         add_in_chunks(x, lambda s: self.attn2(x[:, s], kv, inp), step)
         del kv
-        return add_in_chunks(x, lambda s: self.ff(_modulate(_layer_norm(x[:, s], 1e-5, self.norm2), shift_mlp,
+        return add_in_chunks(x, lambda s: self.ff(modulate(layer_norm(x[:, s], 1e-5, self.norm2), shift_mlp,
                                                             scale_mlp).to(inp.dtype)).float()
                              * gate_mlp.unsqueeze(1), step)
 
@@ -366,7 +356,7 @@ class StepVideoDiT(WrappedModel):
         stream = self.pos_embed(x)
         inp = StepInputs(mod, text, mask, self._rope(grid, x.device), self.attention_backend, dtype,
                          self.token_chunk)
-        normed = _layer_norm(self.run_blocks("transformer_blocks", stream, inp), 1e-6)
+        normed = layer_norm(self.run_blocks("transformer_blocks", stream, inp), 1e-6)
         del stream, inp   # the final layer modulates the normed stream in place: no second float32 stream
         shift, scale = (self.scale_shift_table.float() + embedded.unsqueeze(1)).unbind(1)
         out = self.proj_out(normed.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1)).to(dtype)).float()
@@ -381,7 +371,7 @@ class StepVideoDiT(WrappedModel):
         shift, scale = (table[:2] + inp.mod[:, :2]).unbind(1)
         normed = F.layer_norm(x.float(), x.shape[-1:], norm.weight.to(x.device).float(),
                               norm.bias.to(x.device).float(), norm.eps)
-        return _modulate(normed, shift, scale).to(inp.dtype)
+        return modulate(normed, shift, scale).to(inp.dtype)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, p·p·C] (patch rows, patch columns, then channels within a token) → [B, C, F, H, W]."""

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import spread_spans, stream, tile_by_tile, tile_cells
+from ..common.tiling import gather, spread_tiles, stream, tile_by_tile
 
 GROUPS = 32                  # GroupNorm groups, fixed in the official code
 ATTENTION_SCORES = 1 << 28   # causal attention runs in query blocks of at most this many scores
@@ -382,7 +382,7 @@ class StepVideoVAE(nn.Module):
             raise InputError(f"the video is {width}×{height}, but the Step-Video VAE needs width and height that "
                              f"are multiples of {s}", f"resize or crop the video, e.g. to {width // s * s}×"
                              f"{height // s * s}")
-        tiles, overlap = self._tiles(height // s, width // s, tile_size, tile_overlap)
+        tiles, overlap = spread_tiles(height // s, width // s, tile_size, tile_overlap, self.cfg.spatial_stride)
 
         def step(x: torch.Tensor, cache: dict) -> torch.Tensor:
             return self.encoder(x.to(device, dtype))[:, :cfg.latent_channels]
@@ -394,14 +394,8 @@ class StepVideoVAE(nn.Module):
     def decode(self, latent: torch.Tensor, tile_size: int | None = None,
                tile_overlap: int | None = None) -> torch.Tensor:
         """A latent [B, 64, 3n, h, w] → video [B, 3, 17n, 16h, 16w], float32, nominally in [-1, 1] (unclamped)."""
-        out, at = None, 0
-        for chunk in self.decode_iter(latent, tile_size, tile_overlap):
-            if out is None:
-                frames = latent.shape[2] // self.cfg.chunk_latents * self.cfg.chunk_frames
-                out = torch.empty(*chunk.shape[:2], frames, *chunk.shape[3:], device=chunk.device)
-            out[:, :, at:at + chunk.shape[2]] = chunk
-            at += chunk.shape[2]
-        return out
+        frames = latent.shape[2] // self.cfg.chunk_latents * self.cfg.chunk_frames
+        return gather(self.decode_iter(latent, tile_size, tile_overlap), frames)
 
     @torch.no_grad()
     def decode_iter(self, latent: torch.Tensor, tile_size: int | None = None,
@@ -414,7 +408,8 @@ class StepVideoVAE(nn.Module):
             raise InputError(f"the latent has shape {tuple(latent.shape)}, but the Step-Video VAE decodes "
                              f"[batch, {cfg.latent_channels}, 3n frames, height, width] latents",
                              "decode with the VAE of the model that made the latent")
-        tiles, overlap = self._tiles(latent.shape[3], latent.shape[4], tile_size, tile_overlap)
+        tiles, overlap = spread_tiles(latent.shape[3], latent.shape[4], tile_size, tile_overlap,
+                                      self.cfg.spatial_stride)
 
         def step(zc: torch.Tensor, cache: dict) -> torch.Tensor:
             return self.decoder(zc.to(device, dtype)).float()
@@ -434,11 +429,3 @@ class StepVideoVAE(nn.Module):
         weight = self.decoder.conv_in.conv.weight
         return weight.device, weight.dtype
 
-    def _tiles(self, h: int, w: int, tile_size: int | None, tile_overlap: int | None):
-        """Tiles as (rows, columns) ranges in latent cells, and their overlap in cells."""
-        if tile_size is None:
-            return [((0, h), (0, w))], 0
-        tile, overlap = tile_cells(tile_size, tile_overlap, self.cfg.spatial_stride)
-        overlap = min(overlap, tile - 1)
-        rows, cols = spread_spans(h, tile, overlap), spread_spans(w, tile, overlap)
-        return [(r, c) for r in rows for c in cols], overlap

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm
+from ..common.norms import RMSNorm, layer_norm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking
 from ..common.wrappers import WrappedModel
@@ -76,11 +76,6 @@ class StepInputs(NamedTuple):
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight.float(), None if layer.bias is None else layer.bias.float())
 
-
-def _layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
-    if norm is None:
-        return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
-    return F.layer_norm(x.float(), x.shape[-1:], norm.weight.float(), norm.bias.float(), eps)
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -157,20 +152,20 @@ class WanBlock(nn.Module):
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + inp.e0).unsqueeze(2)  # [B, G, 1, 6, D]
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(3)
-        h = _modulate(_layer_norm(x, self.eps), shift_sa, scale_sa).to(inp.dtype)
+        h = _modulate(layer_norm(x, self.eps), shift_sa, scale_sa).to(inp.dtype)
         x = x + _gate(self.self_attn(h, inp), gate_sa)
-        x = x + self.cross_attn(_layer_norm(x, self.eps, self.norm3).to(inp.dtype), inp).float()
+        x = x + self.cross_attn(layer_norm(x, self.eps, self.norm3).to(inp.dtype), inp).float()
         length = x.shape[1]
         if chunking(inp.chunk, length):
             return add_in_chunks(x, lambda s: self._ffn_branch(
                 x[:, s], *(_rows(m, s, length) for m in (shift_ff, scale_ff, gate_ff)), inp.dtype), inp.chunk)
-        h = _modulate(_layer_norm(x, self.eps), shift_ff, scale_ff).to(inp.dtype)
+        h = _modulate(layer_norm(x, self.eps), shift_ff, scale_ff).to(inp.dtype)
         return x + _gate(self.ffn(h), gate_ff)
 
 
     def _ffn_branch(self, x: torch.Tensor, shift, scale, gate, dtype: torch.dtype) -> torch.Tensor:
         """The gated FFN branch of the tokens x (a chunk), with their modulation vectors."""
-        return _gate(self.ffn(_modulate(_layer_norm(x, self.eps), shift, scale).to(dtype)), gate)
+        return _gate(self.ffn(_modulate(layer_norm(x, self.eps), shift, scale).to(dtype)), gate)
 
 
 class Head(nn.Module):
@@ -183,7 +178,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(2)  # [B, G, 1, 2, D]
         shift, scale = mod.unbind(3)
-        return self.head(_modulate(_layer_norm(x, self.eps), shift, scale).to(dtype))
+        return self.head(_modulate(layer_norm(x, self.eps), shift, scale).to(dtype))
 
 
 class ImageEmbedding(nn.Module):
@@ -200,9 +195,9 @@ class ImageEmbedding(nn.Module):
         x = clip_tokens.float()
         if hasattr(self, "emb_pos"):
             x = x + self.emb_pos.float()
-        x = _layer_norm(x, self.proj[0].eps, self.proj[0]).to(dtype)
+        x = layer_norm(x, self.proj[0].eps, self.proj[0]).to(dtype)
         x = self.proj[3](self.proj[2](self.proj[1](x)))
-        return _layer_norm(x, self.proj[4].eps, self.proj[4]).to(dtype)
+        return layer_norm(x, self.proj[4].eps, self.proj[4]).to(dtype)
 
 
 class WanDiT(WrappedModel):

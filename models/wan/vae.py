@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.tiling import check_video, spread_spans, stream, tile_by_tile, tile_cells
+from ..common.tiling import check_video, spread_tiles, stream, tile_by_tile
 
 # Per-channel latent statistics: the DiTs work on (mu - mean) / std. Values from the official Wan2_1_VAE / Wan2_2_VAE.
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -345,7 +345,7 @@ class WanVAE(nn.Module):
         s, ts = cfg.spatial_stride, cfg.temporal_stride
         check_video(video, ts, s, cfg.kind)
         frames, height, width = video.shape[2:]
-        tiles, overlap = self._tiles(height // s, width // s, tile_size, tile_overlap)
+        tiles, overlap = spread_tiles(height // s, width // s, tile_size, tile_overlap, self.cfg.spatial_stride)
         chunks = [(0, 1)] + [(t, t + ts) for t in range(1, frames, ts)]
 
         def step(x: torch.Tensor, cache: Cache) -> torch.Tensor:
@@ -388,7 +388,7 @@ class WanVAE(nn.Module):
         def step(zc: torch.Tensor, cache: Cache) -> torch.Tensor:
             return _unpatchify(self.decoder(self.conv2(zc.to(device, dtype)), cache), cfg.patch_size)
 
-        tiles, overlap = self._tiles(z.shape[3], z.shape[4], tile_size, tile_overlap)
+        tiles, overlap = spread_tiles(z.shape[3], z.shape[4], tile_size, tile_overlap, self.cfg.spatial_stride)
         return step, z, [(t, t + 1) for t in range(z.shape[2])], tiles, overlap
 
     def _placement(self) -> tuple[torch.device, torch.dtype]:
@@ -399,11 +399,3 @@ class WanVAE(nn.Module):
         std = torch.tensor(self.cfg.latents_std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
         return mean, std
 
-    def _tiles(self, h: int, w: int, tile_size: int | None, tile_overlap: int | None):
-        """Tiles as (rows, columns) ranges in latent cells, and their overlap in cells."""
-        if tile_size is None:
-            return [((0, h), (0, w))], 0
-        tile, overlap = tile_cells(tile_size, tile_overlap, self.cfg.spatial_stride)
-        overlap = min(overlap, tile - 1)
-        rows, cols = spread_spans(h, tile, overlap), spread_spans(w, tile, overlap)
-        return [(r, c) for r in rows for c in cols], overlap
