@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn as nn
 
-from ...errors import InputError
+from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from .ops import Ops
@@ -53,6 +53,23 @@ def find_prefix(ckpt: Checkpoint, anchors: tuple[str, ...]) -> str | None:
 def keep_under(ckpt: Checkpoint, prefix: str) -> Checkpoint:
     """Keys under `prefix`, with it removed; other keys (other models in a combined file) are dropped."""
     return ckpt.renamed(lambda k: k[len(prefix):] if k.startswith(prefix) else None)
+
+
+def require_keys(ckpt: Checkpoint, needed: tuple[str, ...], what: str) -> None:
+    """A DetectionError naming the keys of `needed` that a checkpoint of `what` (e.g. "a Wan model") lacks."""
+    missing = [k for k in needed if k not in ckpt]
+    if missing:
+        raise DetectionError(f"{ckpt.name} looks like {what} but lacks {', '.join(missing)}",
+                             "the file is incomplete or not a full model; download it again")
+
+
+def padded_text(text: torch.Tensor, mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text token states [B, L, W] zero-padded to `length` tokens, and their mask (True: a real token) padded alike,
+    so two prompts' states batch for classifier-free guidance."""
+    real = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if mask is None else mask.bool()
+    pad = length - text.shape[1]
+    return (torch.cat([text, text.new_zeros(text.shape[0], pad, *text.shape[2:])], dim=1),
+            torch.cat([real, real.new_zeros(real.shape[0], pad)], dim=1))
 
 
 @dataclass(frozen=True)

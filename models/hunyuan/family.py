@@ -24,7 +24,7 @@ from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, find_prefix,
-                             register_family)
+                             padded_text, register_family, require_keys)
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from .model import FP32_PARAMS, HunyuanConfig, HunyuanDiT
@@ -156,9 +156,6 @@ def _rope_axes(head_dim: int) -> tuple[int, int, int]:
     return t, h, head_dim - t - h
 
 
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.cat([t, t.new_zeros(t.shape[0], length - t.shape[1], *t.shape[2:])], dim=1)
-
 
 class HunyuanFamily(DiTFamily):
     name = "hunyuan"
@@ -181,10 +178,7 @@ class HunyuanFamily(DiTFamily):
         needed = ("img_in.proj.weight", "txt_in.input_embedder.weight", "vector_in.in_layer.weight",
                   "time_in.mlp.0.weight", "final_layer.linear.weight", "double_blocks.0.img_mlp.fc1.weight",
                   "txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")
-        missing = [k for k in needed if k not in ckpt]
-        if missing:
-            raise DetectionError(f"{ckpt.name} looks like a HunyuanVideo model but lacks {', '.join(missing)}",
-                                 "the file is incomplete or not a full model; download it again")
+        require_keys(ckpt, needed, "a HunyuanVideo model")
         config = ckpt.config or {}
         if config.get("image_condition_type"):
             raise DetectionError(f"{ckpt.name} is HunyuanVideo-I2V ({config['image_condition_type']} image "
@@ -274,8 +268,8 @@ class HunyuanFamily(DiTFamily):
         length = max(embeds.positive.shape[1], embeds.negative.shape[1])
 
         def branch(text: torch.Tensor, mask: torch.Tensor | None, pooled: torch.Tensor) -> dict:
-            real = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if mask is None else mask.bool()
-            return {"context": _pad(text, length), "context_mask": _pad(real, length), "pooled": pooled}
+            context, context_mask = padded_text(text, mask, length)
+            return {"context": context, "context_mask": context_mask, "pooled": pooled}
 
         shared = {"guidance": self.embedded_scale(embeds, defaults)} if spec.config.guidance_embed else {}
         return ModelInputs(branch(embeds.positive, embeds.positive_mask, embeds.positive_pooled),

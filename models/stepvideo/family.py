@@ -21,7 +21,8 @@ import torch
 from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
-from ..common.family import Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, register_family
+from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, padded_text,
+                             register_family, require_keys)
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from .latents import latent_format_for
@@ -49,9 +50,6 @@ def _count(ckpt: Checkpoint) -> int:
     return max(found) + 1 if found else 0
 
 
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.cat([t, t.new_zeros(t.shape[0], length - t.shape[1], *t.shape[2:])], dim=1)
-
 
 class StepVideoFamily(DiTFamily):
     name = "stepvideo"
@@ -64,10 +62,7 @@ class StepVideoFamily(DiTFamily):
         needed = ("pos_embed.proj.weight", "proj_out.weight", "caption_projection.linear_1.weight",
                   "clip_projection.weight", "transformer_blocks.0.ff.net.0.proj.weight",
                   "transformer_blocks.0.attn1.wqkv.weight")
-        missing = [k for k in needed if k not in ckpt]
-        if missing:
-            raise DetectionError(f"{ckpt.name} looks like a Step-Video-T2V model but lacks {', '.join(missing)}",
-                                 "the file is incomplete or not a full model; download it again")
+        require_keys(ckpt, needed, "a Step-Video-T2V model")
         config = ckpt.config or {}
         embed = ckpt.shape("pos_embed.proj.weight")
         hidden, in_channels, patch = embed[0], embed[1], embed[2]
@@ -146,8 +141,8 @@ class StepVideoFamily(DiTFamily):
         length = max(embeds.positive.shape[1], embeds.negative.shape[1])
 
         def branch(text: torch.Tensor, mask: torch.Tensor | None, clip: torch.Tensor) -> dict:
-            real = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device) if mask is None else mask.bool()
-            return {"context": _pad(text, length), "context_mask": _pad(real, length), "clip": clip}
+            context, context_mask = padded_text(text, mask, length)
+            return {"context": context, "context_mask": context_mask, "clip": clip}
 
         return ModelInputs(branch(embeds.positive, embeds.positive_mask, embeds.positive_2),
                            branch(embeds.negative, embeds.negative_mask, embeds.negative_2))

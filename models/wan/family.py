@@ -14,7 +14,7 @@ from ...errors import DetectionError, InputError
 from ...handles import DiTSpec, TextEmbeds
 from ...latents import ImageConditioning, LatentFormat
 from ..common.family import (Checkpoint, DiTFamily, LoraTarget, ModelInputs, SamplingDefaults, find_prefix,
-                             register_family)
+                             register_family, require_keys)
 from ..common.ops import Ops
 from ..common.token_chunks import chunking
 from . import latents as wan_latents
@@ -99,10 +99,7 @@ class WanFamily(DiTFamily):
                 raise DetectionError(f"{ckpt.name} is {what}, which OpenReel does not support yet",
                                      "use a Wan2.1 / Wan2.2 / SkyReels-V2 T2V, I2V, FLF2V, TI2V or DF model")
         needed = ("patch_embedding.weight", "head.head.weight", "blocks.0.ffn.0.weight", "text_embedding.0.weight")
-        missing = [k for k in needed if k not in ckpt]
-        if missing:
-            raise DetectionError(f"{ckpt.name} looks like a Wan model but lacks {', '.join(missing)}",
-                                 "the file is incomplete or not a full model; download it again")
+        require_keys(ckpt, needed, "a Wan model")
         dim = ckpt.shape("head.modulation")[-1]
         in_dim = ckpt.shape("patch_embedding.weight")[1]
         patch = tuple(ckpt.shape("patch_embedding.weight")[2:])
