@@ -106,17 +106,19 @@ class Peak:
     weights: int       # resident weights
     ring: int          # the swap rings' GPU blocks
     activations: int
+    cached: int = 0    # what a step cache keeps between calls (its residuals of the blocks' stream)
 
     @property
     def total(self) -> int:
-        return self.weights + self.ring + self.activations
+        return self.weights + self.ring + self.activations + self.cached
 
 
 def predict(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, batch: int, *, swap: int = 0,
             fp8: bool = False, batched_cfg: bool = False, offload_embeddings: bool = False,
-            compute_itemsize: int = 2) -> Peak:
+            compute_itemsize: int = 2, cached: int = 0) -> Peak:
     """Peak VRAM of one model call of a batch of `batch` latents with these settings; `activation_bytes` is the
-    family's estimate of a forward's working memory (models/<family>/family.py)."""
+    family's estimate of a forward's working memory (models/<family>/family.py); `cached`: what a step cache keeps
+    between calls."""
     blocks = wb.blocks_fp8 if fp8 else wb.blocks
     first = len(blocks) - swap
     weights = wb.other + (0 if offload_embeddings else wb.embedders) + sum(blocks[:first])
@@ -126,7 +128,7 @@ def predict(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, bat
         activations += 2 * wb.largest_linear * compute_itemsize  # the upcast weight and its scaled copy
     if offload_embeddings:  # staged on the GPU once per call, before the blocks' activations exist
         activations = max(activations, wb.embedders)
-    return Peak(weights, ring, activations)
+    return Peak(weights, ring, activations, cached)
 
 
 @dataclass(frozen=True)
@@ -228,15 +230,17 @@ def _without_chunks(plain: _Option | None, fp8: bool, swap: int, offload: bool, 
 
 def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, latent_shape: tuple[int, ...],
              budget: Budget | None, *, allow_fp8: bool = False, compute_itemsize: int = 2,
-             name: str = "the model", chunks: TokenChunks | None = None) -> Plan:
+             name: str = "the model", chunks: TokenChunks | None = None, cached: int = 0) -> Plan:
     """The plan for a model measured as `wb`, for a latent of `latent_shape` that makes `tokens` tokens per video;
-    `chunks`: the model can run in token chunks, with these activations (see `plan` for the usual entry point)."""
+    `chunks`: the model can run in token chunks, with these activations; `cached`: what a step cache keeps between
+    calls (see `plan` for the usual entry point)."""
     batch, _, frames, height, width = latent_shape
     count = len(wb.blocks)
     head = (f"{name}: {count} blocks, {_gib(sum(wb.blocks) + wb.other + wb.embedders)} of weights; latent "
             f"{batch}×{frames}×{height}×{width} → {tokens:,} tokens per video.")
     if budget is None:
-        peak = predict(wb, activation_bytes, tokens, batch, batched_cfg=True, compute_itemsize=compute_itemsize)
+        peak = predict(wb, activation_bytes, tokens, batch, batched_cfg=True, compute_itemsize=compute_itemsize,
+                       cached=cached)
         return Plan(0, False, True, False, peak, None, True,
                     f"{head}\nThe compute device is not a CUDA GPU: no VRAM budget applies; everything stays resident.")
 
@@ -250,7 +254,7 @@ def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, la
             for batched in (True, False):
                 yield _Option(fp8, swap, offload, chunk, batched,
                               predict(wb, activations, tokens, batch, swap=swap, fp8=fp8, batched_cfg=batched,
-                                      offload_embeddings=offload, compute_itemsize=compute_itemsize))
+                                      offload_embeddings=offload, compute_itemsize=compute_itemsize, cached=cached))
 
     options = [s for c in _candidates(count, allow_fp8 and not wb.stored_fp8) for s in settings(*c)]
     chosen = next((s for s in options if s.peak.total <= budget.bytes), None)
@@ -269,7 +273,8 @@ def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, la
     lines = [head, f"Budget {_gib(budget.bytes)} ({budget.source}).",
              ("Plan: " if fits else "Does NOT fit. Smallest possible: ") + ", ".join(what) + ".",
              f"Predicted peak {_gib(peak.total)} = weights {_gib(peak.weights)}"
-             + (f" + swap ring {_gib(peak.ring)}" if peak.ring else "") + f" + activations {_gib(peak.activations)}."]
+             + (f" + swap ring {_gib(peak.ring)}" if peak.ring else "") + f" + activations {_gib(peak.activations)}"
+             + (f" + step-cache residuals {_gib(peak.cached)}" if peak.cached else "") + "."]
     if chunk:
         unchunked = predict(wb, activation_bytes, tokens, batch, swap=swap, fp8=fp8, batched_cfg=batched,
                             offload_embeddings=offload, compute_itemsize=compute_itemsize).activations
@@ -301,7 +306,18 @@ def plan(handle: DiTHandle, module: nn.Module, latent_shape: tuple[int, ...],
     if supports_token_chunks(module):
         chunks = TokenChunks(TOKEN_CHUNK, lambda tokens, batch: family.activation_bytes(spec, tokens, batch,
                                                                                         token_chunk=TOKEN_CHUNK))
+    tokens = family.tokens(spec, tuple(latent_shape))
     return plan_for(weight_bytes(module), lambda tokens, batch: family.activation_bytes(spec, tokens, batch),
-                    family.tokens(spec, tuple(latent_shape)), tuple(latent_shape), budget,
-                    allow_fp8=allow_fp8, compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2),
-                    name=spec.description, chunks=chunks)
+                    tokens, tuple(latent_shape), budget, allow_fp8=allow_fp8,
+                    compute_itemsize=_ITEMSIZE.get(handle.compute_dtype, 2), name=spec.description, chunks=chunks,
+                    cached=step_cache_bytes(handle, tokens, latent_shape[0]))
+
+
+def step_cache_bytes(handle: DiTHandle, tokens: int, batch: int) -> int:
+    """What the handle's step cache keeps between calls: TeaCache and MagCache a residual of the blocks' stream per
+    guidance branch (two: the plan does not know the guidance, and classifier-free guidance is the rule);
+    EasyCache only a latent-sized difference. Put the Step Cache before the VRAM Budget so the plan sees it."""
+    settings = handle.patch("step_cache")
+    if settings is None or getattr(settings, "method", "easycache") == "easycache" or settings.threshold <= 0:
+        return 0
+    return 2 * family_of(handle.spec).stream_bytes(handle.spec, tokens, batch)

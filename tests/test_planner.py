@@ -280,3 +280,35 @@ def test_token_chunks_are_not_chosen_where_they_free_nothing(wb14):
     peaks = [predict(wb, figure(chunk), 75_600, 1) for chunk in (TOKEN_CHUNK, 0)]
     assert peaks[0].activations < 0.75 * peaks[1].activations
     assert plan(handle, model, LATENT_720P, (peaks[0].total + peaks[1].total) // 2).token_chunk == TOKEN_CHUNK
+
+
+@pytest.mark.parametrize("batch_cfg", [True, False])
+def test_the_plan_reserves_what_a_step_cache_keeps(kit, batch_cfg):
+    """TeaCache / MagCache keep a float32 residual of the blocks' stream per guidance branch between calls: the
+    plan counts it (before: nothing), and it is what a run leaves in the cache, whether CFG is batched or not."""
+    from openreel.handles import TextEmbeds
+    from openreel.latents import empty_latent, latent_format
+    from openreel.nodes.cache import OpenReelStepCache
+    from openreel.samplers.sample import sample
+
+    dit = kit["t2v"]
+    cached = OpenReelStepCache().apply(dit, "magcache", 0.1, 0, -1, True, 2, 0.0, "1, 0")["result"][0]
+    latent = empty_latent(latent_format("wan21"), 64, 64, 5)
+    shape = tuple(latent["samples"].shape)
+    tokens = 2 * 4 * 4  # 2 latent frames of 8×8 cells in 2×2 patches
+    expected = 2 * tokens * dit.spec.config.dim * 4
+    plain, with_cache = (plan(h, module_of(h), shape, 1 << 40) for h in (dit, cached))
+    assert plain.peak.cached == 0 and with_cache.peak.cached == expected
+    assert with_cache.peak.total == plain.peak.total + expected and "step-cache residuals" in with_cache.explanation
+
+    embeds = TextEmbeds(torch.randn(1, 6, 64), torch.randn(1, 4, 64))
+    module = prepare(cached)
+    module.cfg_batching = batch_cfg
+    try:
+        sample(cached, embeds, latent, seed=1, steps=3, guidance=5.0)
+    finally:
+        module.cfg_batching = None
+    state = module.wrappers.get("step_cache")._state
+    kept = [t for layout in state.residuals.values() for t in torch.utils._pytree.tree_leaves(layout)
+            if isinstance(t, torch.Tensor)]
+    assert sum(t.numel() * t.element_size() for t in kept) == expected

@@ -201,6 +201,11 @@ class DiTFamily:
         in `token_chunk`-token slices where the network supports it (0: whole)."""
         raise NotImplementedError
 
+    def stream_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+        """Bytes of the blocks' stream for `tokens` video tokens (what a step cache keeps per guidance branch as a
+        residual): by default float32 of the config's `hidden` width per token."""
+        return batch * tokens * spec.config.hidden * 4
+
 
 class VAEFamily:
     """The adapter of one family of video VAEs: recognition, config from shapes, build, and its latent format.

@@ -283,6 +283,10 @@ class HunyuanFamily(DiTFamily):
         return hunyuan_step_cache_profile(spec, latent_shape, pair)
 
     # ------------------------------------------------------------------ memory
+    def stream_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+        """The float32 stream of the image tokens and the (at most 256) text tokens the single-stream blocks join."""
+        return batch * (tokens + 256) * spec.config.hidden * 4
+
     def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
         """Peak working memory of one forward, counted from the tensors alive at its largest moment. Per token of
         L = image tokens + the 256 LLaVA tokens at most (D = hidden, W = MLP width, 16-bit compute), plus the

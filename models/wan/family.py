@@ -208,6 +208,10 @@ class WanFamily(DiTFamily):
                            {"context": _pad_to(embeds.negative, length)}, shared)
 
     # ------------------------------------------------------------------ memory
+    def stream_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1) -> int:
+        """The float32 stream of `dim` per token."""
+        return batch * tokens * spec.config.dim * 4
+
     def activation_bytes(self, spec: DiTSpec, tokens: int, batch: int = 1, token_chunk: int = 0) -> int:
         """Per token: about four float32 copies of the residual stream alive at once (the stream, its normalized
         and modulated copy, the gated branch in float32 and the new sum: 16 × dim bytes) and the FFN hidden state
