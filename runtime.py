@@ -21,12 +21,13 @@ from .errors import InputError
 
 try:  # pragma: no cover - exercised only inside a ComfyUI process
     import comfy.model_management as _mm
+    import comfy.model_patcher as _model_patcher
     import comfy.utils as _comfy_utils
     import folder_paths as _folder_paths
 
     IN_COMFYUI = True
 except ImportError:
-    _mm = _comfy_utils = _folder_paths = None
+    _mm = _model_patcher = _comfy_utils = _folder_paths = None
     IN_COMFYUI = False
 
 # ComfyUI's folder names, and the legacy folder names it also searches.
@@ -138,19 +139,17 @@ def holder(module: torch.nn.Module) -> _Holder:
 def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.device:
     """Put `module` on the compute device for use, with `memory_required` bytes of working memory to spare.
 
-    Inside ComfyUI this goes through its memory manager: other models are unloaded as needed, and ComfyUI may
-    unload (or partly unload) this one later when it needs room, so call this before every use. Returns the device.
+    Inside ComfyUI this goes through its model manager, where the module stays registered: other models (native
+    ones too) are unloaded as needed, and ComfyUI's own free paths (a native model's load, `POST /free`, "unload
+    models") may unload this one, wholly or partly. Call this before every use: the manager loads again whatever
+    it unloaded. Returns the device.
     """
     device = torch_device()
     if IN_COMFYUI and _mm.vram_state != _mm.VRAMState.NO_VRAM:
-        patcher = module.__dict__.get("_openreel_patcher")
-        if patcher is None:
-            import comfy.model_patcher
-
-            patcher = comfy.model_patcher.ModelPatcher(holder(module), load_device=device,
-                                                       offload_device=offload_device(), size=module_bytes(module))
-            module._openreel_patcher = patcher  # ComfyUI holds patchers weakly; the module keeps its own alive
-        _mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        # A full load: our layers are plain torch modules, not ComfyUI's weight-casting ops, so a partial load
+        # would leave weights on the host that our kernels read on the device. (Block swap hands over only the
+        # part it keeps resident, so that is all the manager is asked to hold.) NO_VRAM mode loads nothing fully.
+        _mm.load_models_gpu([_patcher(module, device)], memory_required=memory_required, force_full_load=True)
         return device
     free_memory(module_bytes(module) + memory_required, device)
     host = _tensors(module) if device.type != "cpu" else []
@@ -159,6 +158,25 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         module.__dict__["_openreel_host"] = [(owner, name, old, _stamp(owner, name))
                                              for owner, name, old in host if old.device.type == "cpu"]
     return device
+
+
+def _patcher(module: torch.nn.Module, device: torch.device):
+    """The ComfyUI ModelPatcher that registers `module` with the model manager, made on first use."""
+    patcher = module.__dict__.get("_openreel_patcher")
+    if patcher is None:
+        patcher = _model_patcher.ModelPatcher(holder(module), load_device=device, offload_device=offload_device(),
+                                              size=module_bytes(module))
+        module._openreel_patcher = patcher  # ComfyUI holds patchers weakly; the module keeps its own alive
+    return patcher
+
+
+def _unload(patcher) -> None:
+    """Unload one registered model the manager's own way: asked for all the memory it can free (as its own
+    `unload_all_models` asks), `free_memory` unloads every model on the device that is not in `keep_loaded` and
+    drops it from its list; every model but this one is kept. (A `LoadedModel`'s `model_unload` alone would leave
+    an entry in that list that only the manager may remove.)"""
+    others = [_mm.LoadedModel(p) for p in _mm.loaded_models() if p is not None and p is not patcher]
+    _mm.free_memory(1e30, patcher.load_device, keep_loaded=others)
 
 
 def _tensors(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
@@ -200,14 +218,11 @@ def _back_to_host_copies(module: torch.nn.Module) -> bool:
 
 
 def offload_model(module: torch.nn.Module) -> None:
-    """Move `module` back to the offload device (e.g. the expert that is done), freeing its VRAM."""
+    """Move `module` back to the offload device (e.g. the expert that is done), freeing its VRAM; inside ComfyUI
+    the model manager unloads it and stops holding it."""
     patcher = module.__dict__.get("_openreel_patcher")
     if IN_COMFYUI and patcher is not None:
-        for i, loaded in enumerate(_mm.current_loaded_models):
-            if loaded.model is patcher:
-                loaded.model_unload()
-                _mm.current_loaded_models.pop(i)
-                break
+        _unload(patcher)
     elif not _back_to_host_copies(module):
         module.to(offload_device())
     empty_cache()

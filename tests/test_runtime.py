@@ -1,4 +1,8 @@
-"""The ComfyUI bridge's pieces that work without ComfyUI."""
+"""The ComfyUI bridge's pieces that work without ComfyUI, and its ComfyUI branch against a fake model manager."""
+import enum
+import types
+
+import pytest
 import torch
 
 from openreel import runtime
@@ -64,3 +68,151 @@ def test_a_model_changed_while_loaded_is_copied_back_not_restored():
         assert not runtime._back_to_host_copies(model)
     finally:
         runtime.set_device("cpu")
+
+
+class _ManagerList(list):
+    """ComfyUI's `current_loaded_models`: the fake manager changes it through `list`'s own methods; any other change
+    (as `offload_model` once popped it) fails the test."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("ComfyUI's loaded-model list was changed from outside its model manager")
+
+    append = insert = pop = remove = clear = extend = __setitem__ = __delitem__ = __iadd__ = _refuse
+
+
+class _FakePatcher:
+    """comfy.model_patcher.ModelPatcher as far as the manager below uses it."""
+
+    def __init__(self, model, load_device, offload_device, size=0):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        self.loaded = False
+        self.requested = 0  # ComfyUI logs "Requested to load <model class>" once per registration
+
+
+class _FakeLoadedModel:
+    """comfy.model_management.LoadedModel: equal when it holds the same patcher."""
+
+    def __init__(self, model):
+        self.model, self.device = model, model.load_device
+
+    def __eq__(self, other):
+        return self.model is other.model
+
+
+class _FakeManager:
+    """comfy.model_management 0.3.64 for the calls the bridge makes (model_management.py L569-700): a load keeps a
+    model registered; `free_memory` unloads the models on a device not in `keep_loaded` and drops them from its
+    list; `unload_all_models` (POST /free, "unload models") is `free_memory(1e30, device)`."""
+
+    class VRAMState(enum.Enum):
+        NO_VRAM = 1
+        NORMAL_VRAM = 3
+
+    LoadedModel = _FakeLoadedModel
+
+    def __init__(self):
+        self.vram_state = self.VRAMState.NORMAL_VRAM
+        self.current_loaded_models = _ManagerList()
+        self.calls = []
+
+    def get_torch_device(self):
+        return torch.device("cpu")
+
+    unet_offload_device = get_torch_device
+
+    def soft_empty_cache(self):
+        pass
+
+    def loaded_models(self):
+        return [entry.model for entry in self.current_loaded_models]
+
+    def load_models_gpu(self, models, memory_required=0, force_full_load=False):
+        self.calls.append(("load", list(models), memory_required, force_full_load))
+        for patcher in models:
+            entry = _FakeLoadedModel(patcher)
+            if entry in self.current_loaded_models:
+                list.remove(self.current_loaded_models, entry)
+            else:
+                patcher.requested += 1
+            patcher.loaded = True
+            list.insert(self.current_loaded_models, 0, entry)
+
+    def free_memory(self, memory_required, device, keep_loaded=()):
+        self.calls.append(("free", memory_required, device, list(keep_loaded)))
+        for entry in list(self.current_loaded_models):
+            if entry.device == device and entry not in keep_loaded:
+                entry.model.loaded = False
+                list.remove(self.current_loaded_models, entry)
+
+    def unload_all_models(self):
+        self.free_memory(1e30, self.get_torch_device())
+
+
+@pytest.fixture
+def manager(monkeypatch):
+    """The bridge as inside ComfyUI, talking to a fake model manager."""
+    fake = _FakeManager()
+    monkeypatch.setattr(runtime, "IN_COMFYUI", True)
+    monkeypatch.setattr(runtime, "_mm", fake)
+    monkeypatch.setattr(runtime, "_model_patcher", types.SimpleNamespace(ModelPatcher=_FakePatcher))
+    return fake
+
+
+def _native(manager) -> _FakePatcher:
+    """A native ComfyUI model the manager has loaded."""
+    native = _FakePatcher(torch.nn.Linear(2, 2), torch.device("cpu"), torch.device("cpu"))
+    manager.load_models_gpu([native])
+    return native
+
+
+def test_inside_comfyui_our_models_load_and_unload_through_the_model_manager(manager):
+    """Issue 13 item 10: a load registers the model with ComfyUI's manager (fully loaded: our kernels need every
+    weight on the device); an offload unloads it through the manager's own `free_memory`, keeping every other
+    model, and never changes the manager's list itself."""
+    native = _native(manager)
+    model = _small_model()
+    runtime.load_model(model, memory_required=123)
+    (patcher,) = manager.calls[-1][1]
+    assert manager.calls[-1] == ("load", [patcher], 123, True)
+    assert type(patcher.model).__name__ == "OpenReelSequential" and patcher.model.module is model
+    assert patcher.size == runtime.module_bytes(model)
+    assert manager.loaded_models() == [patcher, native] and patcher.loaded
+    runtime.load_model(model)  # before every use: the same registration
+    assert manager.calls[-1][1] == [patcher] and patcher.requested == 1
+    runtime.offload_model(model)
+    kind, _, device, keep = manager.calls[-1]
+    assert kind == "free" and device == patcher.load_device and keep == [_FakeLoadedModel(native)]
+    assert manager.loaded_models() == [native] and native.loaded and not patcher.loaded
+
+
+def test_a_model_comfyui_unloaded_is_loaded_again_at_its_next_use(manager):
+    """POST /free, the "unload models" button or a native model's load unload ours inside the manager; the next
+    use registers and loads it again (same patcher)."""
+    model = _small_model()
+    runtime.load_model(model)
+    (patcher,) = manager.loaded_models()
+    _native(manager)
+    manager.unload_all_models()
+    assert manager.loaded_models() == [] and not patcher.loaded
+    runtime.load_model(model)
+    assert manager.loaded_models() == [patcher] and patcher.loaded and patcher.requested == 2
+    runtime.offload_model(model)  # nothing else loaded: nothing else to keep
+    assert manager.calls[-1][3] == [] and manager.loaded_models() == []
+
+
+def test_block_swap_registers_only_its_resident_part_with_the_manager(manager):
+    """With block swap the manager holds the resident part (and the ring), never the whole model: a whole model
+    it held before block swap was set is unloaded through the manager."""
+    from test_block_swap import build, swap
+    from openreel.memory.block_swap import BlockSwap
+    from openreel.memory import patches
+
+    model = build()
+    runtime.load_model(model)  # a run before block swap was set
+    whole = model._openreel_patcher
+    residency = swap(model, BlockSwap(3, offload_embeddings=True))
+    (view,) = manager.loaded_models()
+    assert view is residency.view._openreel_patcher and not whole.loaded
+    assert view.size == runtime.module_bytes(residency.view) < runtime.module_bytes(model)
+    patches.offload(model)
+    assert manager.loaded_models() == []
