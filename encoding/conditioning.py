@@ -21,7 +21,7 @@ from ..handles import TextEmbeds
 
 ENCODERS = {"umt5": "umT5 (CLIPLoader type wan: Wan, SkyReels-V2)",
             "llama": "Llama + CLIP-L (DualCLIPLoader type hunyuan_video: HunyuanVideo)"}
-UMT5_ROWS = 512  # ComfyUI's umT5 tokenizer pads every prompt to at least this many tokens (Wan's text length)
+UMT5_ROWS = 512  # Wan's text length; ComfyUI's umT5 tokenizer pads every prompt to at least this many tokens
 HONOURED = ("pooled_output", "attention_mask", "guidance")
 # Keys native nodes add whose effect an OpenReel sampler cannot reproduce, and where they come from.
 UNSUPPORTED = {
@@ -83,6 +83,10 @@ def _rows(tensor: torch.Tensor, extra: dict, kind: str, name: str) -> torch.Tens
         nonzero = tensor[0].abs().amax(dim=-1).nonzero()
         # at least one row: a zeroed prompt (ConditioningZeroOut) is the padding alone, one zero row stands for it
         tensor = tensor[:, :int(nonzero[-1]) + 1 if len(nonzero) else 1]
+        if tensor.shape[1] > UMT5_ROWS:
+            raise InputError(f"{name} is {tensor.shape[1]} umT5 tokens long, and Wan models take at most "
+                             f"{UMT5_ROWS} (ComfyUI keeps a longer prompt whole; the official code cuts it)",
+                             "shorten the prompt")
     return tensor
 
 

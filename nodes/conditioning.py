@@ -11,11 +11,15 @@ class OpenReelConditioningToEmbeds(OpenReelNode):
     """Takes ComfyUI's own text encoding (CLIPTextEncode's CONDITIONING) into OpenReel samplers, so the umT5 and
     HunyuanVideo encoder files and text nodes already in use keep working:
     - Wan and SkyReels-V2: CLIPLoader (type wan, umt5_xxl_*.safetensors) → CLIPTextEncode. ComfyUI pads umT5's
-      states to 512 rows with zero rows; they are dropped here (the DiT pads with the same zeros).
+      states to 512 rows with zero rows; they are dropped here (the DiT pads with the same zeros). A prompt over
+      512 tokens, which ComfyUI keeps whole and the official code cuts, is refused.
     - HunyuanVideo: DualCLIPLoader (type hunyuan_video: clip_l + llava_llama3) → CLIPTextEncode: ComfyUI crops the
       video template's tokens as the official pipeline does, and gives CLIP-L's pooled vector; FluxGuidance's
       scale becomes the embedded guidance. TextEncodeHunyuanVideo_ImageToVideo's states start with image tokens
       for HunyuanVideo-I2V, which OpenReel does not run: they cannot be told from text states, so do not use it.
+      Where ComfyUI differs from the official encoding: a prompt over 256 Llama tokens is not cut, CLIP-L's
+      pooled vector of a prompt over 75 tokens comes from its first chunk (split at a word, not cut at 77), and
+      spaces around the prompt are not stripped.
     One plain prompt per input: combined, area, mask, timestep-range, ControlNet or hook conditioning, and
     native image-to-video conditioning (WanImageToVideo), are refused rather than silently dropped. A
     conditioning from another model's encoder with the same widths (e.g. Flux's T5 + CLIP-L for HunyuanVideo)

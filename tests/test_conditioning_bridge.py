@@ -50,9 +50,11 @@ def test_umt5_conditioning_loses_its_zero_padding():
     assert embeds.positive_pooled is None and embeds.positive_mask is None and embeds.embedded_guidance is None
 
 
-def test_umt5_prompt_longer_than_512_tokens_keeps_every_row():
-    long = _rows(530, 3)
-    assert torch.equal(conditioning_to_embeds(_umt5(long), _umt5(_rows(2, 4)), "umt5").positive, long)
+def test_umt5_prompt_of_512_tokens_fits_and_a_longer_one_is_refused():
+    full = _rows(512, 3)
+    assert torch.equal(conditioning_to_embeds(_umt5(full), _umt5(_rows(2, 4)), "umt5").positive, full)
+    with pytest.raises(InputError, match="positive is 530 umT5 tokens long, and Wan models take at most 512"):
+        conditioning_to_embeds(_umt5(_rows(530, 3)), None, "umt5")
 
 
 def test_missing_negative_is_the_positive_zeroed_out():

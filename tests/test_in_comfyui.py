@@ -301,3 +301,63 @@ def test_example_workflow_runs_in_comfyui(comfy, name):
     embedded = json.loads(read_metadata(path)["prompt"])  # ComfyUI adds its own keys (e.g. is_changed)
     assert {k: (v["class_type"], v["inputs"]) for k, v in embedded.items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in prompt.items()}
+
+
+def test_conditioning_bridge_in_comfyui(comfy):
+    """OpenReel To Conditioning's CONDITIONING travels through real ComfyUI links (and ComfyUI's own
+    ConditioningZeroOut) into OpenReel From Conditioning, and the sampler gives the latent it gives from the
+    embeddings directly; an absent negative equals ConditioningZeroOut's. (CLIPLoader type wan cannot load the
+    synthetic umT5: ComfyUI takes a T5 without `encoder.block.23` for a T5-base and refuses its shapes.)"""
+    import torch
+    from safetensors.torch import load_file
+
+    from openreel.encoding.conditioning import ENCODERS
+    from openreel.synthetic import TEXT_ENCODER
+
+    server, _ = comfy
+
+    def sampler(embeds: str, prefix: str) -> dict:
+        return {f"s_{prefix}": {"class_type": "OpenReelSampler", "inputs": {
+                    "seed": 1, "steps": 2, "cfg": 0.0, "shift": 0.0, "solver": "unipc", "cfg_low_noise": 0.0,
+                    "boundary": 0.0, "denoise": 1.0, "add_noise": "enable", "return_with_leftover_noise": "enable",
+                    "dit": ["dit", 0], "embeds": [embeds, 0], "latent": ["latent", 0]}},
+                f"save_{prefix}": {"class_type": "SaveLatent", "inputs": {
+                    "samples": [f"s_{prefix}", 0], "filename_prefix": f"bridge/{prefix}"}}}
+
+    def from_conditioning(negative: list | None) -> dict:
+        inputs = {"positive": ["to_cond", 0], "encoder": ENCODERS["umt5"]}
+        return {"class_type": "OpenReelConditioningToEmbeds",
+                "inputs": inputs if negative is None else {**inputs, "negative": negative}}
+
+    prompt = {
+        "dit": {"class_type": "OpenReelDiTLoader", "inputs": {"model_name": "wan2.1_t2v_1.3B_fp16.safetensors",
+                                                               "weight_dtype": "auto", "compute_dtype": "auto",
+                                                               "recipe": "auto"}},
+        "te": {"class_type": "OpenReelTextEncoderLoader", "inputs": {"model_name": TEXT_ENCODER, "dtype": "auto"}},
+        "vae": {"class_type": "OpenReelVAELoader", "inputs": {"model_name": "wan_2.1_vae.safetensors",
+                                                              "dtype": "auto"}},
+        "text": {"class_type": "OpenReelTextEncode", "inputs": {"prompt": "a red fox walks on the snow",
+                                                                "negative_prompt": "static", "text_encoder": ["te", 0]}},
+        "latent": {"class_type": "OpenReelEmptyLatent", "inputs": {"width": 64, "height": 64, "frames": 5,
+                                                                   "batch": 1, "vae": ["vae", 0]}},
+        "to_cond": {"class_type": "OpenReelEmbedsToConditioning", "inputs": {"embeds": ["text", 0]}},
+        "zero": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["to_cond", 1]}},
+        "bridged": from_conditioning(["to_cond", 1]),
+        "zeroed": from_conditioning(["zero", 0]),
+        "absent": from_conditioning(None),
+        **sampler("text", "direct"), **sampler("bridged", "bridged"), **sampler("zeroed", "zeroed"),
+        **sampler("absent", "absent"),
+    }
+    status, reply = server.post_prompt(prompt)
+    assert status == 200 and not reply.get("node_errors"), reply
+    entry = server.wait_history(reply["prompt_id"])
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-4000:]
+    latents = {}
+    for node, output in entry["outputs"].items():
+        (saved,) = output["latents"]
+        latents[node.removeprefix("save_")] = load_file(
+            str(server.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    assert latents["direct"].abs().sum() > 0
+    assert torch.equal(latents["bridged"], latents["direct"])
+    assert torch.equal(latents["absent"], latents["zeroed"])
+    assert not torch.equal(latents["zeroed"], latents["direct"])  # the negative prompt really reaches the sampler
