@@ -79,10 +79,12 @@ class OpenReelSaveVideo(OpenReelNode):
 
 
 def _input_videos() -> list[str]:
+    """Video files in the input folder and its subfolders (where uploads land), as '/'-separated relative names."""
     folder = runtime.input_dir()
     if not folder.is_dir():
         return []
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
 
 
 class OpenReelLoadVideo(OpenReelNode):
@@ -101,7 +103,9 @@ class OpenReelLoadVideo(OpenReelNode):
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": (_input_videos(), {"tooltip": "A video file in the input folder."}),
+            # video_upload: ComfyUI's frontend adds a button that uploads a video into the input folder.
+            "video": (_input_videos(), {"video_upload": True,
+                                        "tooltip": "A video file in the input folder; upload one with the button."}),
             "start_frame": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "First frame to load (0-based)."}),
             "frame_count": ("INT", {"default": 0, "min": 0, "max": 100_000,
                                     "tooltip": "How many frames to load; 0 loads to the end."}),
@@ -116,7 +120,8 @@ class OpenReelLoadVideo(OpenReelNode):
     @classmethod
     def VALIDATE_INPUTS(cls, video):
         if not (runtime.input_dir() / video).is_file():
-            return f"{cls.DISPLAY_NAME}: video {video!r} is not in the input folder. Upload it or pick another file."
+            return (f"{cls.DISPLAY_NAME}: video {video!r} is not in the input folder ({runtime.input_dir()}). "
+                    "Upload it with the node's upload button, put it in that folder, or pick another file.")
         return True
 
     def load(self, video, start_frame, frame_count, stride):

@@ -80,3 +80,21 @@ def test_load_video_range_and_stride(dirs):
     assert torch.equal(frames, full[2:10:2])
     with pytest.raises(InputError, match="no frames from frame 50"):
         OpenReelLoadVideo().load("src.mp4", 50, 0, 1)
+
+
+def test_load_video_has_comfyui_upload_button_and_lists_uploaded_files(dirs):
+    """Issue 13 item 8: the node's error said "Upload it" but it had no upload button. ComfyUI's frontend adds one to
+    a file list declaring `video_upload`; an upload lands in the input folder (a subfolder such as "pasted/" and a
+    " (1)" suffix for a repeated name), and the list, the check and the load find it there."""
+    video_input = OpenReelLoadVideo.INPUT_TYPES()["required"]["video"]
+    assert video_input[1].get("video_upload") is True
+    OpenReelSaveVideo().save(24.0, "src", 0, "yuv444p", images=gradient_video(6))
+    (dirs / "input" / "pasted").mkdir(parents=True)
+    (dirs / "input" / "not_a_video.mp4").mkdir()  # a folder named like a video is no choice
+    (dirs / "output" / "src_00001_.mp4").rename(dirs / "input" / "pasted" / "clip (1).mp4")
+    assert OpenReelLoadVideo.INPUT_TYPES()["required"]["video"][0] == ["pasted/clip (1).mp4"]
+    assert OpenReelLoadVideo.VALIDATE_INPUTS("pasted/clip (1).mp4") is True
+    frames, fps, count = OpenReelLoadVideo().load("pasted/clip (1).mp4", 0, 0, 1)
+    assert count == 6 and frames.shape == (6, 32, 48, 3) and fps == pytest.approx(24.0)
+    message = OpenReelLoadVideo.VALIDATE_INPUTS("other.mp4")
+    assert str(dirs / "input") in message and "upload button" in message
