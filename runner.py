@@ -219,8 +219,8 @@ def execute(prompt: dict, ui_workflow: dict | None = None, log=print) -> RunResu
 
 # A synthetic run keeps every size small: the models are tiny and random, the point is to exercise the graph.
 # A value may be a function of the node's inputs.
-SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64,  # frames of the workflow's rule: 4n+1 or 17n
-                                           "frames": lambda inputs: 17 if inputs.get("frames", 0) % 17 == 0 else 5},
+SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64,
+                                           "frames": lambda inputs: _few_frames(inputs["frames"])},
                    "OpenReelImageToVideo": {"width": 64, "height": 64, "frames": 5},
                    "OpenReelSampler": {"steps": 2},
                    "OpenReelDiffusionForcingSampler": {"width": 64, "height": 64, "num_frames": 53,
@@ -228,6 +228,14 @@ SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64,  # frames 
                    # Tiny random models have no published calibration: give TeaCache / MagCache a plain one.
                    "OpenReelStepCache": {"coefficients": lambda inputs: "" if inputs.get("method") == "easycache"
                                          else inputs.get("coefficients") or "1, 0"}}
+
+
+def _few_frames(frames) -> object:
+    """The fewest frames of the workflow's own frame rule (17n: 17; 4n+1: 5); a count that follows no rule, or is
+    a link, is left for validation to report."""
+    if not isinstance(frames, int):
+        return frames
+    return 17 if frames % 17 == 0 else 5 if frames % 4 == 1 else frames
 
 
 def synthetic_inputs(entry: dict) -> dict:

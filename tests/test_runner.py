@@ -188,3 +188,20 @@ def test_sizes_frames_and_the_output_folder_are_checked_before_anything_runs(tmp
     a_file.write_text("")
     assert main(str(path), str(tmp_path / "models"), str(a_file), [], log=lambda *_: None) == EXIT_INVALID
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_synthetic_run_keeps_the_workflows_frame_rule_and_reports_a_count_of_none():
+    """A synthetic run shrinks frames within the workflow's own rule (Step-Video's 17n stays 17n, Wan's 4n+1 stays
+    4n+1), and leaves a count of no rule for validation to report (before: it became 5 and failed late, at the
+    latent node, with a message about 5 frames the user never wrote)."""
+    from openreel.runner import synthetic_inputs
+
+    def frames(n):
+        return synthetic_inputs({"class_type": "OpenReelEmptyLatent", "inputs": {"frames": n}})["frames"]
+
+    assert (frames(204), frames(81), frames(200)) == (17, 5, 200)
+    prompt = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "stepvideo_t2v_544p.json")
+                        .read_text())
+    prompt["5"]["inputs"].update(synthetic_inputs(prompt["5"]) | {"frames": 200})
+    problems = validate(prompt)
+    assert any("frames = 200" in p and "use 187 or 204" in p for p in problems)
