@@ -173,3 +173,15 @@ def test_flf2v_takes_start_and_end_images_of_different_sizes(kit, monkeypatch):
                                          end_image=torch.rand(1, 96, 80, 3))[0]
     assert latent["openreel"].image_tokens.shape == (1, 514, synthetic.TINY_CLIP_DIM)
     assert seen == [(1, 48, 64, 3), (1, 96, 80, 3)]  # each image on its own: the encoder resizes each
+
+
+def test_a_wan_model_refuses_embeddings_carrying_a_second_encoder(kit):
+    """HunyuanVideo-style embeddings (a pooled CLIP vector beside the states) on a Wan model were used silently."""
+    dits, vaes = kit
+    dit = dits[next(name for name in D if name.startswith("wan2.1_t2v"))]
+    latent = OpenReelEmptyLatent().make(vaes["wan21"], 64, 64, 5, 1)[0]
+    width = synthetic.TINY_TEXT_DIM
+    wrong = TextEmbeds(torch.zeros(1, 4, width), torch.zeros(1, 2, width), positive_pooled=torch.zeros(1, 8),
+                       negative_pooled=torch.zeros(1, 8))
+    with pytest.raises(InputError, match="second encoder's output .* umT5-XXL text encoder only"):
+        OpenReelSampler().run(dit, wrong, latent, 0, 2, 0.0, 0.0, "unipc")

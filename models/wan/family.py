@@ -176,6 +176,10 @@ class WanFamily(DiTFamily):
         if spec.config.text_dim != text_width:
             raise InputError(f"the text embeddings are {text_width} wide but the model takes {spec.config.text_dim}",
                              "encode the prompt with the umT5-XXL text encoder")
+        if embeds.positive_pooled is not None or embeds.positive_2 is not None:
+            raise InputError(f"the text embeddings carry a second encoder's output (another model's encoders, e.g. "
+                             f"HunyuanVideo's Llama + CLIP-L) but {spec.description} takes umT5-XXL's alone",
+                             "encode the prompt with the umT5-XXL text encoder only")
         mode = cond.mode if cond is not None else "t2v"
         tokens = cond.image_tokens if cond is not None else None
         if spec.task == "t2v" and mode != "t2v":

@@ -241,10 +241,13 @@ class WanDiT(WrappedModel):
 
     def _text_context(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         b, length, width = context.shape
-        if width != self.cfg.text_dim or length > self.cfg.text_len:
+        if width != self.cfg.text_dim:
             raise InputError(f"text embeddings of shape {tuple(context.shape)} do not fit this model "
-                             f"(at most {self.cfg.text_len} tokens of width {self.cfg.text_dim})",
+                             f"(tokens of width {self.cfg.text_dim})",
                              "encode the prompt with the umT5-XXL text encoder this model was trained with")
+        if length > self.cfg.text_len:
+            raise InputError(f"the prompt has {length} tokens but this model reads at most {self.cfg.text_len}",
+                             "shorten the prompt")
         # Wan pads to text_len with zero rows *before* the embedding MLP, and attends to all of them.
         padded = context.new_zeros(b, self.cfg.text_len, width)
         padded[:, :length] = context
