@@ -148,7 +148,8 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
     if IN_COMFYUI and _mm.vram_state != _mm.VRAMState.NO_VRAM:
         # A full load: our layers are plain torch modules, not ComfyUI's weight-casting ops, so a partial load
         # would leave weights on the host that our kernels read on the device. (Block swap hands over only the
-        # part it keeps resident, so that is all the manager is asked to hold.) NO_VRAM mode loads nothing fully.
+        # part it keeps resident, so that is all the manager is asked to hold.) In NO_VRAM mode the manager loads
+        # nothing fully whatever is asked, so there the module is placed as in standalone runs, outside it.
         _mm.load_models_gpu([_patcher(module, device)], memory_required=memory_required, force_full_load=True)
         return device
     free_memory(module_bytes(module) + memory_required, device)
