@@ -700,3 +700,26 @@ def test_published_profiles_per_model():
     assert h544.model == "HunyuanVideo T2V 544p" and h720.model == "HunyuanVideo T2V 720p"
     assert h544.magcache.ratios[0][1] == 1.06971 and h720.magcache.ratios[0][1] == 1.0754
     assert len(h720.magcache.ratios) == 1 and len(h720.magcache.ratios[0]) == 50 and True not in h720.teacache
+
+
+def test_a_run_under_inference_mode_skips_and_adds_the_right_residual():
+    """ComfyUI runs nodes under torch.inference_mode, whose tensors keep no version counter (before: "Inference
+    tensors do not track version counter" at the first cached call). The cache then assumes the blocks may write
+    into their input: the first computed call keeps no residual, later ones keep a copy of their input."""
+    model = wan(6)
+    cache(model, settings("magcache", 0.5, magcache_k=2, retention=0.0, coefficients=ALWAYS))
+    outer = record(model)
+    try:
+        with torch.inference_mode():
+            run_wan([model], batch=True)
+    finally:
+        unrecord(model)
+    computed = [c["computed"] for c in outer.calls]
+    assert computed[:2] == [True, True] and False in computed   # no residual after the first call: the second runs
+    last = None
+    for c in outer.calls:
+        (x, out), = c["lists"]
+        if c["computed"]:
+            last = out - x
+        elif last is not None:
+            assert torch.equal(out, x + last)

@@ -54,9 +54,10 @@ def _shapes(tree) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in _leaves(tree)]
 
 
-def _versions(tree) -> list[int]:
-    """In-place modification counters (shared by views of one storage)."""
-    return [t._version for t in _leaves(tree)]
+def _versions(tree) -> list[int | None]:
+    """In-place modification counters (shared by views of one storage); None for a tensor made under
+    `torch.inference_mode` (ComfyUI runs nodes so), which keeps none."""
+    return [None if t.is_inference() else t._version for t in _leaves(tree)]
 
 
 def _rows(t: torch.Tensor, i: int, parts: int) -> torch.Tensor:
@@ -298,7 +299,8 @@ class StepCache(Wrapper):
     def _keep_residuals(self, state: _RunState, p: _Pass) -> None:
         residuals, changed = [], False
         for kept, given, versions, out, out_versions in p.segments:
-            inplace = _versions(given) != versions   # the blocks added into their input (HunyuanVideo's chunks)
+            now = _versions(given)  # the blocks added into their input (HunyuanVideo's chunks); unknown: assumed
+            inplace = now != versions or None in now
             changed |= inplace
             if (inplace and kept is given) or _versions(out) != out_versions:
                 residuals = None                     # the input kept, or the output, is no longer what it was
