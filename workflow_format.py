@@ -36,8 +36,14 @@ def _extra_widget(name: str, input_spec: tuple) -> str | None:
 
 
 def widget_names(node_class) -> list[tuple[str, str | None]]:
-    """(widget input name, the editor value stored after it or None) in the order of UI `widgets_values`."""
-    return [(name, _extra_widget(name, spec)) for name, spec in _input_items(node_class) if is_widget(spec)]
+    """(widget input name, the editor value stored after it or None) in the order of UI `widgets_values`. A video
+    upload button's value comes after the last required widget (the editor adds that button last)."""
+    items = [(name, _extra_widget(name, spec)) for name, spec in _input_items(node_class) if is_widget(spec)]
+    required = node_class.INPUT_TYPES().get("required", {})
+    if any(len(spec) > 1 and spec[1].get("video_upload") for spec in required.values()):
+        last = max(i for i, (name, _) in enumerate(items) if name in required)
+        items[last] = (items[last][0], "image")
+    return items
 
 
 def is_ui_format(workflow: dict) -> bool:
@@ -95,13 +101,14 @@ def api_to_ui(prompt: dict, node_classes: dict, notes: list[str] = (), column_wi
         col = node_depth(node_id)
         row = rows.get(col, 0)
         inputs, widgets = [], []
+        extras = dict(widget_names(cls))
         for name, spec in _input_items(cls):
             value = entry["inputs"].get(name)
             linked = isinstance(value, list)
             if is_widget(spec):
                 widgets.append(_default(spec) if linked or value is None else value)
-                if _extra_widget(name, spec):
-                    widgets.append(_extra_widget(name, spec))
+                if extras.get(name):
+                    widgets.append(extras[name])
             if linked or not is_widget(spec):
                 slot = {"name": name, "type": _socket_type(spec), "link": None}
                 if linked:
@@ -135,7 +142,7 @@ def _height(node_class, rows: int) -> int:
     extra = 0
     for _, spec in _input_items(node_class):
         opts = spec[1] if len(spec) > 1 else {}
-        extra += 110 * bool(opts.get("multiline")) + 220 * bool(opts.get("image_upload"))
+        extra += 110 * bool(opts.get("multiline")) + 220 * bool(opts.get("image_upload") or opts.get("video_upload"))
     return 60 + 26 * rows + extra
 
 

@@ -205,3 +205,20 @@ def test_a_synthetic_run_keeps_the_workflows_frame_rule_and_reports_a_count_of_n
     prompt["5"]["inputs"].update(synthetic_inputs(prompt["5"]) | {"frames": 200})
     problems = validate(prompt)
     assert any("frames = 200" in p and "use 187 or 204" in p for p in problems)
+
+
+def test_load_videos_upload_value_sits_after_its_last_required_widget():
+    """The editor adds a video upload button after the node's other required widgets and saves its value ("image")
+    there: UI workflows carry it in that place and read back to the same API prompt."""
+    from openreel.workflow_format import widget_names
+
+    cls = NODE_CLASS_MAPPINGS["OpenReelLoadVideo"]
+    names = widget_names(cls)
+    required = list(cls.INPUT_TYPES()["required"])
+    assert [extra for _, extra in names] == [None] * (len(names) - 1) + ["image"]
+    assert names[-1][0] == required[-1]
+    prompt = {"1": {"class_type": "OpenReelLoadVideo", "inputs": {"video": "clip.mp4", "start_frame": 3,
+                                                                   "frame_count": 0, "stride": 1}}}
+    ui = api_to_ui(prompt, NODE_CLASS_MAPPINGS)
+    assert ui["nodes"][0]["widgets_values"] == ["clip.mp4", 3, 0, 1, "image"]
+    assert ui_to_api(ui, NODE_CLASS_MAPPINGS) == prompt
