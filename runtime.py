@@ -12,6 +12,8 @@ import gc
 import os
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,13 +154,35 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         # nothing fully whatever is asked, so there the module is placed as in standalone runs, outside it.
         _mm.load_models_gpu([_patcher(module, device)], memory_required=memory_required, force_full_load=True)
         return device
-    free_memory(module_bytes(module) + memory_required, device)
+    needed = memory_required + (0 if id(module) in _RESIDENT else module_bytes(module))
+    _make_room(module, needed, device)
+    free_memory(needed, device)
     host = _tensors(module) if device.type != "cpu" else []
     module.to(device)
     if host and any(t.device.type == "cpu" for _, _, t in host):
         module.__dict__["_openreel_host"] = [(owner, name, old, _stamp(owner, name))
                                              for owner, name, old in host if old.device.type == "cpu"]
+    if device.type != "cpu":
+        _RESIDENT[id(module)] = weakref.ref(module)
+        _RESIDENT.move_to_end(id(module))
     return device
+
+
+# Standalone: the models on the compute device, least recently loaded first (ComfyUI's manager does this inside it).
+_RESIDENT: "OrderedDict[int, weakref.ref]" = OrderedDict()
+
+
+def _make_room(module: torch.nn.Module, needed: int, device: torch.device) -> None:
+    """Standalone: offload the least recently used other models until `needed` bytes are free on `device`."""
+    for key in list(_RESIDENT):
+        if free_vram(device) >= needed:
+            return
+        other = _RESIDENT[key]()
+        if other is None:
+            del _RESIDENT[key]
+        elif other is not module:
+            offload_model(other)
+
 
 
 def _patcher(module: torch.nn.Module, device: torch.device):
@@ -222,6 +246,7 @@ def offload_model(module: torch.nn.Module) -> None:
     """Move `module` back to the offload device (e.g. the expert that is done), freeing its VRAM; inside ComfyUI
     the model manager unloads it and stops holding it."""
     patcher = module.__dict__.get("_openreel_patcher")
+    _RESIDENT.pop(id(module), None)
     if IN_COMFYUI and patcher is not None:
         _unload(patcher)
     elif not _back_to_host_copies(module):

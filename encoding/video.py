@@ -23,7 +23,7 @@ def _tile_for(handle: VAEHandle, module, tiling: str, height: int, width: int, d
         return int(tiling)
     if device.type != "cuda":
         return None
-    per_pixel = module.bytes_per_pixel * (2 if handle.compute_dtype == "fp32" else 1)
+    per_pixel = _per_pixel(handle, module)
     free = runtime.free_vram(device)
     if height * width * per_pixel * 1.2 <= free:
         return None
@@ -33,12 +33,26 @@ def _tile_for(handle: VAEHandle, module, tiling: str, height: int, width: int, d
     return 256
 
 
+def _per_pixel(handle: VAEHandle, module) -> int:
+    return module.bytes_per_pixel * (2 if handle.compute_dtype == "fp32" else 1)
+
+
+def _load_and_tile(handle: VAEHandle, module, tiling: str, height: int, width: int) -> tuple[torch.device, int | None]:
+    """The VAE on the compute device and its tile size. With "auto", room for whole frames is asked of the memory
+    manager first (a DiT still on the GPU from sampling is moved out if that makes room), then the tiles are chosen
+    from what is free."""
+    need = 0
+    if tiling == "auto" and runtime.torch_device().type == "cuda":
+        need = int(height * width * _per_pixel(handle, module) * 1.2)
+    device = runtime.load_model(module, need)
+    return device, _tile_for(handle, module, tiling, height, width, device)
+
+
 def encode_video(handle: VAEHandle, video: torch.Tensor, tiling: str = "auto") -> torch.Tensor:
     """[B, 3, F, H, W] in [-1, 1] → normalized latent (CPU, float32). The VAE is on the GPU only for the call."""
     module = module_of(handle)
-    device = runtime.load_model(module)
+    _, tile = _load_and_tile(handle, module, tiling, video.shape[3], video.shape[4])
     try:
-        tile = _tile_for(handle, module, tiling, video.shape[3], video.shape[4], device)
         return module.encode(video, tile_size=tile).cpu()
     finally:
         runtime.offload_model(module)
@@ -48,10 +62,9 @@ def decode_pixels(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto")
     """Normalized latent → frames [B, 3, F, H, W] in [-1, 1] (CPU, float32), for work that continues in pixels
     (e.g. diffusion forcing re-encoding the end of a window). The VAE is on the GPU only for the call."""
     module = module_of(handle)
-    device = runtime.load_model(module)
+    s = module.cfg.spatial_stride
+    _, tile = _load_and_tile(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s)
     try:
-        s = module.cfg.spatial_stride
-        tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
         return module.decode(latent, tile_size=tile).clamp_(-1, 1).cpu()
     finally:
         runtime.offload_model(module)
@@ -62,11 +75,10 @@ def decode_video(handle: VAEHandle, latent: torch.Tensor, tiling: str = "auto") 
     untiled (a video writer can consume them as they come); the VAE is offloaded when the last chunk is out.
     A progress bar counts the decoded frames; an interrupt stops the decode before the next chunk."""
     module = module_of(handle)
-    device = runtime.load_model(module)
+    s = module.cfg.spatial_stride
+    _, tile = _load_and_tile(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s)
     frames = latent_format(handle.latent_format).pixel_frames(latent.shape[2])
     try:
-        s = module.cfg.spatial_stride
-        tile = _tile_for(handle, module, tiling, latent.shape[3] * s, latent.shape[4] * s, device)
         with runtime.Progress(latent.shape[0] * frames, "OpenReel VAE decode") as bar:
             for b in range(latent.shape[0]):
                 runtime.throw_if_interrupted()

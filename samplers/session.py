@@ -106,10 +106,12 @@ class SamplingSession:
         if texts:
             self.describe("; ".join(text.splitlines()[0] for text in texts))
         try:
-            if kind is not None or not runtime.IN_COMFYUI:  # inside ComfyUI its memory manager owns residency
+            # After a run the experts stay on the GPU until another model needs the room (ComfyUI's manager, or
+            # standalone runtime's least-recently-used rule, moves them then), so the next run moves nothing.
+            if kind is not None:
                 for index in sorted(self.loaded):
                     patches.offload(self.experts[index].module)
-                self.loaded.clear()
+            self.loaded.clear()
         finally:
             self.bar.__exit__(kind, exc, tb)
 

@@ -216,3 +216,29 @@ def test_block_swap_registers_only_its_resident_part_with_the_manager(manager):
     assert view.size == runtime.module_bytes(residency.view) < runtime.module_bytes(model)
     patches.offload(model)
     assert manager.loaded_models() == []
+
+
+def test_standalone_models_stay_on_the_device_until_another_needs_the_room(monkeypatch):
+    """Standalone, a model stays on the compute device after use ("meta" stands in for the GPU) and the least
+    recently used ones are moved out, only when a load needs their room; one already there moves nothing."""
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(runtime, "free_vram", lambda device: free["bytes"])
+    a, b, c = (_small_model() for _ in range(3))
+
+    def where(model):
+        return next(model.parameters()).device.type
+
+    runtime.set_device("meta")
+    try:
+        runtime.load_model(a)
+        runtime.load_model(b)
+        assert (where(a), where(b)) == ("meta", "meta")   # both fit: nothing moved out
+        free["bytes"] = 0
+        runtime.load_model(a)                             # already there: nothing to make room for
+        assert (where(a), where(b)) == ("meta", "meta")
+        runtime.load_model(c)                             # no room: b (least recent), then a, are moved out
+        assert (where(a), where(b), where(c)) == ("cpu", "cpu", "meta")
+    finally:
+        runtime.offload_model(c)
+        runtime.set_device("cpu")
+    assert not runtime._RESIDENT
