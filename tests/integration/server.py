@@ -219,6 +219,7 @@ class Socket:
         self.ws = websocket.create_connection(f"ws://{HOST}:{server.port}/ws?clientId={self.client_id}",
                                               timeout=timeout)
         self.messages: list[dict] = []
+        self.times: list[float] = []  # time.monotonic() at each message's arrival
 
     def __enter__(self) -> Socket:
         return self
@@ -244,6 +245,7 @@ class Socket:
             if isinstance(data, str):
                 message = json.loads(data)
                 self.messages.append(message)
+                self.times.append(time.monotonic())
                 return message
 
     def until(self, prompt_id: str, stop, timeout: float = PROMPT_TIMEOUT_S) -> dict:
