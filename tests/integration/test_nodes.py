@@ -1,7 +1,9 @@
 """The pack as ComfyUI sees it: import, /object_info, loaders on every layout, uploads, the template listing."""
 from __future__ import annotations
 
+import json
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -116,9 +118,6 @@ def test_load_video_upload_button_and_uploaded_file(comfy, tmp_path):
 def test_template_listing_names_every_workflow(comfy):
     """GET /api/workflow_templates lists the pack's folder (as installed: custom_nodes/ComfyUI-OpenReel) with every
     UI workflow in workflows/ (ComfyUI globs <pack>/workflows/*.json), and serves each file."""
-    import json
-    import urllib.request
-
     expected = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
     assert expected
     listing = comfy.get("/api/workflow_templates")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -50,9 +52,6 @@ def test_websocket_follows_a_workflow(comfy):
     assert item["filename"].endswith(".mp4") and item["type"] == "output"
     entry = comfy.get(f"/history/{prompt_id}")[prompt_id]
     assert entry["status"]["status_str"] == "success" and entry["outputs"][save]["images"] == [item]
-    import urllib.parse
-    import urllib.request
-
     query = urllib.parse.urlencode({k: item[k] for k in ("filename", "subfolder", "type")})
     with urllib.request.urlopen(f"{comfy.url}/view?{query}", timeout=10) as r:
         assert r.read() == (comfy.output / item["subfolder"] / item["filename"]).read_bytes()
