@@ -1,7 +1,7 @@
 """OPTIONAL: the real ComfyUI frontend turns every UI workflow into exactly its API twin. Skipped unless COMFYUI_PATH
 and CHROMIUM are set (and websocket-client is installed).
 
-What it does: starts ComfyUI as tests/test_in_comfyui.py does (127.0.0.1, free port, `--base-directory` in a temporary
+What it does: starts ComfyUI as tests/integration/ does (127.0.0.1, free port, `--base-directory` in a temporary
 folder holding a link to this pack and the synthetic model set, so every combo value of the workflows exists), then a
 headless Chromium driven over the DevTools protocol. In the page served by ComfyUI (its own frontend, the pip package
 comfyui-frontend-package) it runs, for each workflows/<name>.json, `await app.loadGraphData(ui)` and
@@ -13,7 +13,7 @@ and the browser are always stopped by their PIDs.
 
 Environment:
     COMFYUI_PATH     a ComfyUI checkout (the folder holding main.py). Unset: this module is skipped.
-    COMFYUI_PYTHON   the interpreter that runs ComfyUI (default as in test_in_comfyui.py).
+    COMFYUI_PYTHON   the interpreter that runs ComfyUI (default as in tests/integration/server.py).
     CHROMIUM         a Chromium/Chrome executable (e.g. /usr/bin/chromium). Unset: this module is skipped.
     OPENREEL_SCREENSHOT  optional path of a PNG screenshot of one loaded graph.
 
@@ -151,18 +151,18 @@ class Browser:
 @pytest.fixture(scope="module")
 def frontend(tmp_path_factory):
     pytest.importorskip("websocket", reason="pip install websocket-client to drive Chromium")
-    import test_in_comfyui as tic
+    from integration import server as tic
     from openreel import synthetic
 
     base = tmp_path_factory.mktemp("comfyui-frontend-base")
     (base / "custom_nodes").mkdir()
-    tic._link_pack(base / "custom_nodes")
+    tic.link_pack(base / "custom_nodes")
     synthetic.write_model_set(base / "models", base / "input")
     # no first-run template browser / tour over the canvas
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    server = tic.Server(base, tic._free_port(), base / "comfyui.log")
+    server = tic.Server(base, tic.free_port(), base / "comfyui.log")
     browser = Browser(CHROMIUM, Path(tempfile.mkdtemp(prefix="openreel-chromium-")))
     try:
         server.start()
