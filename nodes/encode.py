@@ -56,7 +56,8 @@ class OpenReelTextEncode(OpenReelNode):
                                                       "uses no negative prompt unless guidance is above 1."}),
         }, "optional": {
             "text_encoder_2": ("OPENREEL_TEXT_ENCODER", {
-                "tooltip": "HunyuanVideo: CLIP-L (clip_l.safetensors) for the pooled vector; Wan: leave empty"}),
+                "tooltip": "HunyuanVideo: CLIP-L (clip_l.safetensors) for the pooled vector; Step-Video: "
+                           "HunyuanCLIP (hunyuan_clip/); Wan: leave empty"}),
         }}
 
     def encode(self, text_encoder, prompt: str, negative_prompt: str, text_encoder_2=None):

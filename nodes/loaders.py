@@ -69,10 +69,11 @@ class OpenReelTextEncoderLoader(OpenReelNode):
     """Loads a text encoder from models/text_encoders; what it is comes from the weights.
     Wan and SkyReels-V2: umT5-XXL (the official models_t5_umt5-xxl-enc-bf16.pth, ComfyUI's umt5_xxl files, an HF
     folder). HunyuanVideo: the Llama encoder (ComfyUI's llava_llama3_fp16 / fp8_scaled, the official or diffusers
-    text_encoder folder, the LLaVA folder) and CLIP-L (clip_l.safetensors or a CLIP folder); load both and connect
-    them to one Text Encode. The tokenizer comes from the file itself (ComfyUI's umT5 files carry it), from beside
-    it, from models/text_encoders/tokenizers/<umt5-xxl | llava-llama-3-8b | clip-vit-large-patch14>/, or from
-    ComfyUI's own copy."""
+    text_encoder folder, the LLaVA folder) and CLIP-L (clip_l.safetensors or a CLIP folder); Step-Video: Step-LLM
+    (the official step_llm/ folder or one file) and HunyuanCLIP (the official hunyuan_clip/ folder or one file).
+    Load both of a pair and connect them to one Text Encode. The tokenizer comes from the file itself (ComfyUI's
+    umT5 files carry it), from beside it, from models/text_encoders/tokenizers/<umt5-xxl | llava-llama-3-8b |
+    clip-vit-large-patch14 | step_llm | hunyuan_clip>/, or from ComfyUI's own copy."""
 
     MODEL_FOLDER = "text_encoders"  # where model_name is looked for (named in messages)
     NODE_ID = "OpenReelTextEncoderLoader"

@@ -503,5 +503,6 @@ def test_text_encode_node_inputs_keep_their_order():
     assert list(inputs["required"]) == ["text_encoder", "prompt", "negative_prompt"]  # saved workflows still load
     assert list(inputs["optional"]) == ["text_encoder_2"]
     assert inputs["optional"]["text_encoder_2"][1]["tooltip"] == ("HunyuanVideo: CLIP-L (clip_l.safetensors) for "
-                                                                  "the pooled vector; Wan: leave empty")
+                                                                  "the pooled vector; Step-Video: HunyuanCLIP "
+                                                                  "(hunyuan_clip/); Wan: leave empty")
     assert "without classifier-free guidance" in inputs["required"]["negative_prompt"][1]["tooltip"]
