@@ -90,7 +90,7 @@ def save_fp8(state: dict, path: Path, *, scaled: bool, prefix: str = COMFY_PREFI
 
 # ----------------------------------------------------------------------------------------- the demo model set
 SYNTHETIC_NOTE = "SYNTHETIC model set: tiny random weights in the real file layouts; outputs are noise, not videos"
-SET_VERSION = "6"  # bump when the set's files change: a set written by another version is written anew
+SET_VERSION = "7"  # bump when the set's files change: a set written by another version is written anew
 TINY_TEXT_DIM = 64
 TINY_CLIP_DIM = 64
 

@@ -183,8 +183,8 @@ def write_vae(path: Path, cfg: StepVideoVAEConfig = TINY_VAE, prefix: str = "", 
 
 def tiny_dit_config(llm: StepLLMSpec = TINY_STEPLLM, clip: BertSpec = TINY_HUNYUAN_CLIP,
                     vae: StepVideoVAEConfig = TINY_VAE) -> StepVideoConfig:
-    """A Step-Video DiT for the tiny encoders and VAE: one head of 128, two blocks."""
-    return StepVideoConfig(hidden=128, heads=1, layers=2, ffn_width=256, in_channels=vae.latent_channels,
+    """A Step-Video DiT for the tiny encoders and VAE: one head of 128, two blocks, the MLP 4× wide as the official."""
+    return StepVideoConfig(hidden=128, heads=1, layers=2, ffn_width=512, in_channels=vae.latent_channels,
                            out_channels=vae.latent_channels, patch=1, caption_dim=llm.hidden_size,
                            clip_dim=clip.hidden_size)
 
