@@ -3,6 +3,7 @@
 Run on a GPU machine from the repo root:
   python bench/dit_speed.py --family wan --size 14b --res 480p 720p --variants all
   python bench/dit_speed.py --family hunyuan --res 720p 544p --variants bf16 "bf16 compiled"
+  STEPVIDEO_T2V_PATH=<official checkout> python bench/dit_speed.py --family stepvideo --variants bf16 "bf16 compiled"
 Variants are OpenReel's memory/speed patches applied through the same mechanism as the nodes (memory.patches):
 resident bf16, regional compile, fp8 storage with upcast or FP8 matmul, full block swap, and token chunks
 (memory/token_chunks.py; the planner's chunk size). What differs per family
@@ -116,7 +117,8 @@ def main() -> None:
                         help="variants for resolutions after the first (default: the same)")
     parser.add_argument("--layers", type=int, default=0, help="fewer blocks for a quick run (0: the real count)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peers", nargs="*", default=["diffusers"], help="diffusers (eager), diffusers-compiled")
+    parser.add_argument("--peers", nargs="*", default=["diffusers", "official"],
+                        help="diffusers (eager), diffusers-compiled (Wan, HunyuanVideo); official (Step-Video)")
     parser.add_argument("--profile", action="store_true", help="also write a kernel table of one OpenReel forward")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args()
@@ -151,11 +153,11 @@ def main() -> None:
                     if args.profile:
                         profile_forward(module, call, out_dir / f"profile_{args.family}_{args.size}_{res}_"
                                                           f"{name.replace(' ', '_')}.txt")
-                for peer_name in (p for p in args.peers if storage == "bf16" and p.startswith("diffusers")):
+                for peer_name in (p for p in args.peers if storage == "bf16" and p in subject.PEERS):
                     peer = subject.peer(module, device)
                     if peer_name == "diffusers-compiled":  # diffusers' own regional compile, its fastest setting
                         peer.compile_repeated_blocks(fullgraph=True)
-                    fn = lambda: peer(*peer_call[0], **peer_call[1])[0]  # noqa: E731
+                    fn = lambda: subject.peer_output(peer(*peer_call[0], **peer_call[1]))  # noqa: E731
                     try:
                         r = measure(fn, args.repeats)
                     except torch.cuda.OutOfMemoryError as exc:  # a finding, not a crash of the whole run

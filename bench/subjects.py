@@ -204,4 +204,91 @@ class Hunyuan:
         return cfg.double_blocks * double + cfg.single_blocks * single
 
 
-SUBJECTS = {"wan": Wan, "hunyuan": Hunyuan}
+class StepVideo:
+    """Step-Video-T2V 30B. The peer is the official `StepVideoModel` (its blocks from xfuser 0.7.0), single process,
+    on the same values: the official names are ours, so it takes our tensors where the dtype matches (bf16 copies of
+    our float32 norms and modulation tables, as the official pipeline casts the whole model to bf16). The official
+    code comes from $STEPVIDEO_T2V_PATH, loaded as tests/references.py does."""
+
+    from openreel.models.stepvideo.model import FP32_PARAMS, StepVideoConfig, StepVideoDiT
+
+    SIZES = {"30b": StepVideoConfig()}
+    DEFAULT_SIZE = "30b"
+    RESOLUTIONS = {"544p": (204, 544, 992)}   # 204 frames → 36 latent frames; 16× in space
+    PEERS = ("official",)
+    LLM, LLM_VALID, CLIP = 320, 40, 77        # Step-LLM padded to 320 tokens, a typical prompt's share; CLIP's 77
+
+    @classmethod
+    def with_layers(cls, cfg, layers: int):
+        return cls.StepVideoConfig(**{**cfg.__dict__, "layers": layers})
+
+    @classmethod
+    def blocks(cls, module) -> int:
+        return len(module.transformer_blocks)
+
+    @classmethod
+    def build(cls, cfg, device: str, weight_dtype: str = "bf16"):
+        ckpt = random_checkpoint(meta_shapes(lambda: cls.StepVideoDiT(cfg)), device)
+        return materialize(lambda ops: cls.StepVideoDiT(cfg, ops), ckpt, weight_dtype=weight_dtype,
+                           compute_dtype="bf16", device=torch.device(device), fp32_params=cls.FP32_PARAMS)
+
+    @classmethod
+    def peer(cls, ours, device: str, dtype: torch.dtype = torch.bfloat16):
+        sys.path.insert(0, str(ROOT / "tests"))
+        from references import load_stepvideo
+
+        cfg = ours.cfg
+        with torch.device("meta"):
+            ref = load_stepvideo("modules.model").StepVideoModel(
+                num_attention_heads=cfg.heads, attention_head_dim=cfg.head_dim, in_channels=cfg.in_channels,
+                out_channels=cfg.out_channels, num_layers=cfg.layers, caption_channels=[cfg.caption_dim, cfg.clip_dim],
+                attention_type="torch")
+        state = {k: v if v.dtype == dtype else v.to(dtype) for k, v in ours.state_dict().items()}
+        ref.load_state_dict(state, assign=True)
+        return ref.to(device).eval()
+
+    @classmethod
+    def inputs(cls, cfg, res: str, device: str, dtype: torch.dtype = torch.bfloat16):
+        frames, height, width = cls.RESOLUTIONS[res]
+        shape = (1, cfg.in_channels, frames // 17 * 3, height // 16, width // 16)
+        x = torch.randn(shape, device=device, dtype=dtype)
+        context = torch.randn(1, cls.LLM, cfg.caption_dim, device=device, dtype=dtype)
+        mask = (torch.arange(cls.LLM, device=device) < cls.LLM_VALID).long()[None]
+        clip = torch.randn(1, cls.CLIP, cfg.clip_dim, device=device, dtype=dtype)
+        t = torch.tensor([500.0], device=device)
+        tokens = shape[2] * shape[3] * shape[4]
+        ours = ((x, t, context), {"context_mask": mask, "clip": clip})
+        full_mask = torch.cat([torch.ones(1, cls.CLIP, dtype=mask.dtype, device=device), mask], dim=1)
+        peer = ((x.transpose(1, 2),), {"encoder_hidden_states": context, "encoder_hidden_states_2": clip,
+                                       "timestep": t / 1000, "encoder_attention_mask": full_mask,
+                                       "return_dict": False})
+        return ours, peer, tokens
+
+    @staticmethod
+    def peer_output(out) -> torch.Tensor:
+        """The official output (a tensor (B, F, C, H, W) with return_dict=False) in our layout."""
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def predicted_activation(cfg, tokens: int, token_chunk: int = 0) -> int:
+        from types import SimpleNamespace
+
+        from openreel.models.stepvideo.family import STEPVIDEO
+
+        return STEPVIDEO.activation_bytes(SimpleNamespace(config=cfg), tokens, token_chunk=token_chunk)
+
+    @classmethod
+    def flops(cls, cfg, tokens: int) -> float:
+        """Blocks: self-attention q, k, v, o and cross-attention q, o over the video tokens, cross k, v over the
+        397 text tokens, the MLP; attention over the video tokens and over the text."""
+        d, w, L, text = cfg.hidden, cfg.ffn_width, tokens, cls.CLIP + cls.LLM_VALID
+        gemm = 2 * L * d * d * 6 + 2 * text * d * d * 2 + 2 * L * d * w * 2
+        attn = 4 * L * L * d + 4 * L * text * d
+        return cfg.layers * (gemm + attn)
+
+
+for _subject in (Wan, Hunyuan):
+    _subject.PEERS = ("diffusers", "diffusers-compiled")
+    _subject.peer_output = staticmethod(lambda out: out[0])  # diffusers: a tuple with return_dict=False
+
+SUBJECTS = {"wan": Wan, "hunyuan": Hunyuan, "stepvideo": StepVideo}
