@@ -111,6 +111,9 @@ _OTHER_KINDS = (
     ("text_encoder", "a CLIP text encoder", None, True, is_clip_text),
     ("text_encoder", "a text encoder (T5 family)", None, True, is_t5),
     ("lora", "a LoRA", None, True, is_lora),
+    ("vae", "the Step-Video VAE version 1 (vae.safetensors, 16 latent channels)",
+     "use Step-Video's vae_v2.safetensors, the VAE Step-Video-T2V works with", False,
+     _any_key("encoder.conv_in.conv.weight")),  # the v2 file has its own family's anchors, tried first
     ("vae", "an image VAE (Stable Diffusion / Flux family)", "use the VAE of the video model (Wan2.1, Wan2.2 or HunyuanVideo)", False,
      _any_fragment("decoder.up.0.block.0.")),
     ("vae", "a video VAE", None, False,

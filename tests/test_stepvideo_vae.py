@@ -290,3 +290,8 @@ def test_wrong_step_video_vaes_are_refused(tmp_path):
     save_file({"foo.weight": torch.zeros(3, 3)}, tmp_path / "other.safetensors")
     with pytest.raises(DetectionError, match="Step-Video VAE"):  # the loader's list of what it takes names it
         load_vae(tmp_path / "other.safetensors")
+    # version 1 (no patchify convs; its causal convs' names and SD-like up blocks): named, not "an image VAE"
+    v1 = {k: v for k, v in tensors.items() if "patchify" not in k and "shortcut" not in k}
+    save_file(v1, tmp_path / "vae.safetensors")
+    with pytest.raises(DetectionError, match="Step-Video VAE version 1 .* Use Step-Video's vae_v2.safetensors"):
+        load_vae(tmp_path / "vae.safetensors")
