@@ -252,7 +252,9 @@ class HunyuanFamily(DiTFamily):
         pooled = (embeds.positive_pooled, embeds.negative_pooled)
         if any(p is None for p in pooled):
             raise InputError(f"{spec.description} needs the CLIP-L pooled text vector, and the embeddings have none",
-                             "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of OpenReel Text Encode")
+                             "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of OpenReel Text Encode (from "
+                             "native nodes: DualCLIPLoader type hunyuan_video → CLIPTextEncode → OpenReel From "
+                             "Conditioning with encoder Llama + CLIP-L)")
         if any(p.shape[-1] != cfg.pooled_dim for p in pooled):
             raise InputError(f"the pooled text vectors are {pooled[0].shape[-1]} wide but {spec.description} "
                              f"takes {cfg.pooled_dim}", "connect CLIP-L (clip_l.safetensors) as text_encoder_2 of "
