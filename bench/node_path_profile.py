@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wan22_video import A14B, TINY, expert, run_ours, sync, write_lora  # noqa: E402
+from wan22_video import expert, run_ours, setting, sync, write_lora  # noqa: E402
 
 from openreel import runtime  # noqa: E402
-from openreel.handles import TextEmbeds  # noqa: E402
 from openreel.latents import empty_latent, latent_format  # noqa: E402
 from openreel.model_loaders.core import prepare  # noqa: E402
 from openreel.nodes.lora import OpenReelLoRA  # noqa: E402
@@ -53,15 +52,11 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    runtime.set_device(device)
-    cfg = TINY if args.tiny else A14B
-    width, height, frames = (64, 64, 5) if args.tiny else (832, 480, 81)
+    device, cfg, (frames, height, width), embeds = setting(args.tiny)
     handle = expert(cfg, "high", device)
     runtime.set_models_dir(out / "models")
     (out / "models" / "loras").mkdir(parents=True, exist_ok=True)
     write_lora(cfg, 64 if not args.tiny else 4, out / "models" / "loras" / "r64.safetensors", seed=0)
-    embeds = TextEmbeds(torch.randn(1, 90, cfg.text_dim) * 0.1, torch.randn(1, 120, cfg.text_dim) * 0.1)
     latent = empty_latent(latent_format("wan21"), width, height, frames)
     report, texts = {}, []
 

@@ -96,6 +96,16 @@ def write_lora(cfg: WanConfig, rank: int, path: Path, seed: int) -> None:
     save_file(out, str(path))
 
 
+def setting(tiny: bool) -> tuple[str, WanConfig, tuple[int, int, int], TextEmbeds]:
+    """The device (set as the runtime's), the expert config, (frames, height, width) and random prompt embeddings of
+    a run: the real 480p × 81 A14B case, or a tiny one for a CPU smoke test."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runtime.set_device(device)
+    cfg = TINY if tiny else A14B
+    embeds = TextEmbeds(torch.randn(1, 90, cfg.text_dim) * 0.1, torch.randn(1, 120, cfg.text_dim) * 0.1)
+    return device, cfg, (5, 64, 64) if tiny else (81, 480, 832), embeds
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -132,29 +142,14 @@ class Calls:
 
 
 # ----------------------------------------------------------------------------------------- the peer
-def peer_pipeline(modules, cfg: WanConfig, device: str):
-    """diffusers' WanPipeline with both experts (copies of our weights on the GPU) and the official boundary."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def peer_pipeline(modules, device: str):
+    """diffusers' WanPipeline with both experts (bench/subjects.py's peer: our tensors in diffusers' names, moved to
+    the GPU with it) and the official boundary."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
-    from openreel.models.wan.family import diffusers_to_official
+    from subjects import Wan
 
-    experts = []
-    for ours in modules:
-        with torch.device("meta"):
-            ref = WanTransformer3DModel(patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads,
-                                        attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim,
-                                        out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-                                        ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
-                                        qk_norm="rms_norm_across_heads", eps=cfg.eps)
-        keep_fp32 = set(WanTransformer3DModel._keep_in_fp32_modules)
-        for name, _ in list(ref.named_parameters()):
-            mod_name, _, attr = name.rpartition(".")
-            mod = ref.get_submodule(mod_name) if mod_name else ref
-            want = torch.float32 if keep_fp32 & set(name.split(".")) else torch.bfloat16
-            tensor = ours.get_parameter(diffusers_to_official(name)).detach().to(device, want, copy=True)
-            mod._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
-        ref.rope = type(ref.rope)(cfg.dim // cfg.num_heads, cfg.patch_size, 1024).to(device)
-        experts.append(ref.eval())
+    experts = [Wan.peer(ours, "cpu").to(device) for ours in modules]
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=experts[0],
                        transformer_2=experts[1], boundary_ratio=0.875)
@@ -187,12 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    runtime.set_device(device)
-    cfg = TINY if args.tiny else A14B
-    frames, height, width = (5, 64, 64) if args.tiny else (81, 480, 832)
-    text_dim = cfg.text_dim
-    embeds = TextEmbeds(torch.randn(1, 90, text_dim) * 0.1, torch.randn(1, 120, text_dim) * 0.1)
+    device, cfg, (frames, height, width), embeds = setting(args.tiny)
     latent = empty_latent(latent_format("wan21"), width, height, frames)
     small = empty_latent(latent_format("wan21"), 64, 64, 5)
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
@@ -266,7 +256,7 @@ def main() -> None:
         for m in modules:
             m.to("cpu")
         torch.cuda.empty_cache() if device == "cuda" else None
-        pipe, _ = peer_pipeline(modules, cfg, device)
+        pipe, _ = peer_pipeline(modules, device)
         if args.compile:
             for t in (pipe.transformer, pipe.transformer_2):
                 t.compile_repeated_blocks(fullgraph=True)
