@@ -76,6 +76,29 @@ def _sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, soft
     return out.transpose(1, 2).contiguous()
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float32: the relative difference the parity tests bound."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def randomize_vae(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Unit-scale random weights for a VAE (norm scales near 1); a damped output conv keeps decoded values near
+    [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            elif p.dim() > 1:
+                p.copy_(noise / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.1 * noise)
+            if name.startswith("decoder.conv_out"):
+                p.mul_(0.3)
+    return module.eval()
+
+
 def wan_root() -> Path:
     """The installed `wan` package's folder (wan22); skips the calling test when it is not installed."""
     require("wan")

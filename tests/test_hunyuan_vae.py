@@ -27,39 +27,18 @@ from openreel.models.common.tiling import SEQUENTIAL, blend, strided_spans
 from openreel.models.hunyuan import vae as hunyuan_vae
 from openreel.models.hunyuan.vae import (SCALING_FACTOR, HunyuanVAE, HunyuanVAEConfig, frame_causal_attention,
                                          temporal_windows)
-from references import require
+from references import randomize_vae, rel_err, require
 
 TINY = HunyuanVAEConfig(block_out=(8, 16, 32, 32), norm_groups=4)
 WIDE = HunyuanVAEConfig(block_out=(32, 64, 96, 96))          # 32 norm groups, as a file without config.json says
 SHORT = dict(temporal_tile=4, temporal_overlap=1)              # diffusers' default windows (16 frames, stride 12)
 
 
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def randomize(module, seed=0):
-    """Unit-scale random weights (norm scales near 1); a damped output conv keeps decoded values inside [-1, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif p.dim() > 1:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                p.copy_(0.1 * noise)
-            if name.startswith("decoder.conv_out"):
-                p.mul_(0.3)
-    return module.eval()
-
-
 def diffusers_vae(cfg=TINY):
     require("diffusers")
     from diffusers import AutoencoderKLHunyuanVideo
 
-    ref = randomize(AutoencoderKLHunyuanVideo(block_out_channels=cfg.block_out, norm_num_groups=cfg.norm_groups))
+    ref = randomize_vae(AutoencoderKLHunyuanVideo(block_out_channels=cfg.block_out, norm_num_groups=cfg.norm_groups))
     ref.use_framewise_encoding = ref.use_framewise_decoding = False  # diffusers' default is windows of 16 frames
     return ref
 
@@ -87,7 +66,7 @@ def test_encode_decode_match_diffusers():
         mu = ref.encode(x).latent_dist.mode()  # the raw posterior mean; pipelines scale it
     out = ours.encode(x)
     assert out.shape == (1, 16, 3, 4, 6)
-    assert rel(out, mu * SCALING_FACTOR) <= 1e-5
+    assert rel_err(out, mu * SCALING_FACTOR) <= 1e-5
 
     z = latent(4, 4, 6)
     with torch.no_grad():
@@ -95,7 +74,7 @@ def test_encode_decode_match_diffusers():
     assert (raw.abs() > 1).float().mean() < 0.02  # the comparison sees nearly every value unclamped
     video = ours.decode(z)
     assert video.shape == (1, 3, 13, 32, 48)
-    assert rel(video, raw.clamp(-1, 1)) <= 1e-5
+    assert rel_err(video, raw.clamp(-1, 1)) <= 1e-5
 
 
 @pytest.mark.parametrize("windows", ["diffusers", "official"])
@@ -114,12 +93,12 @@ def test_temporal_windows_match_diffusers(windows):
         x = frames(count, 16, 16)
         with torch.no_grad():
             expected = ref.encode(x).latent_dist.mode() * SCALING_FACTOR
-        assert rel(ours.encode(x), expected) <= 1e-5, count
+        assert rel_err(ours.encode(x), expected) <= 1e-5, count
     for count in (cfg.temporal_tile + 1, 2 * cfg.temporal_tile + 2):
         z = latent(count, 2, 2)
         with torch.no_grad():
             expected = ref.decode(z / SCALING_FACTOR).sample.clamp(-1, 1)
-        assert rel(ours.decode(z), expected) <= 1e-5, count
+        assert rel_err(ours.decode(z), expected) <= 1e-5, count
 
 
 def test_spatial_tiles_and_windows_match_diffusers():
@@ -135,11 +114,11 @@ def test_spatial_tiles_and_windows_match_diffusers():
     x = frames(17, 80, 56)
     with torch.no_grad():
         expected = ref.encode(x).latent_dist.mode() * SCALING_FACTOR
-    assert rel(ours.encode(x, tile_size=64, tile_overlap=16), expected) <= 1e-5
+    assert rel_err(ours.encode(x, tile_size=64, tile_overlap=16), expected) <= 1e-5
     z = latent(5, 10, 7)
     with torch.no_grad():
         expected = ref.decode(z / SCALING_FACTOR).sample.clamp(-1, 1)
-    assert rel(ours.decode(z, tile_size=64, tile_overlap=16), expected) <= 1e-5
+    assert rel_err(ours.decode(z, tile_size=64, tile_overlap=16), expected) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------- parity with official code
@@ -165,7 +144,7 @@ def official_vae(**tiling):
         latent_channels=16, down_block_types=("DownEncoderBlockCausal3D",) * 4,
         up_block_types=("UpDecoderBlockCausal3D",) * 4, block_out_channels=TINY.block_out, layers_per_block=2,
         norm_num_groups=TINY.norm_groups, time_compression_ratio=4, spatial_compression_ratio=8, **tiling)
-    return randomize(ref)
+    return randomize_vae(ref)
 
 
 def test_encode_decode_match_the_official_code():
@@ -174,11 +153,11 @@ def test_encode_decode_match_the_official_code():
     x = frames(9, 32, 48)
     with torch.no_grad():
         mu = ref.encode(x).latent_dist.mode()
-    assert rel(ours.encode(x), mu * SCALING_FACTOR) <= 1e-5
+    assert rel_err(ours.encode(x), mu * SCALING_FACTOR) <= 1e-5
     z = latent(4, 4, 6)
     with torch.no_grad():
         expected = ref.decode(z / SCALING_FACTOR).sample.clamp(-1, 1)
-    assert rel(ours.decode(z), expected) <= 1e-5
+    assert rel_err(ours.decode(z), expected) <= 1e-5
 
 
 def test_official_tiling_matches_the_official_code():
@@ -189,11 +168,11 @@ def test_official_tiling_matches_the_official_code():
     x = frames(17, 80, 56)
     with torch.no_grad():
         mu = ref.encode(x).latent_dist.mode()
-    assert rel(ours.encode(x, tile_size=64), mu * SCALING_FACTOR) <= 1e-5
+    assert rel_err(ours.encode(x, tile_size=64), mu * SCALING_FACTOR) <= 1e-5
     z = latent(5, 10, 7)
     with torch.no_grad():
         expected = ref.decode(z / SCALING_FACTOR).sample.clamp(-1, 1)
-    assert rel(ours.decode(z, tile_size=64), expected) <= 1e-5
+    assert rel_err(ours.decode(z, tile_size=64), expected) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------- attention, streaming
@@ -220,7 +199,7 @@ def test_official_windows():
 
 @pytest.mark.parametrize("tile_size", [None, 64])
 def test_decode_iter_streams_what_decode_returns(tile_size):
-    ours = randomize(HunyuanVAE(replace(TINY, **SHORT)))
+    ours = randomize_vae(HunyuanVAE(replace(TINY, **SHORT)))
     z = latent(10, 2, 10)  # windows of latent frames [0, 5), [3, 8), [6, 10); 64-pixel tiles: 2 of them
     chunks = list(ours.decode_iter(z, tile_size))
     assert [c.shape[2] for c in chunks] == [13, 12, 12]
@@ -228,7 +207,7 @@ def test_decode_iter_streams_what_decode_returns(tile_size):
 
 
 def test_one_tile_covering_the_frame_is_the_untiled_run():
-    ours = randomize(HunyuanVAE(TINY))
+    ours = randomize_vae(HunyuanVAE(TINY))
     x = frames(9, 32, 48)
     assert torch.equal(ours.encode(x, tile_size=512), ours.encode(x))
     z = latent(3, 4, 6)
@@ -237,7 +216,7 @@ def test_one_tile_covering_the_frame_is_the_untiled_run():
 
 def test_large_tensors_run_in_slabs(monkeypatch):
     # On CUDA one convolution must not take or make 2³¹ elements; past LARGEST, convs run in slabs of rows.
-    ours = randomize(HunyuanVAE(TINY))
+    ours = randomize_vae(HunyuanVAE(TINY))
     x, z = frames(5, 32, 48), latent(2, 4, 6)
     calls = []
     monkeypatch.setattr(torch.nn.Conv3d, "forward",
@@ -291,10 +270,10 @@ def test_tiling_changes_only_the_seam_band(monkeypatch):
     and its attention see only its own pixels and the difference spreads over the frame: measured on these random
     weights 10.3% (decode) and 7.4% (encode) relative, the approximation the official tiled VAE makes everywhere;
     its size depends on trained weights, not on this code."""
-    ours = randomize(HunyuanVAE(TINY))
+    ours = randomize_vae(HunyuanVAE(TINY))
     z, x = latent(2, 2, 64), frames(5, 16, 512)
-    assert 0.05 < rel(ours.decode(z, 384, 128), ours.decode(z)) <= 0.11
-    assert 0.03 < rel(ours.encode(x, 384, 128), ours.encode(x)) <= 0.08
+    assert 0.05 < rel_err(ours.decode(z, 384, 128), ours.decode(z)) <= 0.11
+    assert 0.03 < rel_err(ours.encode(x, 384, 128), ours.encode(x)) <= 0.08
 
     with torch.no_grad():
         for attention in (ours.encoder.mid_block.attentions[0], ours.decoder.mid_block.attentions[0]):
@@ -388,7 +367,7 @@ def test_every_layout_loads_to_the_same_model(tmp_path):
 
 
 def test_comfyui_single_files_load(tmp_path):
-    ours = randomize(HunyuanVAE(WIDE))  # no config.json beside a single file: 32 norm groups, as released
+    ours = randomize_vae(HunyuanVAE(WIDE))  # no config.json beside a single file: 32 norm groups, as released
     state = ours.state_dict()
     z = latent(2, 2, 3)
     expected = ours.decode(z)
@@ -404,7 +383,7 @@ def test_comfyui_single_files_load(tmp_path):
     save_file({"vae." + k: v.to(torch.bfloat16) for k, v in linear.items()}, tmp_path / "bf16.safetensors")
     module = module_of(load_vae(tmp_path / "bf16.safetensors", dtype="bf16"))
     assert module.cfg == WIDE and module.post_quant_conv.weight.dtype == torch.bfloat16
-    assert rel(module.decode(z), expected) < 0.05  # bf16 weights and activations
+    assert rel_err(module.decode(z), expected) < 0.05  # bf16 weights and activations
 
 
 # ----------------------------------------------------------------------------------------- detection
@@ -452,7 +431,7 @@ def test_other_diffusers_vaes_are_not_taken_for_it(tmp_path, model):
 
 
 def test_incomplete_or_other_hunyuan_like_vaes_are_refused(tmp_path):
-    state = randomize(HunyuanVAE(WIDE)).state_dict()
+    state = randomize_vae(HunyuanVAE(WIDE)).state_dict()
     decoder_only = {k: v for k, v in state.items() if not k.startswith(("encoder.", "quant_conv."))}
     save_file(decoder_only, tmp_path / "decoder.safetensors")
     with pytest.raises(DetectionError, match="lacks encoder.conv_in.conv.weight, quant_conv.weight"):

@@ -25,7 +25,7 @@ from openreel.model_loaders.dit import inspect_dit, load_dit
 from openreel.models.common.ops import CastLinear, cast_ops, weight_linears
 from openreel.models.stepvideo.family import STEPVIDEO, VARIANTS
 from openreel.models.stepvideo.model import FP32_PARAMS, StepInputs, StepVideoConfig, StepVideoDiT
-from references import load_stepvideo, load_xfuser_step
+from references import load_stepvideo, load_xfuser_step, rel_err
 
 TOL = 1e-5
 END_TO_END = 1e-4   # sampling runs: the timesteps agree to float32 rounding of σ·1000 (~1e-4), amplified by CFG 9
@@ -36,9 +36,6 @@ TINY = StepVideoConfig(hidden=256, heads=2, layers=2, ffn_width=1024, in_channel
                        clip_dim=24)
 CLIP_TOKENS = 77
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -28,14 +28,11 @@ from openreel.nodes.encode import OpenReelTextEncode
 from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelTextEncoderLoader, OpenReelVAELoader
 from openreel.nodes.sample import OpenReelEmptyLatent, OpenReelSampler
 from openreel.samplers.sample import make_noise
-from references import load_stepvideo, stepvideo_root
+from references import load_stepvideo, rel_err, stepvideo_root
 
 PROMPT = "a red fox walks on the snow, cinematic"
 STEPS, GUIDANCE, SHIFT, SEED = 3, 9.0, 13.0, 3
 
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.fixture
@@ -111,15 +108,15 @@ def test_a_t2v_run_equals_the_official_pipelines_pieces(models, monkeypatch):
     embeds, latent, video, our_vae = ours(models)
     y, y_mask, clip = official_text(models, monkeypatch)
     real = int(y_mask[0, clip.shape[1]:].sum())
-    assert rel(embeds.positive[0, :real], y[0, :real]) <= 1e-5
-    assert rel(embeds.positive_2, clip[:1]) <= 1e-5 and rel(embeds.negative_2, clip[1:]) <= 1e-5
+    assert rel_err(embeds.positive[0, :real], y[0, :real]) <= 1e-5
+    assert rel_err(embeds.positive_2, clip[:1]) <= 1e-5 and rel_err(embeds.negative_2, clip[1:]) <= 1e-5
 
     expected = official_latent(models, y, y_mask, clip)
-    assert rel(latent, expected.transpose(1, 2)) <= 1e-4
+    assert rel_err(latent, expected.transpose(1, 2)) <= 1e-4
 
     from test_stepvideo_vae import official as official_vae
 
     _, ref_vae, _ = official_vae(tiny.TINY_VAE)
     ref_vae.load_state_dict(our_vae.state_dict())
     frames = ref_vae.decode(expected.clone()).transpose(1, 2).clamp(-1, 1)
-    assert video.shape == (1, 3, 17, 64, 64) and rel(video, frames) <= 1e-4
+    assert video.shape == (1, 3, 17, 64, 64) and rel_err(video, frames) <= 1e-4

@@ -22,33 +22,12 @@ from openreel.models.stepvideo import vae as step_vae
 from openreel.models.stepvideo.latents import STEPVIDEO_VAE
 from openreel.models.stepvideo.vae import StepVideoVAE, StepVideoVAEConfig, causal_attention, front_zeros
 from openreel.synthetic_stepvideo import TINY_VAE, write_vae
-from references import load_stepvideo
+from references import load_stepvideo, randomize_vae, rel_err
 
 TINY = StepVideoVAEConfig(latent_channels=4, encoder_widths=(32, 32, 64, 64), decoder_widths=(32, 32, 64, 64))
 # Small models for files and for our own properties: widths 32, one resnet per encoder level, 4 latent channels (a
 # 64-channel VAE's unpatchify conv alone is at least 2048 → 2048 × 3³ = 113M parameters; the released one's 226M).
 SYNTHETIC = TINY_VAE
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def randomize(module, seed=0):
-    """Unit-scale random weights (norm scales near 1); a damped output conv keeps decoded values near [-1, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * noise)
-            elif p.dim() > 1:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                p.copy_(0.1 * noise)
-            if name.startswith("decoder.conv_out"):
-                p.mul_(0.3)
-    return module.eval()
 
 
 def official(cfg=TINY):
@@ -61,7 +40,7 @@ def official(cfg=TINY):
                                           num_res_blocks=cfg.layers, z_channels=cfg.latent_channels, version=2)
     ref.decoder = ref_module.VideoDecoder(ch=dch, ch_mult=tuple(w // dch for w in cfg.decoder_widths),
                                           num_res_blocks=cfg.layers, z_channels=cfg.latent_channels, version=2)
-    randomize(ref)
+    randomize_vae(ref)
     ours = StepVideoVAE(cfg).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)  # the official module's names are ours
     return ref_module, ref, ours
@@ -87,8 +66,8 @@ def test_encode_is_the_official_posterior_mean():
         sample = ref.encode(x.transpose(1, 2)).transpose(1, 2)
     ours_mean = ours.encode(x)
     assert ours_mean.shape == (1, 4, 6, 1, 2)
-    assert rel(ours_mean, mean) <= 1e-5
-    assert rel(ours_mean, sample) > 1e-3  # the official encode() draws a sample around that mean
+    assert rel_err(ours_mean, mean) <= 1e-5
+    assert rel_err(ours_mean, sample) > 1e-3  # the official encode() draws a sample around that mean
 
 
 @pytest.mark.parametrize("chunks", [1, 3])
@@ -99,7 +78,7 @@ def test_decode_matches_the_official_code(chunks):
         expected = ref.decode(z.transpose(1, 2).clone()).transpose(1, 2)
     out = ours.decode(z)
     assert out.shape == (1, 3, 17 * chunks, 16, 32)
-    assert rel(out, expected) <= 1e-5
+    assert rel_err(out, expected) <= 1e-5
 
 
 def test_blocked_attention_and_slabs_match_the_official_code(monkeypatch):
@@ -110,11 +89,11 @@ def test_blocked_attention_and_slabs_match_the_official_code(monkeypatch):
     z = latent(3, 1, 2)
     with torch.inference_mode():
         expected = ref.decode(z.transpose(1, 2).clone()).transpose(1, 2)
-    assert rel(ours.decode(z), expected) <= 1e-5
+    assert rel_err(ours.decode(z), expected) <= 1e-5
     x = frames(17, 16, 32)  # 5 × 1 × 2 encoder mid-block tokens: blocks of 28 queries
     with torch.inference_mode():
         mean = ref.naive_encode(x.transpose(1, 2), True).transpose(1, 2)[:, :4]
-    assert rel(ours.encode(x), mean) <= 1e-5
+    assert rel_err(ours.encode(x), mean) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------- our own properties
@@ -128,7 +107,7 @@ def test_causal_attention_in_blocks_is_sdpa_causal(monkeypatch):
 def test_chunks_are_independent_and_their_boundary_blends_in_order():
     """Each 3-frame latent chunk decodes alone; then the next chunk's first frame = 0.6·itself + 0.4·the previous
     chunk's last, and that last = 0.6·itself + 0.4·the new first (0.76 / 0.24 of the originals)."""
-    ours = randomize(StepVideoVAE(SYNTHETIC))
+    ours = randomize_vae(StepVideoVAE(SYNTHETIC))
     z = latent(6, 2, 3)
     a, b, both = ours.decode(z[:, :, :3]), ours.decode(z[:, :, 3:]), ours.decode(z)
     first = 0.6 * b[:, :, 0] + 0.4 * a[:, :, -1]
@@ -140,7 +119,7 @@ def test_chunks_are_independent_and_their_boundary_blends_in_order():
 
 @pytest.mark.parametrize("tile_size", [None, 16])
 def test_decode_iter_streams_what_decode_returns(tile_size):
-    ours = randomize(StepVideoVAE(SYNTHETIC))
+    ours = randomize_vae(StepVideoVAE(SYNTHETIC))
     z = latent(9, 1, 2)  # 16-pixel tiles: 2 of them
     chunks = list(ours.decode_iter(z, tile_size))
     assert [c.shape[2] for c in chunks] == [17, 17, 17]
@@ -148,7 +127,7 @@ def test_decode_iter_streams_what_decode_returns(tile_size):
 
 
 def test_one_tile_covering_the_frame_is_the_untiled_run():
-    ours = randomize(StepVideoVAE(SYNTHETIC))
+    ours = randomize_vae(StepVideoVAE(SYNTHETIC))
     x, z = frames(17, 32, 48), latent(3, 2, 3)
     assert torch.equal(ours.encode(x, tile_size=512), ours.encode(x))
     assert torch.equal(ours.decode(z, tile_size=512), ours.decode(z))
@@ -178,7 +157,7 @@ def test_tiling_changes_only_the_seam_band(monkeypatch):
     causal attention see only its own pixels and the difference spreads over the frame: measured on these random
     weights 27% (decode) and 14% (encode) relative (TINY's widths, 40 cells in tiles of 24 every 16), an approximation whose size depends on trained
     weights (there is no official tiling to match)."""
-    ours = randomize(StepVideoVAE(SYNTHETIC))
+    ours = randomize_vae(StepVideoVAE(SYNTHETIC))
     z, x = latent(3, 1, 20), frames(17, 16, 320)
     with torch.no_grad():
         for attention in (ours.encoder.mid.attn_1, ours.decoder.mid.attn_1):
