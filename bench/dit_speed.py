@@ -48,7 +48,8 @@ VARIANTS = {
 }
 
 
-def measure(fn, repeats: int) -> dict:
+def measure(fn, repeats: int) -> tuple[dict, torch.Tensor]:
+    """Median seconds and peak memory of `repeats` calls after a warm-up; the last call's output."""
     torch.cuda.synchronize()
     fn()  # warm-up
     torch.cuda.synchronize()
@@ -62,10 +63,11 @@ def measure(fn, repeats: int) -> dict:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-        del out
+        if len(times) < repeats:
+            del out
     peak = torch.cuda.max_memory_allocated()
     return {"seconds": sorted(times)[len(times) // 2], "all_seconds": times, "peak_gib": peak / 2**30,
-            "activation_gib": (peak - base) / 2**30}
+            "activation_gib": (peak - base) / 2**30}, out.float()
 
 
 def profile_forward(module, call: tuple, path: Path) -> None:
@@ -80,7 +82,8 @@ def profile_forward(module, call: tuple, path: Path) -> None:
     print("\n".join(table.splitlines()[:14]), flush=True)
 
 
-def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: int, reference=None) -> dict:
+def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: int, reference=None,
+                growth_runs: int = 10) -> dict:
     storage, values = VARIANTS[name]
     values = dict(values)
     if values.get("block_swap") == "all":
@@ -91,19 +94,19 @@ def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: i
     patches.configure(module, values)
     patches.load(module, 0)
     fn = lambda: module(*call[0], **call[1])  # noqa: E731
-    r = measure(fn, repeats)
-    out = fn().float()
+    r, out = measure(fn, repeats)
     r.update(name=name, tokens=tokens, tflops=subject.flops(module.cfg, tokens) / r["seconds"] / 1e12,
              storage=storage, predicted_activation_gib=subject.predicted_activation(module.cfg, tokens, chunk) / 2**30,
              predicted_peak_gib=predicted.total / 2**30)
     if reference is not None:
         r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
-    if values.get("block_swap"):  # ten more runs: memory must not grow
+    if values.get("block_swap") and growth_runs:  # more runs: memory must not grow
         before = torch.cuda.memory_allocated()
-        for _ in range(10):
+        for _ in range(growth_runs):
             fn()
         torch.cuda.synchronize()
-        r["growth_over_10_runs_mib"] = (torch.cuda.memory_allocated() - before) / 2**20
+        r["growth_runs"] = growth_runs
+        r["growth_mib"] = (torch.cuda.memory_allocated() - before) / 2**20
     return r, out
 
 
@@ -117,6 +120,8 @@ def main() -> None:
                         help="variants for resolutions after the first (default: the same)")
     parser.add_argument("--layers", type=int, default=0, help="fewer blocks for a quick run (0: the real count)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--growth-runs", type=int, default=10, help="runs after a block-swap variant's timing, "
+                        "checking that memory does not grow")
     parser.add_argument("--peers", nargs="*", default=["diffusers", "official"],
                         help="diffusers (eager), diffusers-compiled (Wan, HunyuanVideo); official (Step-Video)")
     parser.add_argument("--profile", action="store_true", help="also write a kernel table of one OpenReel forward")
@@ -135,6 +140,12 @@ def main() -> None:
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "family": args.family,
             "size": args.size, "config": repr(cfg), "date": time.strftime("%Y-%m-%d"), "results": []}
     print(f"{info['gpu']} · torch {torch.__version__} · {args.family} {args.size} · {cfg}", flush=True)
+
+    def record(r: dict, line: str = "") -> None:
+        """Print a result and rewrite the JSON, so a run cut at its time limit keeps what it measured."""
+        info["results"].append(r)
+        print(line or _line(r["res"], r), flush=True)
+        (out_dir / f"dit_speed_{args.family}_{args.size}.json").write_text(json.dumps(info, indent=1))
     with torch.no_grad():
         for k, res in enumerate(args.res):
             wanted = variants if k == 0 or args.res_variants is None else args.res_variants
@@ -148,8 +159,7 @@ def main() -> None:
                     r, out = run_variant(subject, name, module, call, tokens, args.repeats, reference)
                     reference = out if name == "bf16" else reference
                     r["res"] = res
-                    info["results"].append(r)
-                    print(_line(res, r), flush=True)
+                    record(r)
                     if args.profile:
                         profile_forward(module, call, out_dir / f"profile_{args.family}_{args.size}_{res}_"
                                                           f"{name.replace(' ', '_')}.txt")
@@ -159,42 +169,38 @@ def main() -> None:
                         peer.compile_repeated_blocks(fullgraph=True)
                     fn = lambda: subject.peer_output(peer(*peer_call[0], **peer_call[1]))  # noqa: E731
                     try:
-                        r = measure(fn, args.repeats)
+                        r, out = measure(fn, args.repeats)
                     except torch.cuda.OutOfMemoryError as exc:  # a finding, not a crash of the whole run
                         r = {"name": peer_name, "res": res, "tokens": tokens, "error": f"out of memory: {exc}"[:300]}
-                        info["results"].append(r)
-                        print(f"{res} {tokens} tokens  {peer_name}: OUT OF MEMORY", flush=True)
+                        record(r, f"{res} {tokens} tokens  {peer_name}: OUT OF MEMORY")
                         del peer, fn
                         torch.cuda.empty_cache()
                         continue
                     r.update(name=peer_name, res=res, tokens=tokens,
                              tflops=subject.flops(cfg, tokens) / r["seconds"] / 1e12)
                     if reference is not None:
-                        r["rel_diff_vs_bf16"] = ((fn().float() - reference).norm() / reference.norm()).item()
-                    info["results"].append(r)
-                    print(_line(res, r), flush=True)
-                    del peer
+                        r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
+                    record(r)
+                    del peer, out
                 patches.configure(module, {})
                 del module
                 torch.cuda.empty_cache()
             for name in swapped:  # alone on the GPU: the peak is the whole model's
                 module = subject.build(cfg, device, VARIANTS[name][0])
-                r, _ = run_variant(subject, name, module, call, tokens, args.repeats, reference)
+                r, _ = run_variant(subject, name, module, call, tokens, args.repeats, reference, args.growth_runs)
                 r["res"] = res
-                info["results"].append(r)
-                print(_line(res, r), flush=True)
+                record(r)
                 patches.configure(module, {})
                 del module
                 torch.cuda.empty_cache()
-    (out_dir / f"dit_speed_{args.family}_{args.size}.json").write_text(json.dumps(info, indent=1))
 
 
 def _line(res: str, r: dict) -> str:
     extra = f"  vs bf16 {r['rel_diff_vs_bf16']:.1e}" if "rel_diff_vs_bf16" in r else ""
     if "predicted_activation_gib" in r:
         extra += f"  predicted activations {r['predicted_activation_gib']:.1f}, peak {r['predicted_peak_gib']:.1f}"
-    if "growth_over_10_runs_mib" in r:
-        extra += f"  growth over 10 runs {r['growth_over_10_runs_mib']:.0f} MiB"
+    if "growth_mib" in r:
+        extra += f"  growth over {r['growth_runs']} runs {r['growth_mib']:.0f} MiB"
     return (f"{res} {r['tokens']} tokens  {r['name']:22s} {r['seconds']:7.3f} s  {r['tflops']:4.0f} TFLOP/s  "
             f"peak {r['peak_gib']:5.1f} GiB (activations {r['activation_gib']:.1f}){extra}")
 
