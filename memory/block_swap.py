@@ -185,10 +185,14 @@ def _mirror(shell: nn.Module, block: nn.Module, mirrored: dict[int, set[str]]) -
 
 
 class _View(nn.Module):
-    """What is on the GPU while block swap is on: the resident submodules and the ring's shells."""
+    """What is on the GPU while block swap is on: the model's own parameters (Step-Video's output
+    `scale_shift_table`: the same Parameter objects, which moves change in place), the resident submodules and the
+    ring's shells."""
 
-    def __init__(self, resident: list[nn.Module], shells: list[nn.Module]):
+    def __init__(self, own: dict[str, nn.Parameter], resident: list[nn.Module], shells: list[nn.Module]):
         super().__init__()
+        for name, parameter in own.items():
+            self.register_parameter(name, parameter)
         self.resident = nn.ModuleList(resident)
         self.ring = nn.ModuleList(shells)
 
@@ -261,7 +265,10 @@ class BlockSwapResidency(Wrapper):
         resident = [child for name, child in module.named_children()
                     if name not in lists and name not in self.offloaded]
         resident += [block for n, (_, _, block) in enumerate(blocks) if n < self.first]
-        self.view = _View(resident, shells)
+        if module._buffers:  # a move would rebind the view's entry, not the model's
+            raise InputError(f"block swap does not support {type(module).__name__}: it holds buffers of its own",
+                             "keep this model resident")
+        self.view = _View(dict(module._parameters), resident, shells)
         self._hooks = []
         for name in self.offloaded:
             sub = getattr(module, name)

@@ -215,3 +215,28 @@ def test_block_swap_node(tiny_dit):
         node.apply(tiny_dit, 5, False)
     required = OpenReelBlockSwap.INPUT_TYPES()["required"]
     assert all(options.get("tooltip") for _, options in required.values())
+
+
+def _every_family() -> list[torch.nn.Module]:
+    from openreel.models.hunyuan.model import HunyuanConfig, HunyuanDiT
+    from openreel.models.stepvideo.model import StepVideoDiT
+    from openreel.synthetic_stepvideo import tiny_dit_config
+
+    return [WanDiT(CFG), HunyuanDiT(HunyuanConfig(hidden=128, heads=1, mlp_width=256, double_blocks=1,
+                                                  single_blocks=2, refiner_heads=1, refiner_mlp_width=256)),
+            StepVideoDiT(tiny_dit_config())]
+
+
+@pytest.mark.parametrize("model", _every_family(), ids=lambda m: type(m).__name__)
+def test_every_tensor_but_the_swapped_blocks_is_handed_to_the_runtime(monkeypatch, model):
+    """With every block swapped, what is left (the model's own parameters too: Step-Video's output
+    `scale_shift_table`) must be in the view the runtime moves to the GPU, or the forward mixes devices."""
+    handed = []
+    monkeypatch.setattr(runtime, "load_model", lambda m, required=0: handed.append(m) or torch.device("cpu"))
+    monkeypatch.setattr(runtime, "offload_model", lambda m: None)
+    blocks = sum(len(getattr(model, name)) for name in model.block_lists)
+    residency = swap(model, BlockSwap(blocks))
+    in_view = {id(p) for p in handed[-1].parameters()}
+    swapped = {id(p) for name in model.block_lists for p in getattr(model, name).parameters()}
+    left = [name for name, p in model.named_parameters() if id(p) not in swapped and id(p) not in in_view]
+    assert handed[-1] is residency.view and left == []
