@@ -144,7 +144,7 @@ def main() -> None:
                      if v["inputs"].get("model_name", "").startswith("step_llm"))
     with tempfile.TemporaryDirectory() as tmp:
         llm, clip = text_encoders(Path(tmp), llm_dtype)
-    dit, vae = dit_handle(), vae_handle()
+    vae = vae_handle()
     print(f"random modules of the real size built in {time.perf_counter() - t0:.0f} s; Step-LLM stored as "
           f"{llm.weight_dtype}", flush=True)
     simulate_card(args.card_gib)
@@ -160,6 +160,7 @@ def main() -> None:
 
     embeds = stage("text encode (2 prompts, 2 encoders)", lambda: OpenReelTextEncode().encode(
         llm, encode["prompt"], encode["negative_prompt"], clip)[0])
+    dit = dit_handle()  # after encoding: its meta module counts 60 GB in the cache's budget of host memory
     latent = OpenReelEmptyLatent().make(vae, empty["width"], empty["height"], empty["frames"], 1)[0]
     plan = OpenReelVRAMBudget().apply(dit, latent, budget["budget_gb"], budget["allow_fp8"])["result"]
     planned = plan[0]
