@@ -89,8 +89,8 @@ def dit_handle() -> DiTHandle:
     ckpt = Checkpoint((Path("random-stepvideo.safetensors"),),
                       {k: TensorInfo(s, torch.bfloat16) for k, s in shapes.items()}, {})
     handle = DiTHandle(STEPVIDEO.describe(ckpt), ("random-stepvideo.safetensors",), ((0, 0),), "bf16", "bf16")
-    with torch.device("meta"):
-        MODULES.get_or_build(handle.weights_key, lambda: StepVideoDiT(cfg))
+    with torch.device("meta"):  # in bf16 as loaded (its few float32 norms and tables aside)
+        MODULES.get_or_build(handle.weights_key, lambda: StepVideoDiT(cfg).to(torch.bfloat16))
     return handle
 
 
@@ -135,7 +135,7 @@ def main() -> None:
         row = dict(seconds=seconds, peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB,
                    peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB, **extra)
         report["stages"][stage] = row
-        print(f"{stage:34s} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+        print(f"\n{stage:34s} " + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in row.items()), flush=True)
         (out / "stepvideo_pipeline.json").write_text(json.dumps(report, indent=1))
 
@@ -183,6 +183,9 @@ def main() -> None:
     fixed = sampled["seconds"] - args.steps * steady
     sampled.update(model_calls=len(stamps.times), steady_step_s=steady, fixed_s=fixed,
                    priced_full_s=fixed + args.full_steps * steady)
+    print(f"steady {steady:.1f} s per step; {args.full_steps} steps priced at {fixed + args.full_steps * steady:.0f} s",
+          flush=True)
+    (out / "stepvideo_pipeline.json").write_text(json.dumps(report, indent=1))
     frames = stage("VAE decode (tiling auto)", lambda: OpenReelVAEDecode().decode(vae, samples, "auto")[0])
     report["frames_shape"] = list(frames.shape)
     stages = report["stages"].values()
