@@ -10,8 +10,10 @@ raises an error saying why; "fallback" runs the call on SDPA instead and logs th
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable, NamedTuple
+from contextvars import ContextVar
+from typing import Callable, Iterator, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +77,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
         _LOGGED.add((name, reason))
         log.warning("OpenReel: attention backend %r cannot run a call (%s); SDPA runs such calls", name, reason)
     return _sdpa(q, k, v, mask)
+
+
+class HeadExchange(Protocol):
+    """Swaps a sequence split over ranks for a split of the heads and back (parallel/sequence.py)."""
+
+    def to_heads(self, t: torch.Tensor) -> torch.Tensor: ...   # [B, share, H, D] → [B, L, H/N, D]
+    def to_tokens(self, out: torch.Tensor) -> torch.Tensor: ...  # [B, L, (H/N)·D] → [B, share, H·D]
+
+
+_EXCHANGE: ContextVar[HeadExchange | None] = ContextVar("openreel_head_exchange", default=None)
+
+
+@contextlib.contextmanager
+def exchanging_heads(exchange: HeadExchange) -> Iterator[None]:
+    """Within: `self_attention` calls run with `exchange` around them."""
+    token = _EXCHANGE.set(exchange)
+    try:
+        yield
+    finally:
+        _EXCHANGE.reset(token)
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
+                   backend: str = "sdpa") -> torch.Tensor:
+    """`attention` of a token sequence over itself. Under sequence parallelism each rank holds a share of the
+    tokens, so heads are exchanged for tokens around the call: every rank attends over all tokens (`mask` is over
+    all of them) with its share of the heads. Attention to other tokens (text) needs no exchange: use `attention`."""
+    exchange = _EXCHANGE.get()
+    if exchange is None:
+        return attention(q, k, v, mask=mask, backend=backend)
+    return exchange.to_tokens(attention(*(exchange.to_heads(t) for t in (q, k, v)), mask=mask, backend=backend))

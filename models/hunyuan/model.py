@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.attention import attention
+from ..common.attention import attention, self_attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
 from ..common.norms import RMSNorm, layer_norm, modulate
 from ..common.ops import PLAIN, Ops
@@ -260,7 +260,7 @@ class DoubleStreamBlock(nn.Module):
                                inp.dtype)
         q = apply_rope_interleaved(torch.cat([iq, tq], 1), *inp.rope)
         k = apply_rope_interleaved(torch.cat([ik, tk], 1), *inp.rope)
-        return attention(q, k, torch.cat([iv, tv], 1), mask=inp.mask, backend=inp.backend)
+        return self_attention(q, k, torch.cat([iv, tv], 1), mask=inp.mask, backend=inp.backend)
 
     def _chunked(self, x: torch.Tensor, img_mod, txt_mod, inp: StepInputs) -> torch.Tensor:
         """The block in token chunks (see the module docstring), updating `x` in place."""
@@ -274,7 +274,7 @@ class DoubleStreamBlock(nn.Module):
             for s in spans(rows.start, rows.stop, inp.chunk):
                 _store_qkv(qkv, s, linear(modulate(layer_norm(x[:, s], self.eps), mod[0], mod[1]).to(dtype)),
                            q_norm, k_norm, inp.rope)
-        attn = attention(*qkv, mask=inp.mask, backend=inp.backend)
+        attn = self_attention(*qkv, mask=inp.mask, backend=inp.backend)
         del qkv
         for rows, mod, _, _, _, proj, mlp in streams:
             a, part = attn[:, rows], x[:, rows]
@@ -314,8 +314,9 @@ class SingleStreamBlock(nn.Module):
         method of its own, so the large `linear1` output dies on return)."""
         qkv, mlp = self.linear1(h).split([3 * self.hidden, self.mlp_width], dim=-1)
         q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).unbind(2)
-        attn = attention(apply_rope_interleaved(self.q_norm(q), *inp.rope),
-                         apply_rope_interleaved(self.k_norm(k), *inp.rope), v, mask=inp.mask, backend=inp.backend)
+        attn = self_attention(apply_rope_interleaved(self.q_norm(q), *inp.rope),
+                              apply_rope_interleaved(self.k_norm(k), *inp.rope), v, mask=inp.mask,
+                              backend=inp.backend)
         return torch.cat([attn, _gelu_tanh(mlp)], dim=-1)
 
     def _store_chunk(self, qkv: list[torch.Tensor], mlp: torch.Tensor, s: slice, h: torch.Tensor, rope) -> None:
@@ -332,7 +333,7 @@ class SingleStreamBlock(nn.Module):
         for s in spans(0, x.shape[1], inp.chunk):
             self._store_chunk(qkv, mlp, s, modulate(layer_norm(x[:, s], self.eps), shift, scale).to(inp.dtype),
                               inp.rope)
-        attn = attention(*qkv, mask=inp.mask, backend=inp.backend)
+        attn = self_attention(*qkv, mask=inp.mask, backend=inp.backend)
         del qkv
         return add_in_chunks(x, lambda s: self.linear2(torch.cat([attn[:, s], mlp[:, s]], dim=-1)).float()
                              * gate.unsqueeze(1), inp.chunk)
@@ -490,6 +491,17 @@ class HunyuanDiT(WrappedModel):
         stream = self.run_blocks("single_blocks", stream, inp)
         out = self.final_layer(stream[:, :tokens], vec_act, dtype).float()
         return self.unpatchify(out, grid)
+
+    def replicated_tokens(self, inp: StepInputs) -> int:
+        """Under sequence parallelism the text tokens at the stream's end stay whole on every rank."""
+        return inp.rope[0].shape[0] - inp.img_tokens
+
+    def inputs_for_tokens(self, inp: StepInputs, s: slice, length: int) -> StepInputs:
+        """The blocks' inputs for image tokens `s` of `length` (a rank's share under sequence parallelism) followed
+        by the whole text; the key mask stays over all tokens, as attention sees all of them."""
+        cos, sin = inp.rope
+        rows = torch.cat([torch.arange(s.start, s.stop), torch.arange(length, cos.shape[0])]).to(cos.device)
+        return inp._replace(img_tokens=s.stop - s.start, rope=(cos[rows], sin[rows]))
 
     def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         """What TeaCache compares from step to step (speed/step_cache), from the first block list's inputs, as

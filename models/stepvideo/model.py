@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.attention import attention
+from ..common.attention import attention, self_attention
 from ..common.embeddings import axial_rope_angles, rope_cos_sin, timestep_sinusoid
 from ..common.norms import RMSNorm, layer_norm, modulate
 from ..common.ops import PLAIN, Ops
@@ -240,11 +240,11 @@ class StepVideoBlock(nn.Module):
 
         cos, sin = inp.rope
         if step >= x.shape[1]:
-            return attention(*self.attn1(modulated(slice(None)), cos, sin), backend=inp.backend)
+            return self_attention(*self.attn1(modulated(slice(None)), cos, sin), backend=inp.backend)
         qkv = [x.new_empty(*x.shape[:2], self.heads, x.shape[2] // self.heads, dtype=inp.dtype) for _ in range(3)]
         for s in spans(0, x.shape[1], step):
             self._store(qkv, s, modulated(s), cos[s], sin[s])
-        return attention(*qkv, backend=inp.backend)
+        return self_attention(*qkv, backend=inp.backend)
 
     def _store(self, buffers: list[torch.Tensor], s: slice, h: torch.Tensor, cos, sin) -> None:
         """q, k, v of tokens `s` (modulated input `h`) into their buffers (a function of its own: the chunk's
@@ -361,6 +361,11 @@ class StepVideoDiT(WrappedModel):
         shift, scale = (self.scale_shift_table.float() + embedded.unsqueeze(1)).unbind(1)
         out = self.proj_out(normed.mul_(1 + scale.unsqueeze(1)).add_(shift.unsqueeze(1)).to(dtype)).float()
         return self.unpatchify(out, grid)
+
+    def inputs_for_tokens(self, inp: StepInputs, s: slice, length: int) -> StepInputs:
+        """The blocks' inputs for tokens `s` (a rank's share under sequence parallelism): their RoPE angles."""
+        cos, sin = inp.rope
+        return inp._replace(rope=(cos[s], sin[s]))
 
     def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         """What TeaCache compares from step to step (speed/step_cache), for either kind: the first block's

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import InputError
-from ..common.attention import attention
+from ..common.attention import attention, self_attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
 from ..common.norms import RMSNorm, layer_norm
 from ..common.ops import PLAIN, Ops
@@ -110,7 +110,7 @@ class SelfAttention(nn.Module):
         q = apply_rope_interleaved(self.norm_q(self.q(x)).unflatten(2, heads), *inp.rope)
         k = apply_rope_interleaved(self.norm_k(self.k(x)).unflatten(2, heads), *inp.rope)
         v = self.v(x).unflatten(2, heads)
-        return self.o(attention(q, k, v, mask=inp.mask, backend=inp.backend))
+        return self.o(self_attention(q, k, v, mask=inp.mask, backend=inp.backend))
 
 
 class CrossAttention(nn.Module):
@@ -318,6 +318,12 @@ class WanDiT(WrappedModel):
         x = self.run_blocks("blocks", x, inp)
         out = self.head(x, e, dtype).float()
         return self.unpatchify(out, grid)
+
+    def inputs_for_tokens(self, inp: StepInputs, s: slice, length: int) -> StepInputs:
+        """The blocks' inputs for tokens `s` of `length` (a rank's share under sequence parallelism): their
+        modulation rows and RoPE angles; the mask stays over all tokens, as attention sees all of them."""
+        cos, sin = inp.rope
+        return inp._replace(e0=_rows(inp.e0, s, length), rope=(cos[s], sin[s]))
 
     def step_cache_signal(self, kind: str, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         """What TeaCache compares from step to step (speed/step_cache), from the block list's inputs, as

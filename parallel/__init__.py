@@ -1,0 +1,1 @@
+"""Several GPUs (or CPU processes) working on one model call, over torch.distributed."""
