@@ -1,5 +1,6 @@
 """Sequence parallelism (parallel/sequence.py) on CPU processes over gloo: a DiT forward split over 2 and 4 ranks
-equals the single-process forward (float32), for every timestep layout and the block-causal mask."""
+equals the single-process forward (float32), for every timestep layout and the block-causal mask, with and without
+token chunks."""
 from __future__ import annotations
 
 import socket
@@ -65,6 +66,16 @@ def _hunyuan() -> tuple[torch.nn.Module, list[tuple[tuple, dict]]]:
 FAMILIES = {"wan": _wan, "stepvideo": _stepvideo, "hunyuan": _hunyuan}
 
 
+def _outputs(model, calls) -> list[torch.Tensor]:
+    """Each call's output whole, then with token chunks of 4 (the blocks' other code path)."""
+    out = []
+    with torch.no_grad():
+        for chunk in (0, 4):
+            model.token_chunk = chunk
+            out += [model(*args, **kwargs) for args, kwargs in calls]
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,8 +88,7 @@ def _rank(rank: int, world: int, port: int, family: str, out: str) -> None:
         torch.set_num_threads(1)
         model, calls = FAMILIES[family]()
         model.wrappers.set("sequence_parallel", SequenceParallel())
-        with torch.no_grad():
-            outputs = [model(*args, **kwargs) for args, kwargs in calls]
+        outputs = _outputs(model, calls)
         torch.save(outputs, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -88,8 +98,7 @@ def _rank(rank: int, world: int, port: int, family: str, out: str) -> None:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_split_forward_equals_one_process(family, world):
     model, calls = FAMILIES[family]()
-    with torch.no_grad():
-        expected = [model(*args, **kwargs) for args, kwargs in calls]
+    expected = _outputs(model, calls)
     with tempfile.TemporaryDirectory() as out:
         context = mp.start_processes(_rank, args=(world, _free_port(), family, out), nprocs=world, join=False,
                                      start_method="fork")
