@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from contextvars import ContextVar
 from typing import Callable, Iterator, NamedTuple, Protocol
 
 import torch
@@ -86,17 +85,20 @@ class HeadExchange(Protocol):
     def to_tokens(self, out: torch.Tensor) -> torch.Tensor: ...  # [B, L, (H/N)·D] → [B, share, H·D]
 
 
-_EXCHANGE: ContextVar[HeadExchange | None] = ContextVar("openreel_head_exchange", default=None)
+# A plain global, not a ContextVar: torch.compile reads a global under a guard, while a ContextVar breaks the graph
+# of every compiled block. Model calls run one at a time per process (ComfyUI's executor, each parallel rank).
+_exchange: HeadExchange | None = None
 
 
 @contextlib.contextmanager
-def exchanging_heads(exchange: HeadExchange) -> Iterator[None]:
+def exchanging_heads(exchange: HeadExchange | None) -> Iterator[None]:
     """Within: `self_attention` calls run with `exchange` around them."""
-    token = _EXCHANGE.set(exchange)
+    global _exchange
+    previous, _exchange = _exchange, exchange
     try:
         yield
     finally:
-        _EXCHANGE.reset(token)
+        _exchange = previous
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
@@ -104,7 +106,7 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: t
     """`attention` of a token sequence over itself. Under sequence parallelism each rank holds a share of the
     tokens, so heads are exchanged for tokens around the call: every rank attends over all tokens (`mask` is over
     all of them) with its share of the heads. Attention to other tokens (text) needs no exchange: use `attention`."""
-    exchange = _EXCHANGE.get()
+    exchange = _exchange
     if exchange is None:
         return attention(q, k, v, mask=mask, backend=backend)
     return exchange.to_tokens(attention(*(exchange.to_heads(t) for t in (q, k, v)), mask=mask, backend=backend))
