@@ -9,8 +9,8 @@ gathered so every rank continues with the whole stream.
 A model takes part by running its self-attention through `models.common.attention.self_attention` and by giving
 its blocks' inputs (the first argument after the stream of each `run_blocks`) for a share of the tokens:
 `inputs_for_tokens(inputs, slice, length)`. A stream may end with tokens every rank keeps whole
-(`replicated_tokens(inputs)`: HunyuanVideo's text, a few hundred against tens of thousands of video tokens). Heads must divide by
-the number of ranks; tokens need not (shares differ by at most one token).
+(`replicated_tokens(inputs)`: HunyuanVideo's text, a few hundred against tens of thousands of video tokens).
+Heads must divide by the number of ranks; tokens need not (shares differ by at most one token).
 """
 from __future__ import annotations
 
@@ -101,5 +101,5 @@ class SequenceParallel(Wrapper):
         args = (model.inputs_for_tokens(inputs, mine, length), *args[1:])
         with exchanging_heads(UlyssesExchange(sizes, tail, self.group)):
             out = call(torch.cat([x[:, mine], x[:, length:]], dim=1), *args)
-        return torch.cat([gather_tokens(out[:, : mine.stop - mine.start], sizes, self.group), out[:, out.shape[1] - tail:]],
-                         dim=1)
+        share = mine.stop - mine.start
+        return torch.cat([gather_tokens(out[:, :share], sizes, self.group), out[:, share:]], dim=1)
