@@ -20,6 +20,8 @@ from . import lora_apply
 from .cache import MODULES
 from .lora import LORA_PATCH
 
+MULTI_GPU_PATCH = "multi_gpu"   # parallel/: its worker pool runs the handle
+
 _BUILDERS: dict[str, Callable[[ModelHandle], nn.Module]] = {}
 
 
@@ -45,7 +47,12 @@ def module_of(handle: ModelHandle) -> nn.Module:
 
 
 def prepare(handle: ModelHandle) -> nn.Module:
-    """The module for `handle`, with the handle's LoRAs and configured by every registered patch."""
+    """The module for `handle`, with the handle's LoRAs and configured by every registered patch; for a handle
+    that runs on several GPUs, the stand-in that sends its calls to the worker pool (parallel/model.py)."""
+    if handle.patch(MULTI_GPU_PATCH) is not None:
+        from ..parallel.model import ParallelDiT
+
+        return ParallelDiT(handle)
     module = module_of(handle)
     values = dict(handle.patches)
     lora_apply.apply(handle, module, tuple(values.pop(LORA_PATCH, ())))

@@ -1,0 +1,112 @@
+"""OpenReel Multi-GPU on CPU worker processes over gloo (parallel/pool.py, parallel/model.py): the sampler's latents
+equal the single-process sampler's with tokens shared, with CFG parallel and with one expert per worker; a worker
+that dies is an error naming its device, not a hang; the workers load the model files themselves."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from openreel import synthetic
+from openreel.errors import InputError
+from openreel.handles import TextEmbeds
+from openreel import runtime
+from openreel.latents import empty_latent, latent_format
+from openreel.model_loaders.core import prepare
+from openreel.model_loaders.dit import load_dit
+from openreel.models.wan.model import WanConfig
+from openreel.nodes.parallel import OpenReelMultiGPU, parse_devices
+from openreel.parallel import pool as pools
+from openreel.parallel.model import ParallelDiT
+from openreel.samplers.sample import sample
+
+CFG = WanConfig(dim=512, ffn_dim=256, num_heads=4, num_layers=2, text_dim=synthetic.TINY_TEXT_DIM)  # heads of 128, as files say
+WORKERS = "cpu,cpu"
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experts")
+    handles = []
+    for seed in (0, 1):
+        path = folder / f"expert{seed}.safetensors"
+        save_file(synthetic.wan_state_dict(CFG, seed=seed), str(path))
+        handles.append(load_dit(path, "fp32", "fp32"))
+    yield handles
+    pools.shutdown()
+
+
+def embeds() -> TextEmbeds:
+    gen = torch.Generator().manual_seed(3)
+    return TextEmbeds(torch.randn(1, 6, CFG.text_dim, generator=gen), torch.randn(1, 4, CFG.text_dim, generator=gen))
+
+
+def run(dit, guidance: float, low=None) -> torch.Tensor:
+    latent = empty_latent(latent_format("wan21"), 48, 32, 9)  # 3 × 2 × 3 = 18 tokens
+    return sample(dit, embeds(), latent, seed=5, steps=3, guidance=guidance, shift=5.0, solver="euler",
+                  dit_low_noise=low, guidance_low_noise=guidance, boundary=0.9 if low is not None else 0.0)["samples"]
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("cfg_parallel", [False, True], ids=["tokens shared", "cfg parallel"])
+def test_latents_equal_one_process(experts, cfg_parallel):
+    dit = experts[0]
+    expected = run(dit, 4.0)
+    parallel = OpenReelMultiGPU().apply(dit, WORKERS, cfg_parallel, True)[0]
+    assert isinstance(prepare(parallel), ParallelDiT)  # the sampler holds the stand-in: the workers compute
+    assert close(run(parallel, 4.0), expected)
+    assert close(run(parallel, 1.0), run(dit, 1.0))  # one branch: the tokens shared whatever the setting
+
+
+def test_an_expert_per_worker_equals_one_process(experts):
+    high, low = OpenReelMultiGPU().apply(experts[0], WORKERS, True, True, experts[1])
+    assert high.patch("multi_gpu").ranks == (0,) and low.patch("multi_gpu").ranks == (1,)
+    assert close(run(high, 3.0, low), run(experts[0], 3.0, experts[1]))
+
+
+def test_a_dead_worker_is_an_error_naming_its_device_and_the_next_run_starts_afresh(experts):
+    parallel = OpenReelMultiGPU().apply(experts[0], WORKERS, False, True)[0]
+    run(parallel, 1.0)
+    pool = pools.pool_for(("cpu", "cpu"))
+    pool.procs[1].kill()
+    start = time.monotonic()
+    with pytest.raises(pools.WorkerError, match="the worker on cpu stopped"):
+        run(parallel, 1.0)
+    assert time.monotonic() - start < 30 and not pool.alive()
+    assert close(run(parallel, 1.0), run(experts[0], 1.0))
+
+
+def test_an_interrupt_stops_the_run_between_calls_and_the_workers_stay(experts, monkeypatch):
+    parallel = OpenReelMultiGPU().apply(experts[0], WORKERS, False, True)[0]
+    run(parallel, 1.0)
+    pool = pools.pool_for(("cpu", "cpu"))
+    forward = ParallelDiT.forward
+
+    def then_interrupt(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        runtime.request_interrupt()
+        return out
+    monkeypatch.setattr(ParallelDiT, "forward", then_interrupt)
+    with pytest.raises(runtime.Interrupted):
+        run(parallel, 1.0)
+    monkeypatch.setattr(ParallelDiT, "forward", forward)
+    assert pools.pool_for(("cpu", "cpu")) is pool and pool.alive()
+    assert close(run(parallel, 1.0), run(experts[0], 1.0))
+
+
+def test_device_lists_are_checked():
+    with pytest.raises(InputError, match="two or more"):
+        parse_devices("0")
+    with pytest.raises(InputError, match="not a GPU number"):
+        parse_devices("0,x")
+    with pytest.raises(InputError, match="twice"):
+        parse_devices("0, 0")
+    count = torch.cuda.device_count()
+    with pytest.raises(InputError, match="does not exist"):
+        parse_devices(f"{count},{count + 1}")
+    assert parse_devices("cpu,cpu") == ("cpu", "cpu")
