@@ -20,9 +20,16 @@ from . import lora_apply
 from .cache import MODULES
 from .lora import LORA_PATCH
 
-MULTI_GPU_PATCH = "multi_gpu"   # parallel/: its worker pool runs the handle
-
 _BUILDERS: dict[str, Callable[[ModelHandle], nn.Module]] = {}
+
+
+_STAND_INS: dict[str, Callable[[ModelHandle], nn.Module]] = {}
+
+
+def register_stand_in(patch: str, make: Callable[[ModelHandle], nn.Module]) -> None:
+    """Handles with `patch` run elsewhere: `prepare` returns `make(handle)`, which the sampler calls as the module
+    (parallel/model.py: the worker pool)."""
+    _STAND_INS[patch] = make
 
 
 def register_builder(kind: str, build: Callable[[ModelHandle], nn.Module]) -> None:
@@ -48,11 +55,10 @@ def module_of(handle: ModelHandle) -> nn.Module:
 
 def prepare(handle: ModelHandle) -> nn.Module:
     """The module for `handle`, with the handle's LoRAs and configured by every registered patch; for a handle
-    that runs on several GPUs, the stand-in that sends its calls to the worker pool (parallel/model.py)."""
-    if handle.patch(MULTI_GPU_PATCH) is not None:
-        from ..parallel.model import ParallelDiT
-
-        return ParallelDiT(handle)
+    that runs elsewhere (`register_stand_in`), its stand-in."""
+    for patch, make in _STAND_INS.items():
+        if handle.patch(patch) is not None:
+            return make(handle)
     module = module_of(handle)
     values = dict(handle.patches)
     lora_apply.apply(handle, module, tuple(values.pop(LORA_PATCH, ())))

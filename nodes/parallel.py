@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from ..model_loaders.core import MULTI_GPU_PATCH
-from ..parallel.model import MultiGPU
+from ..parallel.model import MULTI_GPU_PATCH, MultiGPU
 from .common import OpenReelNode, mappings
 
 

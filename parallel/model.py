@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..handles import DiTHandle
-from ..model_loaders.core import MULTI_GPU_PATCH
-from .pool import pool_for
+from ..model_loaders.core import register_stand_in
+from .pool import MULTI_GPU_PATCH, pool_for
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,6 @@ def _rows(value, part: torch.Tensor, rows: int):
     if isinstance(value, dict):
         return {k: _rows(v, part, rows) for k, v in value.items()}
     return value
+
+
+register_stand_in(MULTI_GPU_PATCH, ParallelDiT)

@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 
-from ..model_loaders.core import MULTI_GPU_PATCH
-
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0   # a worker's import of torch and the process-group rendezvous
 POLL_S = 0.2
+MULTI_GPU_PATCH = "multi_gpu"   # the handle patch of OpenReel Multi-GPU (parallel/model.py)
 
 
 class WorkerError(RuntimeError):
