@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..handles import DiTHandle
+from ..model_loaders.cache import MODULES
 from ..model_loaders.core import register_stand_in
 from .pool import MULTI_GPU_PATCH, pool_for
 
@@ -41,14 +42,16 @@ def groups_for(ranks: tuple[int, ...], rows: int, split_batch: bool) -> list[tup
 
 class _Residency:
     """Loads the model on its ranks' workers; leaves it there on offload (each worker evicts it when another
-    model needs the room, and an expert pair on separate GPUs must not move at each switch)."""
+    model needs the room, and an expert pair on separate GPUs must not move at each switch). This process lets
+    its own copy go (the loader node made one): host memory holds the workers' copies only."""
 
     def __init__(self, model: "ParallelDiT"):
         self.model = model
 
     def load(self, module: nn.Module, memory_required: int) -> None:
-        settings = self.model.settings
-        pool_for(settings.devices).run({r: ("load", self.model.handle) for r in settings.ranks})
+        settings, handle = self.model.settings, self.model.handle
+        pool_for(settings.devices).run({r: ("load", handle) for r in settings.ranks})
+        MODULES.evict(handle.weights_key)
 
     def offload(self, module: nn.Module) -> None:
         pass

@@ -14,6 +14,7 @@ from openreel.errors import InputError
 from openreel.handles import TextEmbeds
 from openreel import runtime
 from openreel.latents import empty_latent, latent_format
+from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.core import prepare
 from openreel.model_loaders.dit import load_dit
 from openreel.models.wan.model import WanConfig
@@ -60,6 +61,7 @@ def test_latents_equal_one_process(experts, cfg_parallel):
     parallel = OpenReelMultiGPU().apply(dit, WORKERS, cfg_parallel, True)[0]
     assert isinstance(prepare(parallel), ParallelDiT)  # the sampler holds the stand-in: the workers compute
     assert close(run(parallel, 4.0), expected)
+    assert dit.weights_key not in MODULES  # this process let its copy go: the workers hold the model
     assert close(run(parallel, 1.0), run(dit, 1.0))  # one branch: the tokens shared whatever the setting
 
 
@@ -97,6 +99,34 @@ def test_an_interrupt_stops_the_run_between_calls_and_the_workers_stay(experts, 
     monkeypatch.setattr(ParallelDiT, "forward", forward)
     assert pools.pool_for(("cpu", "cpu")) is pool and pool.alive()
     assert close(run(parallel, 1.0), run(experts[0], 1.0))
+
+
+def test_diffusion_forcing_windows_equal_one_process(tmp_path):
+    """Three windows, asynchronous (per-frame timesteps) with causal attention, on the synthetic SkyReels-V2 DF
+    model: the workers run every window's calls."""
+    from openreel.nodes.diffusion_forcing import OpenReelDiffusionForcingSampler
+    from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
+
+    synthetic.write_model_set(tmp_path / "models")
+    runtime.set_models_dir(tmp_path / "models")
+    runtime.set_output_dir(tmp_path / "output")
+    try:
+        dit = OpenReelDiTLoader().load("SkyReels-V2-DF-1.3B-540P/model.safetensors", "auto", "fp32")[0]
+        vae = OpenReelVAELoader().load(next(iter(synthetic.VAES)), "fp32")[0]
+        args = dict(width=64, height=64, num_frames=25, base_num_frames=13, overlap_history=5, ar_step=2,
+                    causal_block_size=1, addnoise_condition=0, seed=7, steps=2, cfg=0.0, shift=0.0, fps="24",
+                    join="vae_roundtrip", solver="unipc", causal_attention=True)
+        gen = torch.Generator().manual_seed(3)
+        prompts = TextEmbeds(*(torch.randn(1, n, synthetic.TINY_TEXT_DIM, generator=gen) for n in (6, 3)))
+        expected = OpenReelDiffusionForcingSampler().run(dit, prompts, vae, **args)[0]["samples"]
+        parallel = OpenReelMultiGPU().apply(dit, WORKERS, True, True)[0]
+        runtime.set_output_dir(tmp_path / "output_2")  # no resume from the first render's saved windows
+        got = OpenReelDiffusionForcingSampler().run(parallel, prompts, vae, **args)[0]["samples"]
+        assert close(got, expected)
+    finally:
+        runtime.set_models_dir(None)
+        runtime.set_output_dir(None)
+        MODULES.clear()
 
 
 def test_device_lists_are_checked():
