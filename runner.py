@@ -225,6 +225,8 @@ SYNTHETIC_SIZES = {"OpenReelEmptyLatent": {"width": 64, "height": 64,
                    "OpenReelSampler": {"steps": 2},
                    "OpenReelDiffusionForcingSampler": {"width": 64, "height": 64, "num_frames": 53,
                                                        "base_num_frames": 37, "overlap_history": 21, "steps": 2},
+                   # Without GPUs enough, as many CPU worker processes as the workflow lists GPUs.
+                   "OpenReelMultiGPU": {"gpus": lambda inputs: _cpu_workers(inputs["gpus"])},
                    # Tiny random models have no published calibration: give TeaCache / MagCache a plain one.
                    "OpenReelStepCache": {"coefficients": lambda inputs: "" if inputs.get("method") == "easycache"
                                          else inputs.get("coefficients") or "1, 0"}}
@@ -236,6 +238,18 @@ def _few_frames(frames) -> object:
     if not isinstance(frames, int):
         return frames
     return 17 if frames % 17 == 0 else 5 if frames % 4 == 1 else frames
+
+
+def _cpu_workers(gpus) -> object:
+    """A GPU list this machine cannot serve becomes that many CPU workers (a link is left as it is)."""
+    import torch
+
+    if not isinstance(gpus, str):
+        return gpus
+    names = [g for g in gpus.split(",") if g.strip()]
+    if all(n.strip().isdigit() and int(n) < torch.cuda.device_count() for n in names):
+        return gpus
+    return ",".join(["cpu"] * len(names))
 
 
 def synthetic_inputs(entry: dict) -> dict:
