@@ -195,6 +195,32 @@ def _patcher(module: torch.nn.Module, device: torch.device):
     return patcher
 
 
+_OUTSIDE: dict[str, object] = {}
+
+
+def hold_outside(name: str, release) -> None:
+    """Memory that lives outside this process (OpenReel Multi-GPU's worker processes) registered with ComfyUI's
+    memory manager under `name`, so its free paths (POST /free, "unload models", room for another model) reach it:
+    `release()` runs when the manager unloads it. It counts no bytes, so nothing is unloaded to make room for it.
+    A new registration under the same name replaces the last. Standalone: nothing to register (the workers stop
+    with the process)."""
+    if not IN_COMFYUI:
+        return
+
+    class Outside(_model_patcher.ModelPatcher):
+        def detach(self, unpatch_all=True):
+            # Our reference stays until the next registration under `name` replaces it: ComfyUI holds patchers
+            # weakly, and a patcher collected now would drop out of the list its manager is walking. (`release`
+            # belongs to this registration: run again when it is collected, it stops nothing that came later.)
+            release()
+            return super().detach(unpatch_all)
+
+    model = type("OpenReelMultiGPUWorkers", (torch.nn.Module,), {})()
+    patcher = Outside(model, load_device=torch_device(), offload_device=offload_device(), size=0)
+    _OUTSIDE[name] = patcher
+    _mm.load_models_gpu([patcher], force_full_load=True)
+
+
 def _unload(patcher) -> None:
     """Unload one registered model the manager's own way: asked for all the memory it can free (as its own
     `unload_all_models` asks), `free_memory` unloads every model on the device that is not in `keep_loaded` and

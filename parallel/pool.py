@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .. import runtime
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0   # a worker's import of torch and the process-group rendezvous
@@ -166,7 +168,8 @@ class Pool:
             if conn is not None:
                 conn.close()
         self.conns = [None] * len(self.devices)
-        _POOLS.pop(self.devices, None)
+        if _POOLS.get(self.devices) is self:
+            del _POOLS[self.devices]
 
 
 _POOLS: dict[tuple[str, ...], Pool] = {}
@@ -178,11 +181,12 @@ def pool_for(devices: tuple[str, ...]) -> Pool:
     if pool is None or not pool.alive():
         log.info("OpenReel: starting %d worker processes on %s", len(devices), ", ".join(devices))
         pool = _POOLS[devices] = Pool(devices)
+        runtime.hold_outside(f"OpenReel workers on {', '.join(devices)}", pool.close)
     return pool
 
 
 def shutdown() -> None:
-    """Stop every pool (at exit; when models are freed)."""
+    """Stop every pool (at exit)."""
     for pool in list(_POOLS.values()):
         pool.close()
 
@@ -200,7 +204,6 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
     """A worker's loop: join the group, then answer commands until told to stop."""
     import torch.distributed as dist
 
-    from .. import runtime
     from ..memory import patches
     from ..model_loaders import dit  # noqa: F401  (registers how a DiT handle's files are read)
     from ..model_loaders.core import prepare

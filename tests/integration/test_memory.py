@@ -51,3 +51,39 @@ def test_our_workflow_runs_after_a_native_model_load(comfy):
     (path,) = comfy.saved_files(entry)
     frames, _ = read_video(path)
     assert frames.shape[1:] == (64, 64, 3)
+
+
+WORKERS_STARTING = "starting 2 worker processes"
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Processes started by the server process `pid` that run OpenReel's worker script."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid and \
+                    b"parallel/worker.py" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_multi_gpu_workers_live_across_prompts_and_free_stops_them(comfy):
+    """OpenReel Multi-GPU's worker processes (two CPU workers on this server) start once, serve the next prompt
+    too, and POST /free {"unload_models": true} stops them through ComfyUI's manager; the next run starts new ones."""
+    def two_gpus(seed):
+        return api_workflow("wan22_t2v_a14b_2gpu", OpenReelSampler={"seed": seed})
+
+    comfy.run_ok(two_gpus(201))
+    started = comfy.log().count(WORKERS_STARTING)
+    assert started >= 1 and len(_workers_of(comfy.proc.pid)) == 2, comfy.log_tail()
+    comfy.run_ok(two_gpus(202))
+    assert comfy.log().count(WORKERS_STARTING) == started  # the same workers served the second prompt
+    assert comfy.post("/free", {"unload_models": True})[0] == 200
+    time.sleep(FREE_SETTLE_S)
+    assert _workers_of(comfy.proc.pid) == []
+    comfy.run_ok(two_gpus(203))
+    assert comfy.log().count(WORKERS_STARTING) == started + 1, comfy.log_tail()
