@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import queue
+import runpy
 import secrets
 import socket
 import subprocess
@@ -209,6 +210,8 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
     from ..model_loaders.core import prepare
     from .sequence import SequenceParallel
 
+    if os.environ.get("OPENREEL_WORKER_SETUP"):  # a file a bench or test runs first (e.g. random-weight builders)
+        runpy.run_path(os.environ["OPENREEL_WORKER_SETUP"], run_name="openreel_worker_setup")
     runtime.set_device(device)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
