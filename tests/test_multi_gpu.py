@@ -65,6 +65,17 @@ def test_latents_equal_one_process(experts, cfg_parallel):
     assert close(run(parallel, 1.0), run(dit, 1.0))  # one branch: the tokens shared whatever the setting
 
 
+def test_four_workers_two_groups_of_two_equal_one_process(experts):
+    """CFG parallel over four workers: the cond and uncond rows go to two groups, whose two workers share the
+    tokens."""
+    parallel = OpenReelMultiGPU().apply(experts[0], "cpu,cpu,cpu,cpu", True, True)[0]
+    try:
+        assert close(run(parallel, 4.0), run(experts[0], 4.0))
+        assert pools.pool_for(("cpu",) * 4)._groups == {(0, 1), (2, 3)}
+    finally:
+        pools.pool_for(("cpu",) * 4).close()
+
+
 def test_an_expert_per_worker_equals_one_process(experts):
     high, low = OpenReelMultiGPU().apply(experts[0], WORKERS, True, True, experts[1])
     assert high.patch("multi_gpu").ranks == (0,) and low.patch("multi_gpu").ranks == (1,)

@@ -63,7 +63,19 @@ def _hunyuan() -> tuple[torch.nn.Module, list[tuple[tuple, dict]]]:
     return model, [((x, torch.tensor([800.0, 300.0]), torch.randn(2, 5, 32)), kwargs)]
 
 
-FAMILIES = {"wan": _wan, "stepvideo": _stepvideo, "hunyuan": _hunyuan}
+def _wan_compiled() -> tuple[torch.nn.Module, list[tuple[tuple, dict]]]:
+    """Wan with its blocks regionally compiled (Dynamo and AOTAutograd, no code generation on the CPU): the
+    exchange inside the compiled blocks."""
+    from openreel.memory.patches import PATCHES
+    from openreel.model_loaders import core  # noqa: F401  (registers the run-time patches)
+    from openreel.speed.compile import CompileSettings
+
+    model, calls = _wan()
+    PATCHES["compile"].apply(model, CompileSettings(backend="aot_eager"))
+    return model, calls[:1]
+
+
+FAMILIES = {"wan": _wan, "stepvideo": _stepvideo, "hunyuan": _hunyuan, "wan_compiled": _wan_compiled}
 
 
 def _outputs(model, calls) -> list[torch.Tensor]:
