@@ -231,6 +231,9 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
             module = prepare(handle)
             if command[0] == "load":
                 patches.load(module, 0)
+                for part in (module, getattr(getattr(module, "residency", None), "view", None)):
+                    if part is not None:  # no host copy kept for fast offloads: one per worker would add up
+                        runtime.forget_host_copies(part)
                 send(conn, ("ok", None))
             elif command[0] == "offload":
                 patches.offload(module)

@@ -76,6 +76,20 @@ def test_four_workers_two_groups_of_two_equal_one_process(experts):
         pools.pool_for(("cpu",) * 4).close()
 
 
+@pytest.mark.parametrize("mode", ["merged", "unmerged"])
+def test_a_lora_applies_in_the_workers(experts, tmp_path, mode):
+    """The LoRA travels with the handle (its file's path): each worker applies it to its own copy."""
+    from openreel.model_loaders.lora import LORA_PATCH, lora_spec
+
+    path = tmp_path / "distill.safetensors"
+    save_file(synthetic.distillation_lora(CFG, seed=9), str(path))
+    dit = experts[0].with_patch(LORA_PATCH, (lora_spec(path, 0.7, mode),))
+    parallel = OpenReelMultiGPU().apply(dit, WORKERS, False, True)[0]
+    expected = run(dit, 1.0)
+    assert not close(expected, run(experts[0], 1.0))  # the LoRA changes the result …
+    assert close(run(parallel, 1.0), expected)        # … in the workers as here
+
+
 def test_an_expert_per_worker_equals_one_process(experts):
     high, low = OpenReelMultiGPU().apply(experts[0], WORKERS, True, True, experts[1])
     assert high.patch("multi_gpu").ranks == (0,) and low.patch("multi_gpu").ranks == (1,)
