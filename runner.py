@@ -60,7 +60,8 @@ def load_workflow(path: Path) -> tuple[dict, dict | None]:
 
 
 def apply_overrides(prompt: dict, sets: list[str]) -> None:
-    """`NODE.INPUT=VALUE`, NODE being a node id, a title, or a class type (must be unique); VALUE parsed as JSON."""
+    """`NODE.INPUT=VALUE`, NODE being a node id, a title, or a class type (must be unique); VALUE parsed as JSON,
+    except for text (STRING) inputs, which take it as it is."""
     for item in sets:
         target, sep, raw = item.partition("=")
         node_ref, dot, name = target.rpartition(".")
@@ -72,16 +73,20 @@ def apply_overrides(prompt: dict, sets: list[str]) -> None:
             nodes = ", ".join(f"{i} ({_title(prompt, i)})" for i in sorted(prompt, key=_id_key))
             raise WorkflowError(f"--set {item!r}: {node_ref!r} names {len(matches)} nodes; use a node id: {nodes}")
         cls = NODE_CLASS_MAPPINGS.get(prompt[matches[0]]["class_type"])
+        kind = None
         if cls is not None:
             spec = cls.INPUT_TYPES()
-            inputs = [*spec.get("required", {}), *spec.get("optional", {})]
+            inputs = {**spec.get("required", {}), **spec.get("optional", {})}
             if name not in inputs:
                 raise WorkflowError(f"--set {item!r}: {_title(prompt, matches[0])} (node {matches[0]}) has no input "
                                     f"{name!r}; its inputs: {', '.join(inputs)}")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
+            kind = inputs[name][0]
+        value = raw
+        if kind != "STRING":  # a text input keeps the text as typed (e.g. gpus=0 stays "0")
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                pass
         prompt[matches[0]]["inputs"][name] = value
 
 

@@ -24,7 +24,8 @@ def parse_devices(gpus: str) -> tuple[str, ...]:
     missing = [d for d in gpu if int(d[5:]) >= torch.cuda.device_count()]
     if missing:
         raise InputError(f"gpus {gpus!r}: this machine has {torch.cuda.device_count()} GPUs, so "
-                         f"{', '.join(missing)} does not exist", "list GPUs from 0 to the count − 1")
+                         f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist",
+                         "list GPUs from 0 to the count − 1")
     return devices
 
 
@@ -59,6 +60,14 @@ class OpenReelMultiGPU(OpenReelNode):
         }, "optional": {
             "dit_low_noise": ("OPENREEL_DIT", {"tooltip": "The low-noise expert of a Wan2.2 pair."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, gpus: str = "0,1"):
+        try:
+            parse_devices(gpus)
+        except InputError as err:  # before any model loads
+            return f"{cls.DISPLAY_NAME}: {err}"
+        return True
 
     def apply(self, dit, gpus: str, cfg_parallel: bool, experts_apart: bool, dit_low_noise=None):
         devices = parse_devices(gpus)

@@ -162,6 +162,7 @@ def test_device_lists_are_checked():
     with pytest.raises(InputError, match="twice"):
         parse_devices("0, 0")
     count = torch.cuda.device_count()
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="not exist"):
         parse_devices(f"{count},{count + 1}")
     assert parse_devices("cpu,cpu") == ("cpu", "cpu")
+    assert "two or more" in OpenReelMultiGPU.VALIDATE_INPUTS("1") and OpenReelMultiGPU.VALIDATE_INPUTS("cpu,cpu")

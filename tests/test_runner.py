@@ -122,6 +122,9 @@ def test_set_rejects_an_input_the_node_does_not_have_and_takes_display_names(tmp
 
     apply_overrides(prompt, ["OpenReel Schedule.steps=7"])  # the name the runner prints, when it is unique
     assert prompt["1"]["inputs"]["steps"] == 7 and prompt["2"]["inputs"]["steps"] == 4
+    prompt["3"] = {"class_type": "OpenReelMultiGPU", "inputs": {"gpus": "0,1"}}
+    apply_overrides(prompt, ["3.gpus=0", "B.steps=3"])  # a text input keeps the text; numbers are parsed
+    assert prompt["3"]["inputs"]["gpus"] == "0" and prompt["2"]["inputs"]["steps"] == 3
 
 
 def test_a_missing_model_names_the_folders_searched(tmp_path):
