@@ -46,3 +46,10 @@ def test_every_invalid_node_is_reported_at_once(comfy):
     assert status == 400, reply
     classes = {e["class_type"] for e in reply["node_errors"].values()}
     assert {"OpenReelEmptyLatent", "OpenReelDiTLoader"} <= classes, reply["node_errors"]
+
+
+def test_a_gpu_list_of_one_is_refused_before_anything_runs(comfy):
+    """OpenReel Multi-GPU with gpus "3" (one GPU, and none on this server) fails validation, saying what to list."""
+    prompt = api_workflow("wan22_t2v_a14b_2gpu", OpenReelMultiGPU={"gpus": "3"})
+    errors = node_errors(comfy, prompt, "OpenReelMultiGPU")
+    assert any("needs two or more" in e["details"] and "e.g. 0,1" in e["details"] for e in errors), errors
