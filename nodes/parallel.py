@@ -8,8 +8,9 @@ from ..parallel.model import MULTI_GPU_PATCH, MultiGPU
 from .common import OpenReelNode, mappings
 
 
-def parse_devices(gpus: str) -> tuple[str, ...]:
-    """"0,1" → ("cuda:0", "cuda:1"); "cpu" entries run CPU processes (for tests, slow)."""
+def parse_devices(gpus: str, present: bool = True) -> tuple[str, ...]:
+    """"0,1" → ("cuda:0", "cuda:1"); "cpu" entries run CPU processes (for tests, slow). `present`: also check that
+    this machine has those GPUs (not when a workflow's form is checked: a template may come from a larger one)."""
     names = [g.strip() for g in gpus.split(",") if g.strip()]
     devices = tuple("cpu" if n == "cpu" else f"cuda:{n}" if n.isdigit() else n for n in names)
     if len(devices) < 2:
@@ -21,7 +22,7 @@ def parse_devices(gpus: str) -> tuple[str, ...]:
     gpu = [d for d in devices if d != "cpu"]
     if len(set(gpu)) < len(gpu):
         raise InputError(f"gpus {gpus!r} names a GPU twice", "list each GPU once")
-    missing = [d for d in gpu if int(d[5:]) >= torch.cuda.device_count()]
+    missing = [d for d in gpu if present and int(d[5:]) >= torch.cuda.device_count()]
     if missing:
         raise InputError(f"gpus {gpus!r}: this machine has {torch.cuda.device_count()} GPUs, so "
                          f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist",
@@ -64,7 +65,7 @@ class OpenReelMultiGPU(OpenReelNode):
     @classmethod
     def VALIDATE_INPUTS(cls, gpus: str = "0,1"):
         try:
-            parse_devices(gpus)
+            parse_devices(gpus, present=False)
         except InputError as err:  # before any model loads
             return f"{cls.DISPLAY_NAME}: {err}"
         return True
