@@ -103,6 +103,19 @@ def test_split_sigmas_between_two_samplers_equals_one_sampler(comfy):
     assert not torch.allclose(latents["high"], latents["full"], atol=1e-3)  # the first stage stopped part-way
 
 
+def sampler_refusal(comfy, prompt: dict, sampler: str) -> str:
+    """Queue `prompt`, which our sampler (node `sampler`) must refuse before any model call (no progress from it on
+    the websocket); its error message."""
+    with Socket(comfy) as ws:
+        prompt_id = ws.queue(prompt)
+        last = ws.until_done(prompt_id)
+        assert last["type"] == "execution_error", last
+        error = last["data"]
+        assert error["node_id"] == sampler and error["node_type"] == "OpenReelSampler", error
+        assert not ws.of(prompt_id, "progress", sampler), "a model ran before the sampler refused the prompt"
+    return error["exception_message"]
+
+
 @pytest.mark.parametrize("sigmas, problem", [
     ({"class_type": "KarrasScheduler", "inputs": {"steps": 4, "sigma_max": 14.614642, "sigma_min": 0.0291675,
                                                   "rho": 7.0}},
@@ -118,14 +131,8 @@ def test_sigmas_no_flow_model_takes_are_refused_before_any_model_call(comfy, sig
                                                                     "shift": 5.0, "denoise": 1.0}}
     prompt["sigmas"] = sigmas
     prompt[sampler]["inputs"]["sigmas"] = ["sigmas", 0]
-    with Socket(comfy) as ws:
-        prompt_id = ws.queue(prompt)
-        last = ws.until_done(prompt_id)
-    assert last["type"] == "execution_error", last
-    error = last["data"]
-    assert error["node_id"] == sampler and error["node_type"] == "OpenReelSampler", error
-    assert error["exception_message"].startswith(f"OpenReel Sampler: {problem}"), error["exception_message"]
-    assert not ws.of(prompt_id, "progress", sampler), "the model ran before the sigmas were checked"
+    message = sampler_refusal(comfy, prompt, sampler)
+    assert message.startswith(f"OpenReel Sampler: {problem}"), message
 
 
 @pytest.mark.parametrize("workflow, pixels", [("wan21_i2v", 128), ("wan22_ti2v_5b_i2v", 256)])
@@ -138,17 +145,10 @@ def test_native_latent_upscale_on_an_image_to_video_latent_is_refused(comfy, wor
     prompt["up"] = {"class_type": "LatentUpscale", "inputs": {"samples": [i2v, 0], "upscale_method": "nearest-exact",
                                                               "width": 128, "height": 128, "crop": "disabled"}}
     prompt[sampler]["inputs"]["latent"] = ["up", 0]
-    with Socket(comfy) as ws:
-        prompt_id = ws.queue(prompt)
-        last = ws.until_done(prompt_id)
-    assert last["type"] == "execution_error", last
-    error = last["data"]
-    assert error["node_type"] == "OpenReelSampler", error
-    message = error["exception_message"]
+    message = sampler_refusal(comfy, prompt, sampler)
     assert message.startswith(f"OpenReel Sampler: the latent is {pixels}×{pixels} but its image conditioning is "
                               f"64×64"), message
     assert "OpenReel Image To Video" in message, message
-    assert not ws.of(prompt_id, "progress", sampler)
 
 
 def test_conditioning_bridge_in_comfyui(comfy):
