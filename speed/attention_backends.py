@@ -5,6 +5,9 @@
 - "sage": SageAttention (`sageattention.sageattn`; PyPI 1.0.6 is the Triton SageAttention 1: INT8 Q·Kᵀ, FP16
   P·V). Registered only when it imports.
 - "flash": FlashAttention 3 (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first.
+- "int8_fp8": our own 8-bit kernel (speed/int8_attention.py: INT8 Q·Kᵀ, FP8 P·V; Triton, FP8 GPUs: Ada, Hopper and
+  newer), for the video self-attention only; "int8_fp8_all" also runs the text cross-attention on it; "int8_16bit"
+  keeps P·V in 16 bits (more precise, less fast).
 
 Each backend's refusal check names what it cannot honour: masks (block-causal attention: 1.0.6 would silently
 ignore one), head sizes, fp32, CPU tensors, older GPUs, and for Sage 1.0.6 short key sequences whose length is
@@ -18,7 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +88,7 @@ def _opaque(name: str, kernel: Callable) -> Callable:
     if hasattr(torch.ops.openreel, name):
         return getattr(torch.ops.openreel, name)
     op = torch.library.custom_op(f"openreel::{name}", kernel, mutates_args=())
-    op.register_fake(lambda q, k, v: torch.empty_like(q))
+    op.register_fake(lambda q, *rest: q.new_empty(q.shape))
     return op
 
 
@@ -105,9 +108,15 @@ def _flash2_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return flash_attn_func(q, k, v, causal=False)
 
 
+def _int8_kernel(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], pv: str) -> Tensor:
+    from .int8_attention import int8_attention
+    return int8_attention(q, k, v, mask, pv)
+
+
 _sage_op = _opaque("sageattn", _sage_kernel)
 _flash3_op = _opaque("flash_attn3", _flash3_kernel)
 _flash2_op = _opaque("flash_attn2", _flash2_kernel)
+_int8_op = _opaque("int8_attention", _int8_kernel)
 
 
 def _sage(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -141,6 +150,25 @@ def _flash2_refusal(q, k, v, mask):
     return _refusal(q, mask)
 
 
+def _int8_with(pv: str):
+    def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        return _int8_op(q, k, v, mask, pv).flatten(2)
+    return run
+
+
+INT8_HEAD_DIMS = (64, 128)
+
+
+def _int8_refusal_with(capability: tuple[int, int]):
+    """FP8 products need compute capability 8.9 (Ada, Hopper); INT8 and 16-bit ones 8.0 (Ampere)."""
+    def refuses(q, k, v, mask):
+        reason = _refusal(q, mask, masks=True, head_dims=INT8_HEAD_DIMS, capability=capability)
+        if reason is None and mask is not None and not (mask.dim() == 2 or (mask.dim() == 4 and mask.shape[1] == 1)):
+            return f"a mask shaped {tuple(mask.shape)}; it takes [queries, keys] or [batch, 1, queries, keys]"
+        return reason
+    return refuses
+
+
 # ------------------------------------------------------------------------------------------------ registration
 def _importable(module: str, attr: str) -> bool:
     """Whether `module.attr` imports; an installed package that fails to import is reported."""
@@ -154,9 +182,15 @@ def _importable(module: str, attr: str) -> bool:
 
 
 def register_installed() -> None:
-    """Register the SDPA kernels, and SageAttention / FlashAttention (3 before 2) where they import."""
+    """Register the SDPA kernels, our 8-bit kernel where Triton imports, and SageAttention / FlashAttention (3
+    before 2) where they import."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
+    if _importable("triton", "jit"):
+        fp8_refusal = _int8_refusal_with((8, 9))
+        register_backend("int8_fp8", _int8_with("fp8"), fp8_refusal, self_only=True)
+        register_backend("int8_fp8_all", _int8_with("fp8"), fp8_refusal)
+        register_backend("int8_16bit", _int8_with("16bit"), _int8_refusal_with((8, 0)), self_only=True)
     if _importable("sageattention", "sageattn"):
         register_backend("sage", _sage, _sage_refusal)
     for module, op, refusal in (("flash_attn_interface", _flash3_op, _flash3_refusal),

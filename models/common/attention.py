@@ -7,6 +7,9 @@ names its backend as a plain attribute, so two models in one process can use dif
 `backend` is "<name>" or "<name>:<policy>". A backend may register a check that names what it cannot do for a
 call (a mask, a head size, a dtype, a device); such a call is never handed to it. Policy "error" (the default)
 raises an error saying why; "fallback" runs the call on SDPA instead and logs that once per backend and reason.
+
+A backend registered `self_only` (an approximate kernel, e.g. 8-bit) serves `self_attention` only: the models' other
+attention calls (text cross-attention, short text refiners) stay exact on SDPA, by design and without a log.
 """
 from __future__ import annotations
 
@@ -29,14 +32,15 @@ POLICIES = ("error", "fallback")
 class Backend(NamedTuple):
     fn: AttentionFn
     refuses: RefusalFn | None
+    self_only: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}
 _LOGGED: set[tuple[str, str]] = set()
 
 
-def register_backend(name: str, fn: AttentionFn, refuses: RefusalFn | None = None) -> None:
-    _BACKENDS[name] = Backend(fn, refuses)
+def register_backend(name: str, fn: AttentionFn, refuses: RefusalFn | None = None, *, self_only: bool = False) -> None:
+    _BACKENDS[name] = Backend(fn, refuses, self_only)
 
 
 def available_backends() -> list[str]:
@@ -64,8 +68,17 @@ register_backend("sdpa", _sdpa)
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
               backend: str = "sdpa") -> torch.Tensor:
+    """Attention of q to other tokens (text), or any call that is not the main self-attention."""
+    name, _ = parse_backend(backend)
+    if _BACKENDS[name].self_only:
+        return _sdpa(q, k, v, mask)
+    return _dispatch(q, k, v, mask, backend)
+
+
+def _dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              backend: str) -> torch.Tensor:
     name, policy = parse_backend(backend)
-    fn, refuses = _BACKENDS[name]
+    fn, refuses, _ = _BACKENDS[name]
     reason = None if refuses is None else refuses(q, k, v, mask)
     if reason is None:
         return fn(q, k, v, mask)
@@ -108,5 +121,5 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: t
     all of them) with its share of the heads. Attention to other tokens (text) needs no exchange: use `attention`."""
     exchange = _exchange
     if exchange is None:
-        return attention(q, k, v, mask=mask, backend=backend)
-    return exchange.to_tokens(attention(*(exchange.to_heads(t) for t in (q, k, v)), mask=mask, backend=backend))
+        return _dispatch(q, k, v, mask, backend)
+    return exchange.to_tokens(_dispatch(*(exchange.to_heads(t) for t in (q, k, v)), mask, backend))

@@ -1,0 +1,191 @@
+"""8-bit attention in Triton: Q·Kᵀ in INT8, P·V in FP8 (or 16-bit), both accumulated in 32 bits.
+
+The method is SageAttention 2's (Zhang et al., 2024), implemented here from its description:
+- K is smoothed: its mean over the tokens is subtracted. That shifts every score of a query by one constant, which
+  softmax ignores, and removes the channel offsets that real models' keys carry (they would otherwise set the
+  quantization step of every token).
+- Q and K are quantized to INT8 with one scale per token (per head), so a score is exact up to the rounding of its
+  two factors: s = (q8·k8) · scale_q · scale_k.
+- P (each softmax tile, values in [0, 1]) is multiplied by 448 and rounded to FP8 e4m3; V is quantized to FP8 with
+  one scale per channel (per head). P·V accumulates in float32 and the scales are divided out once at the end.
+The softmax itself (online, base 2) and its normalizer stay in float32. With `pv="16bit"` P and V stay in q's
+16-bit type instead (SageAttention 1's split): only Q·Kᵀ is 8-bit, about 3x more precise and slower.
+
+Layout in: q [B, Lq, H, D], k/v [B, Lk, H, D] (float16 or bfloat16, any strides); out [B, Lq, H, D] in q's dtype.
+`mask`, optional, is boolean, [Lq, Lk] or [B or 1, 1, Lq, Lk], True where a query may attend.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+FP8_MAX = 448.0                 # largest finite float8_e4m3fn
+LOG2E = 1.4426950408889634
+QUANT_ROWS = 64                 # tokens per program of the quantization kernels
+PAD = 128                       # token counts are padded to a multiple of this (the largest attention tile)
+HEAD_DIMS = (64, 128)
+
+
+@triton.jit
+def _quantize_rows(x_ptr, mean_ptr, out_ptr, scale_ptr, sx_b, sx_l, sx_h, heads, length, padded, factor,
+                   SUBTRACT_MEAN: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
+    """INT8 rows with one scale per row: x [B, L, H, D] → out [B·H, padded, D], scale [B·H, padded]·factor."""
+    block, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // heads, bh % heads
+    rows = block * ROWS + tl.arange(0, ROWS)
+    dims = tl.arange(0, D)
+    inside = rows[:, None] < length
+    x = tl.load(x_ptr + b * sx_b + rows[:, None] * sx_l + h * sx_h + dims[None, :], mask=inside, other=0.0)
+    x = x.to(tl.float32)
+    if SUBTRACT_MEAN:
+        x = tl.where(inside, x - tl.load(mean_ptr + bh * D + dims)[None, :], 0.0)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0
+    y = x / scale[:, None]
+    y = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)    # round half away from zero (the cast truncates)
+    tl.store(out_ptr + (bh * padded + rows[:, None]) * D + dims[None, :], y)
+    tl.store(scale_ptr + bh * padded + rows, scale * factor)
+
+
+@triton.jit
+def _quantize_columns(x_ptr, scale_ptr, out_ptr, sx_b, sx_l, sx_h, heads, length, padded,
+                      ROWS: tl.constexpr, D: tl.constexpr):
+    """Values divided by one scale per channel in out's type (FP8, or 16-bit with scale 1), transposed:
+    x [B, L, H, D] → out [B·H, D, padded]."""
+    block, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // heads, bh % heads
+    rows = block * ROWS + tl.arange(0, ROWS)
+    dims = tl.arange(0, D)
+    x = tl.load(x_ptr + b * sx_b + rows[:, None] * sx_l + h * sx_h + dims[None, :], mask=rows[:, None] < length,
+                other=0.0)
+    y = (x.to(tl.float32) / tl.load(scale_ptr + bh * D + dims)[None, :]).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + (bh * D + dims[None, :]) * padded + rows[:, None], y)
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows, queries,
+                 keys, padded_k, D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_MASK: tl.constexpr,
+                 P_SCALE: tl.constexpr):
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, D)
+    k = tl.load(k_ptr + cols[None, :] * D + dims[:, None])                      # [D, BLOCK_N]: Kᵀ
+    s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32)
+    s = s * q_scale[:, None] * tl.load(ks_ptr + cols)[None, :]                  # log2-scaled scores
+    if TAIL:
+        s = tl.where(cols[None, :] < keys, s, float("-inf"))
+    if HAS_MASK:
+        allowed = tl.load(mask_ptr + rows[:, None] * sm_q + cols[None, :] * sm_k,
+                          mask=(rows[:, None] < queries) & (cols[None, :] < keys), other=0)
+        s = tl.where(allowed != 0, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if HAS_MASK:  # a row with no allowed key so far keeps -inf; exp2(-inf - -inf) would be NaN
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_ptr + dims[None, :] * padded_k + cols[:, None])               # [BLOCK_N, D], keys contiguous
+    acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc * alpha[:, None])
+    return acc, m_new, l_i
+
+
+def _configs():
+    if os.environ.get("TRITON_INTERPRET") == "1":   # the CPU interpreter (tests): one small configuration
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 4))]
+
+
+@triton.autotune(configs=_configs(), key=["keys", "D", "HAS_MASK", "P_SCALE"])
+@triton.jit
+def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask_ptr,
+                      so_b, so_l, so_h, sm_b, sm_q, sm_k, heads, queries, keys, whole, padded_q, padded_k,
+                      HAS_MASK: tl.constexpr, P_SCALE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    block, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // heads, bh % heads
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, D)
+    q = tl.load(q_ptr + (bh * padded_q + rows[:, None]) * D + dims[None, :])
+    q_scale = tl.load(qs_ptr + bh * padded_q + rows)
+    k_ptr += bh * padded_k * D
+    ks_ptr += bh * padded_k
+    v_ptr += bh * D * padded_k
+    mask_ptr += b * sm_b
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for start in range(0, whole, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start,
+                                     rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, P_SCALE)
+    for start in range(whole, keys, BLOCK_N):   # the last keys, fewer than PAD: masked tiles
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k,
+                                     start, rows, queries, keys, padded_k, D, BLOCK_N, True, HAS_MASK, P_SCALE)
+
+    v_scale = tl.load(vs_ptr + bh * D + dims) / P_SCALE
+    out = acc * v_scale[None, :] / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptr + b * so_b + rows[:, None] * so_l + h * so_h + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=rows[:, None] < queries)
+
+
+def _padded(n: int) -> int:
+    return -(-n // PAD) * PAD
+
+
+def _int8_rows(x: torch.Tensor, factor: float, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    b, length, heads, d = x.shape
+    padded = _padded(length)
+    out = torch.empty(b * heads, padded, d, dtype=torch.int8, device=x.device)
+    scale = torch.empty(b * heads, padded, dtype=torch.float32, device=x.device)
+    grid = (padded // QUANT_ROWS, b * heads)
+    _quantize_rows[grid](x, mean if mean is not None else scale, out, scale, x.stride(0), x.stride(1),
+                         x.stride(2), heads, length, padded, factor, SUBTRACT_MEAN=mean is not None,
+                         ROWS=QUANT_ROWS, D=d)
+    return out, scale
+
+
+def _columns(v: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    b, length, heads, d = v.shape
+    padded = _padded(length)
+    if fp8:
+        scale = torch.maximum(v.amax(dim=1), -v.amin(dim=1)).float().clamp_min(1e-12) / FP8_MAX   # [B, H, D]
+    else:
+        scale = torch.ones(b, heads, d, dtype=torch.float32, device=v.device)
+    out = torch.empty(b * heads, d, padded, dtype=torch.float8_e4m3fn if fp8 else v.dtype, device=v.device)
+    _quantize_columns[(padded // QUANT_ROWS, b * heads)](v, scale, out, v.stride(0), v.stride(1), v.stride(2),
+                                                            heads, length, padded, ROWS=QUANT_ROWS, D=d)
+    return out, scale
+
+
+def _mask_strides(mask: torch.Tensor | None, lq: int, lk: int) -> tuple[torch.Tensor | None, tuple[int, int, int]]:
+    if mask is None:
+        return None, (0, 0, 0)
+    m = mask.to(torch.uint8)
+    if m.dim() == 2:
+        m = m[None, None]
+    m = m.expand(m.shape[0], 1, lq, lk)
+    return m, (m.stride(0), m.stride(2), m.stride(3))
+
+
+PV = ("fp8", "16bit")
+
+
+def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   pv: str = "fp8") -> torch.Tensor:
+    """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out."""
+    b, lq, heads, d = q.shape
+    lk = k.shape[1]
+    q8, q_scale = _int8_rows(q, LOG2E / math.sqrt(d), None)
+    k8, k_scale = _int8_rows(k, 1.0, k.mean(dim=1, dtype=torch.float32))
+    v8, v_scale = _columns(v, fp8=pv == "fp8")
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    m, (sm_b, sm_q, sm_k) = _mask_strides(mask, lq, lk)
+    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
+    _attention_kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
+                            out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk,
+                            lk // PAD * PAD, q8.shape[1], k8.shape[1], HAS_MASK=m is not None,
+                            P_SCALE=FP8_MAX if pv == "fp8" else 1.0, D=d)
+    return out
