@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import subjects  # noqa: F401,E402  (registers the checkout as the package `openreel`)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from attention_inputs import errors, inputs, reference  # noqa: E402
 

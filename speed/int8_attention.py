@@ -160,13 +160,14 @@ def _columns(v: torch.Tensor, fp8: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return out, scale
 
 
-def _mask_strides(mask: torch.Tensor | None, lq: int, lk: int) -> tuple[torch.Tensor | None, tuple[int, int, int]]:
+def _mask_strides(mask: torch.Tensor | None, batch: int, lq: int, lk: int
+                  ) -> tuple[torch.Tensor | None, tuple[int, int, int]]:
     if mask is None:
         return None, (0, 0, 0)
     m = mask.to(torch.uint8)
     if m.dim() == 2:
         m = m[None, None]
-    m = m.expand(m.shape[0], 1, lq, lk)
+    m = m.expand(batch, 1, lq, lk)   # a mask shared by the batch gets batch stride 0
     return m, (m.stride(0), m.stride(2), m.stride(3))
 
 
@@ -182,7 +183,7 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     k8, k_scale = _int8_rows(k, 1.0, k.mean(dim=1, dtype=torch.float32))
     v8, v_scale = _columns(v, fp8=pv == "fp8")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    m, (sm_b, sm_q, sm_k) = _mask_strides(mask, lq, lk)
+    m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
     _attention_kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
                             out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk,

@@ -12,7 +12,7 @@ CASES = [
     ("d128 real keys", 1, 130, 130, 1, 128, "real", "float16", None, "fp8"),
     ("257 CLIP keys, batch 2", 2, 70, 257, 1, 64, "real", "bfloat16", None, "fp8"),
     ("512 text keys", 1, 64, 512, 1, 64, "random", "bfloat16", None, "fp8"),
-    ("block-causal [Lq, Lk]", 1, 150, 150, 2, 64, "random", "bfloat16", "2d", "fp8"),
+    ("block-causal [Lq, Lk], batch 2", 2, 150, 150, 2, 64, "random", "bfloat16", "2d", "fp8"),
     ("block-causal [B, 1, Lq, Lk]", 2, 96, 96, 1, 64, "real", "bfloat16", "4d", "fp8"),
     ("16-bit P·V", 1, 130, 200, 2, 64, "random", "bfloat16", None, "16bit"),
     ("16-bit P·V, real", 1, 130, 200, 1, 128, "real", "float16", "2d", "16bit"),
