@@ -48,8 +48,8 @@ def flash4():
 
 def prologue(q, k, v):
     """The quantization passes of the fp8 variant alone."""
-    ia._int8_rows(q, 1.0, None)
-    ia._int8_rows(k, 1.0, k.mean(dim=1, dtype=torch.float32))
+    ia._int8(q, 1.0, None, per_row=True)
+    ia._int8(k, 1.0, k.mean(dim=1, dtype=torch.float32), per_row=True)
     return ia._columns(v, fp8=True)
 
 
@@ -78,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     kernels = {"sdpa cudnn": sdpa_with(SDPBackend.CUDNN_ATTENTION), "sdpa flash": sdpa_with(SDPBackend.FLASH_ATTENTION),
                "int8 q·k + fp8 p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "fp8"),
-               "int8 q·k + 16-bit p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "16bit")}
+               "int8 q·k + 16-bit p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "16bit"),
+               "int8 q·k block-K + fp8 p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "fp8", False)}
     fa4 = flash4()
     if fa4 is not None:
         kernels["flash-attn 4"] = fa4
@@ -102,7 +103,7 @@ def main() -> None:
                     continue
                 r = {"tokens": tokens, "kind": kind, "kernel": name, "ms": seconds * 1e3,
                      "tflops": flops / seconds / 1e12, **e}
-                if name.endswith("fp8 p·v (ours)"):
+                if name == "int8 q·k + fp8 p·v (ours)":
                     r["config"] = str(ia._attention_kernel.best_config)
                     r["prologue_ms"] = timed(lambda: prologue(q, k, v), args.repeats) * 1e3
                 info["results"].append(r)

@@ -4,9 +4,9 @@ The method is SageAttention 2's (Zhang et al., 2024), implemented here from its 
 - K is smoothed: its mean over the tokens is subtracted. That shifts every score of a query by one constant, which
   softmax ignores, and removes the channel offsets that real models' keys carry (they would otherwise set the
   quantization step of every token).
-- Q and K are quantized to INT8 with one scale per token (per head), so a score is exact up to the rounding of its
-  two factors: s = (q8·k8) · scale_q · scale_k.
-- P (each softmax tile, values in [0, 1]) is multiplied by 448 and rounded to FP8 e4m3; V is quantized to FP8 with
+- Q is quantized to INT8 with one scale per token, K with one per block of 128 keys (per head): a score is
+  s = (q8·k8) · scale_q · scale_k, one multiply-add per score on the way to exp2.
+- P (each softmax tile, values in [0, 1]) is scaled to [0, 448] and rounded to FP8 e4m3; V is quantized to FP8 with
   one scale per channel (per head). P·V accumulates in float32 and the scales are divided out once at the end.
 The softmax itself (online, base 2) and its normalizer stay in float32. With `pv="16bit"` P and V stay in q's
 16-bit type instead (SageAttention 1's split): only Q·Kᵀ is 8-bit, about 3x more precise and slower.
@@ -25,15 +25,18 @@ import triton.language as tl
 
 FP8_MAX = 448.0                 # largest finite float8_e4m3fn
 LOG2E = 1.4426950408889634
-QUANT_ROWS = 64                 # tokens per program of the quantization kernels
+QUANT_ROWS = 64                 # tokens per program of the quantization kernels of Q and V
+K_BLOCK = tl.constexpr(128)     # keys per INT8 scale, a multiple of every attention tile's BLOCK_N
 PAD = 128                       # token counts are padded to a multiple of this (the largest attention tile)
+LOG2_FP8_MAX = math.log2(448.0)
 HEAD_DIMS = (64, 128)
 
 
 @triton.jit
 def _quantize_rows(x_ptr, mean_ptr, out_ptr, scale_ptr, sx_b, sx_l, sx_h, heads, length, padded, factor,
-                   SUBTRACT_MEAN: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
-    """INT8 rows with one scale per row: x [B, L, H, D] → out [B·H, padded, D], scale [B·H, padded]·factor."""
+                   SUBTRACT_MEAN: tl.constexpr, PER_ROW: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
+    """INT8 with one scale per row (PER_ROW) or per block of ROWS rows: x [B, L, H, D] → out [B·H, padded, D],
+    scale·factor [B·H, padded] or [B·H, padded / ROWS]."""
     block, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // heads, bh % heads
     rows = block * ROWS + tl.arange(0, ROWS)
@@ -43,11 +46,16 @@ def _quantize_rows(x_ptr, mean_ptr, out_ptr, scale_ptr, sx_b, sx_l, sx_h, heads,
     x = x.to(tl.float32)
     if SUBTRACT_MEAN:
         x = tl.where(inside, x - tl.load(mean_ptr + bh * D + dims)[None, :], 0.0)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0
-    y = x / scale[:, None]
+    if PER_ROW:
+        scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 127.0
+        y = x / scale[:, None]
+        tl.store(scale_ptr + bh * padded + rows, scale * factor)
+    else:
+        scale = tl.maximum(tl.max(tl.abs(x)), 1e-12) / 127.0
+        y = x / scale
+        tl.store(scale_ptr + bh * (padded // ROWS) + block, scale * factor)
     y = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)    # round half away from zero (the cast truncates)
     tl.store(out_ptr + (bh * padded + rows[:, None]) * D + dims[None, :], y)
-    tl.store(scale_ptr + bh * padded + rows, scale * factor)
 
 
 @triton.jit
@@ -68,26 +76,32 @@ def _quantize_columns(x_ptr, scale_ptr, out_ptr, sx_b, sx_l, sx_h, heads, length
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows, queries,
                  keys, padded_k, D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_MASK: tl.constexpr,
-                 P_SCALE: tl.constexpr):
+                 LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr):
     cols = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, D)
     k = tl.load(k_ptr + cols[None, :] * D + dims[:, None])                      # [D, BLOCK_N]: Kᵀ
     s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32)
-    s = s * q_scale[:, None] * tl.load(ks_ptr + cols)[None, :]                  # log2-scaled scores
+    if K_PER_TOKEN:
+        s = s * tl.load(ks_ptr + cols)[None, :]
+        row_scale = q_scale
+    else:
+        row_scale = q_scale * tl.load(ks_ptr + start // K_BLOCK)                # scores = s · row_scale (log2)
     if TAIL:
         s = tl.where(cols[None, :] < keys, s, float("-inf"))
     if HAS_MASK:
         allowed = tl.load(mask_ptr + rows[:, None] * sm_q + cols[None, :] * sm_k,
                           mask=(rows[:, None] < queries) & (cols[None, :] < keys), other=0)
         s = tl.where(allowed != 0, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * row_scale)
     if HAS_MASK:  # a row with no allowed key so far keeps -inf; exp2(-inf - -inf) would be NaN
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_new[:, None])
+    # P·2^LOG2_P_SCALE in one multiply-add and exp2: FP8 P uses the format's range up to 448, and the same
+    # factor in the normalizer l cancels it at the end.
+    p = tl.math.exp2(s * row_scale[:, None] - (m_new - LOG2_P_SCALE)[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = tl.load(v_ptr + dims[None, :] * padded_k + cols[:, None])               # [BLOCK_N, D], keys contiguous
-    acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc * alpha[:, None])
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, m_new, l_i
 
 
@@ -98,11 +112,12 @@ def _configs():
             for m, n, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 4))]
 
 
-@triton.autotune(configs=_configs(), key=["keys", "D", "HAS_MASK", "P_SCALE"])
+@triton.autotune(configs=_configs(), key=["keys", "D", "HAS_MASK", "LOG2_P_SCALE", "K_PER_TOKEN"])
 @triton.jit
 def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask_ptr,
                       so_b, so_l, so_h, sm_b, sm_q, sm_k, heads, queries, keys, whole, padded_q, padded_k,
-                      HAS_MASK: tl.constexpr, P_SCALE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+                      HAS_MASK: tl.constexpr, LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr,
+                      D: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr):
     block, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // heads, bh % heads
@@ -111,7 +126,7 @@ def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask
     q = tl.load(q_ptr + (bh * padded_q + rows[:, None]) * D + dims[None, :])
     q_scale = tl.load(qs_ptr + bh * padded_q + rows)
     k_ptr += bh * padded_k * D
-    ks_ptr += bh * padded_k
+    ks_ptr += bh * (padded_k if K_PER_TOKEN else padded_k // K_BLOCK)
     v_ptr += bh * D * padded_k
     mask_ptr += b * sm_b
 
@@ -120,12 +135,14 @@ def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for start in range(0, whole, BLOCK_N):
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start,
-                                     rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, P_SCALE)
+                                     rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
+                                     K_PER_TOKEN)
     for start in range(whole, keys, BLOCK_N):   # the last keys, fewer than PAD: masked tiles
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k,
-                                     start, rows, queries, keys, padded_k, D, BLOCK_N, True, HAS_MASK, P_SCALE)
+                                     start, rows, queries, keys, padded_k, D, BLOCK_N, True, HAS_MASK, LOG2_P_SCALE,
+                                     K_PER_TOKEN)
 
-    v_scale = tl.load(vs_ptr + bh * D + dims) / P_SCALE
+    v_scale = tl.load(vs_ptr + bh * D + dims)
     out = acc * v_scale[None, :] / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + b * so_b + rows[:, None] * so_l + h * so_h + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=rows[:, None] < queries)
@@ -135,15 +152,16 @@ def _padded(n: int) -> int:
     return -(-n // PAD) * PAD
 
 
-def _int8_rows(x: torch.Tensor, factor: float, mean: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _int8(x: torch.Tensor, factor: float, mean: torch.Tensor | None, per_row: bool
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     b, length, heads, d = x.shape
     padded = _padded(length)
+    rows = QUANT_ROWS if per_row else K_BLOCK.value
     out = torch.empty(b * heads, padded, d, dtype=torch.int8, device=x.device)
-    scale = torch.empty(b * heads, padded, dtype=torch.float32, device=x.device)
-    grid = (padded // QUANT_ROWS, b * heads)
-    _quantize_rows[grid](x, mean if mean is not None else scale, out, scale, x.stride(0), x.stride(1),
-                         x.stride(2), heads, length, padded, factor, SUBTRACT_MEAN=mean is not None,
-                         ROWS=QUANT_ROWS, D=d)
+    scale = torch.empty(b * heads, padded if per_row else padded // rows, dtype=torch.float32, device=x.device)
+    _quantize_rows[(padded // rows, b * heads)](x, mean if mean is not None else scale, out, scale, x.stride(0),
+                                                x.stride(1), x.stride(2), heads, length, padded, factor,
+                                                SUBTRACT_MEAN=mean is not None, PER_ROW=per_row, ROWS=rows, D=d)
     return out, scale
 
 
@@ -175,12 +193,12 @@ PV = ("fp8", "16bit")
 
 
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                   pv: str = "fp8") -> torch.Tensor:
+                   pv: str = "fp8", k_per_token: bool = True) -> torch.Tensor:
     """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out."""
     b, lq, heads, d = q.shape
     lk = k.shape[1]
-    q8, q_scale = _int8_rows(q, LOG2E / math.sqrt(d), None)
-    k8, k_scale = _int8_rows(k, 1.0, k.mean(dim=1, dtype=torch.float32))
+    q8, q_scale = _int8(q, LOG2E / math.sqrt(d), None, per_row=True)
+    k8, k_scale = _int8(k, 1.0, k.mean(dim=1, dtype=torch.float32), per_row=k_per_token)
     v8, v_scale = _columns(v, fp8=pv == "fp8")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
@@ -188,5 +206,5 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     _attention_kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
                             out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk,
                             lk // PAD * PAD, q8.shape[1], k8.shape[1], HAS_MASK=m is not None,
-                            P_SCALE=FP8_MAX if pv == "fp8" else 1.0, D=d)
+                            LOG2_P_SCALE=LOG2_FP8_MAX if pv == "fp8" else 0.0, K_PER_TOKEN=k_per_token, D=d)
     return out
