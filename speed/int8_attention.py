@@ -101,7 +101,10 @@ def _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = tl.load(v_ptr + dims[None, :] * padded_k + cols[:, None])               # [BLOCK_N, D], keys contiguous
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    if LOG2_P_SCALE == 0.0:   # 16-bit P·V: the tensor cores accumulate in full float32
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    else:  # FP8 tensor cores accumulate with fewer bits: each tile's product is added to acc in float32
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
 
 
