@@ -4,8 +4,10 @@ The method is SageAttention 2's (Zhang et al., 2024), implemented here from its 
 - K is smoothed: its mean over the tokens is subtracted. That shifts every score of a query by one constant, which
   softmax ignores, and removes the channel offsets that real models' keys carry (they would otherwise set the
   quantization step of every token).
-- Q is quantized to INT8 with one scale per token, K with one per block of 128 keys (per head): a score is
-  s = (q8·k8) · scale_q · scale_k, one multiply-add per score on the way to exp2.
+- Q is quantized to INT8 with one scale per token (per head). K has one scale per block of 128 keys with FP8 P·V
+  (then a score is s = (q8·k8) · scale_q · scale_k in one multiply-add on the way to exp2: 8% faster on an H200,
+  as precise there), and one per key with 16-bit P·V, where the finer scale shows (2.1% vs 3.9% error on keys
+  with outlier channels).
 - P (each softmax tile, values in [0, 1]) is scaled to [0, 448] and rounded to FP8 e4m3; V is quantized to FP8 with
   one scale per channel (per head). P·V accumulates in float32 and the scales are divided out once at the end.
 The softmax itself (online, base 2) and its normalizer stay in float32. With `pv="16bit"` P and V stay in q's
@@ -196,10 +198,11 @@ PV = ("fp8", "16bit")
 
 
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                   pv: str = "fp8", k_per_token: bool = True) -> torch.Tensor:
+                   pv: str = "fp8") -> torch.Tensor:
     """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out."""
     b, lq, heads, d = q.shape
     lk = k.shape[1]
+    k_per_token = pv == "16bit"
     q8, q_scale = _int8(q, LOG2E / math.sqrt(d), None, per_row=True)
     k8, k_scale = _int8(k, 1.0, k.mean(dim=1, dtype=torch.float32), per_row=k_per_token)
     v8, v_scale = _columns(v, fp8=pv == "fp8")

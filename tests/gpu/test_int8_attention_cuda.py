@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_
 
 # Bounds per call against fp32 attention. FP8 P·V rounds P and V to 3 mantissa bits: flat random attention (its
 # output a cancellation of thousands of values) is the worst case. "real": keys with channel offsets and outliers.
-BOUNDS = {"fp8": {"random": (4.5e-2, 0.999), "real": (3e-2, 0.9995)},
+BOUNDS = {"fp8": {"random": (4.5e-2, 0.999), "real": (3.5e-2, 0.9995)},
           "16bit": {"random": (1.5e-2, 0.9998), "real": (3e-2, 0.9995)}}
 SHAPES = {   # name: (batch, queries, keys, heads, dim)
     "Wan 480p share": (1, 8190, 8190, 5, 128),
