@@ -195,6 +195,7 @@ def test_node_sets_backend_and_policy():
         OpenReelAttention().apply(handle, "sage_v9", "error")
     choices, options = OpenReelAttention.INPUT_TYPES()["required"]["backend"]
     assert choices == available_backends() and "437 vs 582 TFLOP/s" in options["tooltip"]
+    assert "speed" in choices and "speed: a preset" in options["tooltip"]
 
 
 # ------------------------------------------------------------------------------------------------ GPU

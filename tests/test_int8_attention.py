@@ -74,3 +74,16 @@ def test_int8_backends_refuse_what_they_cannot_run():
     assert torch.equal(out, attn._sdpa(q, q, q, None))
     # on a GPU the checks after the device: head size, mask shape, compute capability
     assert ab.INT8_HEAD_DIMS == (64, 128)
+
+
+def test_speed_preset_runs_what_holds_its_bound_and_sdpa_elsewhere(monkeypatch):
+    from openreel.speed import attention_backends as ab
+
+    assert attn.registered("speed").self_only
+    q, k, v = (torch.randn(1, 8, 2, 64) for _ in range(3))
+    assert torch.equal(attn.self_attention(q, k, v, backend="speed:error"), attn._sdpa(q, k, v, None))  # CPU
+    picked = []
+    monkeypatch.setattr(attn, "_BACKENDS", dict(attn._BACKENDS))
+    attn.register_backend("int8_fp8", lambda *a: picked.append("int8") or attn._sdpa(*a), lambda *a: None)
+    attn.self_attention(q, k, v, backend="speed")
+    assert picked == ["int8"] and ab.SPEED_ORDER == ("int8_fp8",)

@@ -47,6 +47,10 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
+def registered(name: str) -> Backend | None:
+    return _BACKENDS.get(name)
+
+
 def parse_backend(backend: str) -> tuple[str, str]:
     """"sage:fallback" → ("sage", "fallback"); a bare name has policy "error"."""
     name, _, policy = backend.partition(":")
