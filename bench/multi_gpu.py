@@ -92,18 +92,26 @@ def main() -> None:
     for res in args.res:
         call, tokens = inputs(cfg, res, args.tiny)
         module = patches.configure(build(handle), dict(handle.patches)).to(device)  # its patches: compile
+        if not args.tiny:
+            torch.cuda.reset_peak_memory_stats()
         with torch.no_grad():
             one, reference = timed(lambda: module(*(a.to(device) for a in call)), args.repeats)
+        peak = 0.0 if args.tiny else torch.cuda.max_memory_allocated() / 2**30
         del module
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        record(res=res, tokens=tokens, side="OpenReel", gpus=1, seconds=one)
+        record(res=res, tokens=tokens, side="OpenReel", gpus=1, seconds=one, peak_gib_per_gpu=[round(peak, 2)])
         for n in args.gpus:
             devices = ("cpu",) * n if args.tiny else tuple(f"cuda:{i}" for i in range(n))
             parallel = ParallelDiT(handle.with_patch(MULTI_GPU_PATCH, MultiGPU(devices, tuple(range(n)), False)))
             parallel.residency.load(parallel, 0)
+            pool = pools.pool_for(devices)
+            pool.memory()   # the peak from here on: the calls, the weights already loaded
             seconds, got = timed(lambda: parallel(*call), args.repeats)
+            peaks = [peak / 2**30 for _, peak in pool.memory()]
             record(res=res, tokens=tokens, side="OpenReel", gpus=n, seconds=seconds, speedup=one / seconds,
-                   rel_diff_vs_one_gpu=((got - reference).norm() / reference.norm()).item())
+                   rel_diff_vs_one_gpu=((got - reference).norm() / reference.norm()).item(),
+                   peak_gib_per_gpu=[round(p, 2) for p in peaks],
+                   overhead_share=(seconds - one / n) / seconds)   # NCCL + pipe copies + imbalance: above a perfect split
             pools.shutdown()
         if not args.skip_peer:
             for n in [1] if args.tiny else [1, *args.gpus]:  # diffusers' parallelism needs GPUs (its device mesh)

@@ -4,6 +4,8 @@
 Configurations (480p × 81 frames, both experts, random weights of the real size):
   (a) 40 steps, CFG 4 / 3 (the official recipe);  (b) the same with MagCache at the published Wan2.2 setting;
   (c) 4 steps, CFG 1, an unmerged rank-64 LoRA on both experts (the distillation-LoRA recipe).
+  speed: 4 steps, CFG 1, exact bf16 against the fastest combination whose accuracy holds (OpenReel FP8 per channel
+  with FP8 matmul, OpenReel Attention `speed`): seconds and the final latents' difference (issue 14). Ours only.
 Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
 Cache, OpenReel Sampler), with the experts' modules put in the module cache instead of read from 28 GB files.
 
@@ -50,7 +52,7 @@ from openreel.nodes.cache import OpenReelStepCache  # noqa: E402
 from openreel.nodes.lora import OpenReelLoRA  # noqa: E402
 from openreel.nodes.memory import OpenReelVRAMBudget  # noqa: E402
 from openreel.nodes.sample import OpenReelSampler  # noqa: E402
-from openreel.nodes.speed import OpenReelCompile  # noqa: E402
+from openreel.nodes.speed import OpenReelAttention, OpenReelCompile, OpenReelFP8  # noqa: E402
 
 GIB = 1 << 30
 A14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
@@ -59,8 +61,9 @@ LORA_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cro
                 "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
 
 
-def expert(cfg: WanConfig, salt: str, device: str) -> DiTHandle:
-    """A random expert of `cfg` built on the host through the real materialize path, in the module cache."""
+def expert(cfg: WanConfig, salt: str, device: str, weight_dtype: str = "bf16") -> DiTHandle:
+    """A random expert of `cfg` built on the host through the real materialize path, in the module cache; the same
+    values for any `weight_dtype` (as a file quantized at load)."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
 
@@ -74,9 +77,9 @@ def expert(cfg: WanConfig, salt: str, device: str) -> DiTHandle:
     ckpt = Checkpoint((Path(f"random-{salt}.safetensors"),), {k: TensorInfo(s, torch.bfloat16) for k, s in shapes.items()},
                       {k: reader(k, s) for k, s in shapes.items()})
     spec = WAN.describe(ckpt)
-    handle = DiTHandle(spec, (f"random-{salt}.safetensors",), ((0, 0),), "auto", "bf16")
+    handle = DiTHandle(spec, (f"random-{salt}.safetensors",), ((0, 0),), weight_dtype, "bf16")
     MODULES.get_or_build(handle.weights_key, lambda: materialize(
-        lambda ops: family_of(spec).build(spec, ops), ckpt, device=runtime.offload_device(), weight_dtype="bf16",
+        lambda ops: family_of(spec).build(spec, ops), ckpt, device=runtime.offload_device(), weight_dtype=weight_dtype,
         compute_dtype="bf16", fp32_params=family_of(spec).fp32_params))
     return handle
 
@@ -181,7 +184,8 @@ def main() -> None:
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
                         help="which configurations: a (resident), cache (MagCache (a) at 0 and (b)), a24 (the 24 GB "
-                        "plan), c (the 4-step LoRA run); the peer runs (a) and (c)")
+                        "plan), c (the 4-step LoRA run), speed (4 steps exact vs the speed combination, on "
+                        "FP8 copies of the experts built beside the bf16 ones); the peer runs (a) and (c)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,6 +266,19 @@ def main() -> None:
         if "a" in args.rows:
             report["rows"]["ratio (c)/(a) ours"] = seconds / a["video_s"]
 
+    if "speed" in args.rows:
+        run_ours(resident, embeds, latent, 4, 1.0)  # warm-up (compiles)
+        exact_s, exact_peak, exact = run_ours(resident, embeds, latent, 4, 1.0)
+        record("ours speed: 4 steps CFG 1, exact bf16", seconds=exact_s, peak_gib=exact_peak)
+        fp8 = [expert(cfg, salt, device, "fp8_e4m3fn_channel") for salt in ("high", "low")]
+        fast = [compiled(OpenReelAttention().apply(OpenReelFP8().apply(h, "as_loaded", "fp8_matmul", "per_row")[0],
+                                                   "speed", "error")[0]) for h in fp8]
+        run_ours(fast, embeds, latent, 4, 1.0)
+        fast_s, fast_peak, got = run_ours(fast, embeds, latent, 4, 1.0)
+        record("ours speed: 4 steps CFG 1, FP8 matmul + attention speed", seconds=fast_s, peak_gib=fast_peak,
+               ratio_to_exact=fast_s / exact_s,
+               latent_rel_diff=((got.float() - exact.float()).norm() / exact.float().norm()).item())
+
     if not args.skip_peer:
         for m in modules:
             m.to("cpu")
@@ -288,7 +305,7 @@ def main() -> None:
     print(json.dumps(report["rows"], indent=1))
 
 
-ROWS = ("a", "cache", "a24", "c")
+ROWS = ("a", "cache", "a24", "c", "speed")
 COMPILE = {}  # filled from the compile node's defaults below
 
 if __name__ == "__main__":

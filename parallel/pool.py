@@ -3,7 +3,7 @@
 The process that runs the graph (ComfyUI's, or the headless runner's) is not a rank: it starts the workers on first
 use, keeps them across prompts, and sends each of them commands over a local connection: load a model handle
 (each worker reads the same files, memory-mapped, into its own device), run a model call on some of the ranks, move
-a model to host memory, stop. A worker answers every command, so the caller knows when a call is done and what
+a model to host memory, report its device's memory, stop. A worker answers every command, so the caller knows when a call is done and what
 failed where. A worker that dies or fails takes the whole pool down (the others may be waiting in a collective):
 the call raises an error naming the device, and the next use starts a fresh pool.
 
@@ -148,6 +148,12 @@ class Pool:
             self.run({rank: ("group", ranks) for rank in range(len(self.devices))})
             self._groups.add(ranks)
 
+    def memory(self) -> list[tuple[int, int]]:
+        """Each worker's device memory in bytes, by rank: (allocated now, peak since the last report); zeros off
+        CUDA."""
+        answers = self.run({rank: ("memory",) for rank in range(len(self.devices))})
+        return [answers[rank] for rank in range(len(self.devices))]
+
     def alive(self) -> bool:
         return all(c is not None for c in self.conns) and all(p.poll() is None for p in self.procs)
 
@@ -226,6 +232,13 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
             if command[0] == "group":
                 groups[command[1]] = dist.new_group(list(command[1]))
                 send(conn, ("ok", None))
+                continue
+            if command[0] == "memory":
+                cuda = device.startswith("cuda")
+                send(conn, ("ok", (torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()) if cuda
+                          else (0, 0)))
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 continue
             handle = local_handle(command[1])
             module = prepare(handle)

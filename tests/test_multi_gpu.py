@@ -124,6 +124,7 @@ def test_an_interrupt_stops_the_run_between_calls_and_the_workers_stay(experts, 
     monkeypatch.setattr(ParallelDiT, "forward", forward)
     assert pools.pool_for(("cpu", "cpu")) is pool and pool.alive()
     assert close(run(parallel, 1.0), run(experts[0], 1.0))
+    assert pool.memory() == [(0, 0), (0, 0)] and pool.alive()   # a report by rank; CUDA counts on GPUs only
 
 
 def test_diffusion_forcing_windows_equal_one_process(tmp_path):

@@ -35,7 +35,8 @@ def test_the_workflow_set_is_complete():
                             "skyreels_v2_df_start_end", "skyreels_v2_df_extend", "hunyuan_video_t2v_720p",
                             "hunyuan_video_t2v_544p_fast", "wan22_t2v_a14b_4step_lora",
                             "wan22_i2v_a14b_4step_lora", "wan21_t2v_teacache", "wan22_t2v_a14b_magcache",
-                            "stepvideo_t2v_544p", "stepvideo_t2v_turbo", "stepvideo_t2v_24gb", "wan22_t2v_a14b_2gpu"])
+                            "stepvideo_t2v_544p", "stepvideo_t2v_turbo", "stepvideo_t2v_24gb", "wan22_t2v_a14b_2gpu",
+                            "wan22_t2v_a14b_fast"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
