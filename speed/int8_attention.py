@@ -18,12 +18,15 @@ Layout in: q [B, Lq, H, D], k/v [B, Lk, H, D] (float16 or bfloat16, any strides)
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+log = logging.getLogger(__name__)
 
 FP8_MAX = 448.0                 # largest finite float8_e4m3fn
 LOG2E = 1.4426950408889634
@@ -117,7 +120,9 @@ def _configs():
             for m, n, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 4))]
 
 
-@triton.autotune(configs=_configs(), key=["keys", "D", "HAS_MASK", "LOG2_P_SCALE", "K_PER_TOKEN"])
+# The tile choice is measured once per key count (about 10-20 s) and kept in Triton's cache on disk for later runs.
+@triton.autotune(configs=_configs(), key=["keys", "D", "HAS_MASK", "LOG2_P_SCALE", "K_PER_TOKEN"],
+                 cache_results=True)
 @triton.jit
 def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask_ptr,
                       so_b, so_l, so_h, sm_b, sm_q, sm_k, heads, queries, keys, whole, padded_q, padded_k,
@@ -194,7 +199,7 @@ def _mask_strides(mask: torch.Tensor | None, batch: int, lq: int, lk: int
     return m, (m.stride(0), m.stride(2), m.stride(3))
 
 
-PV = ("fp8", "16bit")
+_TUNED: set[tuple] = set()
 
 
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -208,6 +213,10 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     v8, v_scale = _columns(v, fp8=pv == "fp8")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
+    tuning = (lk, d, m is not None, pv)
+    if tuning not in _TUNED:
+        _TUNED.add(tuning)
+        log.info("OpenReel: 8-bit attention for %d keys: choosing its tiles (once per video size; cached on disk)", lk)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
     _attention_kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
                             out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk,
