@@ -33,8 +33,7 @@ LOG2E = 1.4426950408889634
 QUANT_ROWS = 64                 # tokens per program of the quantization kernels of Q and V
 K_BLOCK = tl.constexpr(128)     # keys per INT8 scale, a multiple of every attention tile's BLOCK_N
 PAD = 128                       # token counts are padded to a multiple of this (the largest attention tile)
-LOG2_FP8_MAX = math.log2(448.0)
-HEAD_DIMS = (64, 128)
+LOG2_FP8_MAX = math.log2(FP8_MAX)
 
 
 @triton.jit
