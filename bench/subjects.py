@@ -23,11 +23,11 @@ from openreel.model_loaders.build import materialize  # noqa: E402
 from openreel.model_loaders.checkpoint import Checkpoint, TensorInfo  # noqa: E402
 
 
-def random_checkpoint(shapes: dict[str, tuple[int, ...]], device: str) -> Checkpoint:
-    """Random bf16 tensors made on the GPU, seeded by name."""
+def random_checkpoint(shapes: dict[str, tuple[int, ...]], device: str, salt: str = "") -> Checkpoint:
+    """Random bf16 tensors made on the GPU, seeded by `salt` and name."""
     def reader(key, shape):
         def read():
-            gen = torch.Generator(device=device).manual_seed(zlib.crc32(key.encode()))
+            gen = torch.Generator(device=device).manual_seed(zlib.crc32((salt + key).encode()))
             scale = 0.02 if len(shape) > 1 else 0.1
             return torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16) * scale
         return read

@@ -1,0 +1,92 @@
+"""Whole-video Wan2.2 T2V-A14B (480p × 81, 40 steps, CFG 4 / 3) through the OpenReel Sampler on one GPU and on two
+(issue 15), random weights of the real size, each expert its own values:
+  1 GPU: the sampler's default, only the active expert on the GPU (the pair swaps at the boundary);
+  2 GPUs, experts apart: OpenReel Multi-GPU with one expert resident on each GPU (no swapping, no token sharing);
+  2 GPUs, tokens shared: both experts on both GPUs, every call split by Ulysses sequence parallelism.
+Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 1-step and a
+3-step run: seconds per model call and fixed seconds per video), with the peak memory of every GPU and the final
+latents' difference from one GPU's.
+
+Run on a machine with two GPUs from the repo root:  python bench/wan22_multi_gpu.py --out $OUT [--compile]
+CPU smoke test (worker processes over gloo, a tiny pair):  python bench/wan22_multi_gpu.py --tiny --out /tmp/x
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+os.environ["OPENREEL_WORKER_SETUP"] = str(HERE / "random_weights.py")
+from wan22_video import COMPILE, GIB, run_ours, setting  # noqa: E402  (imports the nodes: the file loaders)
+from random_weights import random_handle  # noqa: E402, I001  (after them: DiT handles build random weights here)
+
+from openreel.latents import empty_latent, latent_format  # noqa: E402
+from openreel.model_loaders.cache import MODULES  # noqa: E402
+from openreel.models.wan.family import WAN  # noqa: E402
+from openreel.models.wan.model import WanDiT  # noqa: E402
+from openreel.nodes.parallel import OpenReelMultiGPU, parse_devices  # noqa: E402
+from openreel.nodes.speed import OpenReelCompile  # noqa: E402
+from openreel.parallel import pool as pools  # noqa: E402
+
+CALLS = 2 * 40   # 40 steps, two guidance branches each
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="regional compile (in every process)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device, cfg, (frames, height, width), embeds = setting(args.tiny)
+    latent = empty_latent(latent_format("wan21"), width, height, frames)
+    dtype = "fp32" if args.tiny else "bf16"
+    experts = [random_handle(WAN, lambda: WanDiT(cfg), dtype, dtype, name=f"random-{salt}.safetensors")
+               for salt in ("high", "low")]
+    if args.compile:
+        experts = [OpenReelCompile().apply(h, **COMPILE)[0] for h in experts]
+    gpus = "cpu,cpu" if args.tiny else "0,1"
+    report = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "compile": args.compile,
+              "device": "cpu" if args.tiny else torch.cuda.get_device_name(), "video": f"{width}x{height}x{frames}",
+              "rows": {}}
+    reference = None
+
+    def row(name: str, dits, pool=None) -> None:
+        nonlocal reference
+        run_ours(dits, embeds, latent, 3, 4.0)   # warm-up: both experts, loads and compiles
+        if pool is not None:
+            pool.memory()   # peaks from here on
+        one, peak, _ = run_ours(dits, embeds, latent, 1, 4.0)
+        three, peak3, got = run_ours(dits, embeds, latent, 3, 4.0)
+        per_call = (three - one) / 4
+        fixed = one - 2 * per_call
+        peaks = [p / GIB for _, p in pool.memory()] if pool is not None else [max(peak, peak3)]
+        got = got.float()
+        reference = got if reference is None else reference
+        r = report["rows"][name] = dict(per_call_s=per_call, fixed_s=fixed, video_s=fixed + CALLS * per_call,
+                                        peak_gib_per_gpu=[round(p, 2) for p in peaks],
+                                        latent_rel_diff_vs_one_gpu=((got - reference).norm() / reference.norm()).item())
+        print(f"{name:45s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
+              flush=True)
+        (out / "wan22_multi_gpu.json").write_text(json.dumps(report, indent=1))
+
+    row("1 GPU, experts swapped at the boundary", experts)
+    for h in experts:
+        MODULES.evict(h.weights_key)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    for name, apart in (("2 GPUs, one expert resident on each", True), ("2 GPUs, tokens shared by both", False)):
+        dits = OpenReelMultiGPU().apply(experts[0], gpus, False, apart, experts[1])
+        row(name, dits, pools.pool_for(parse_devices(gpus)))
+        pools.shutdown()
+
+
+if __name__ == "__main__":
+    main()
