@@ -162,9 +162,13 @@ def _int8_with(pv: str):
 INT8_HEAD_DIMS = (64, 128)
 
 
-def _int8_refusal_with(capability: tuple[int, int]):
-    """FP8 products need compute capability 8.9 (Ada, Hopper); INT8 and 16-bit ones 8.0 (Ampere)."""
+def _int8_refusal_with(capability: tuple[int, int], triton_here: bool):
+    """FP8 products need compute capability 8.9 (Ada, Hopper); INT8 and 16-bit ones 8.0 (Ampere). Without Triton
+    the backend stays listed, so a shared workflow that names it still runs (on SDPA, by its fallback policy)."""
     def refuses(q, k, v, mask):
+        if not triton_here:
+            return ("Triton is not installed (Linux: it comes with PyTorch's CUDA builds; Windows: pip install "
+                    "triton-windows)")
         reason = _refusal(q, mask, masks=True, head_dims=INT8_HEAD_DIMS, capability=capability)
         if reason is None and mask is not None and not (mask.dim() == 2 or (mask.dim() == 4 and mask.shape[1] == 1)):
             return f"a mask shaped {tuple(mask.shape)}; it takes [queries, keys] or [batch, 1, queries, keys]"
@@ -196,16 +200,16 @@ def _importable(module: str, attr: str) -> bool:
 
 
 def register_installed() -> None:
-    """Register the SDPA kernels, our 8-bit kernel where Triton imports, and SageAttention / FlashAttention (3
-    before 2) where they import."""
+    """Register the SDPA kernels, our 8-bit kernels (refusing every call where Triton does not import), and
+    SageAttention / FlashAttention (3 before 2) where they import."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
     register_backend("speed", _speed, self_only=True)
-    if _importable("triton", "jit"):
-        fp8_refusal = _int8_refusal_with((8, 9))
-        register_backend("int8_fp8", _int8_with("fp8"), fp8_refusal, self_only=True)
-        register_backend("int8_fp8_all", _int8_with("fp8"), fp8_refusal)
-        register_backend("int8_16bit", _int8_with("16bit"), _int8_refusal_with((8, 0)), self_only=True)
+    triton_here = _importable("triton", "jit")
+    fp8_refusal = _int8_refusal_with((8, 9), triton_here)
+    register_backend("int8_fp8", _int8_with("fp8"), fp8_refusal, self_only=True)
+    register_backend("int8_fp8_all", _int8_with("fp8"), fp8_refusal)
+    register_backend("int8_16bit", _int8_with("16bit"), _int8_refusal_with((8, 0), triton_here), self_only=True)
     if _importable("sageattention", "sageattn"):
         register_backend("sage", _sage, _sage_refusal)
     for module, op, refusal in (("flash_attn_interface", _flash3_op, _flash3_refusal),

@@ -74,6 +74,8 @@ def test_int8_backends_refuse_what_they_cannot_run():
     assert torch.equal(out, attn._sdpa(q, q, q, None))
     # on a GPU the checks after the device: head size, mask shape, compute capability
     assert ab.INT8_HEAD_DIMS == (64, 128)
+    # where Triton does not import the backends stay listed (a shared workflow still runs) and say what is missing
+    assert "Triton is not installed" in ab._int8_refusal_with((8, 9), False)(q, q, q, None)
 
 
 def test_speed_preset_runs_what_holds_its_bound_and_sdpa_elsewhere(monkeypatch):
