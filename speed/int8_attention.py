@@ -78,15 +78,25 @@ def _quantize_columns(x_ptr, scale_ptr, out_ptr, sx_b, sx_l, sx_h, heads, length
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows, queries,
-                 keys, padded_k, D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_MASK: tl.constexpr,
-                 LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr):
+def _scores(q, k_ptr, ks_ptr, start, D: tl.constexpr, BLOCK_N: tl.constexpr, K_PER_TOKEN: tl.constexpr):
+    """Q·Kᵀ of one key tile in float32, times the keys' scales when they are per key."""
     cols = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, D)
     k = tl.load(k_ptr + cols[None, :] * D + dims[:, None])                      # [D, BLOCK_N]: Kᵀ
     s = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32)
     if K_PER_TOKEN:
         s = s * tl.load(ks_ptr + cols)[None, :]
+    return s
+
+
+@triton.jit
+def _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows, queries, keys, padded_k,
+            D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_MASK: tl.constexpr,
+            LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr):
+    """The online softmax and P·V of one key tile, given its scores `s`."""
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, D)
+    if K_PER_TOKEN:
         row_scale = q_scale
     else:
         row_scale = q_scale * tl.load(ks_ptr + start // K_BLOCK)                # scores = s · row_scale (log2)
@@ -113,10 +123,14 @@ def _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q
 
 
 def _configs():
+    """Tiles, warps, stages, and whether the next tile's Q·Kᵀ is issued before this tile's softmax (PIPELINED: the
+    tensor cores may then work while the softmax runs; whether Triton overlaps them is for the autotuner to see)."""
     if os.environ.get("TRITON_INTERPRET") == "1":   # the CPU interpreter (tests): one small configuration
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 4))]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "PIPELINED": False}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "PIPELINED": p}, num_warps=w, num_stages=s)
+            for m, n, w, s, p in ((128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 4, 3, False),
+                                  (128, 64, 4, 4, False), (128, 128, 8, 3, True), (128, 64, 8, 3, True),
+                                  (128, 128, 4, 3, True))]
 
 
 # The tile choice is measured once per key count (about 10-20 s) and kept in Triton's cache on disk for later runs.
@@ -126,8 +140,7 @@ def _configs():
 def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask_ptr,
                       so_b, so_l, so_h, sm_b, sm_q, sm_k, heads, queries, keys, whole, padded_q, padded_k,
                       HAS_MASK: tl.constexpr, LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr,
-                      D: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPELINED: tl.constexpr):
     block, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // heads, bh % heads
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -142,14 +155,27 @@ def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for start in range(0, whole, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start,
-                                     rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
-                                     K_PER_TOKEN)
+    if PIPELINED:
+        if whole > 0:   # whole: a multiple of PAD, so of BLOCK_N
+            s = _scores(q, k_ptr, ks_ptr, 0, D, BLOCK_N, K_PER_TOKEN)
+            for start in range(0, whole - BLOCK_N, BLOCK_N):
+                s_next = _scores(q, k_ptr, ks_ptr, start + BLOCK_N, D, BLOCK_N, K_PER_TOKEN)
+                acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
+                                        queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
+                                        K_PER_TOKEN)
+                s = s_next
+            acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, whole - BLOCK_N,
+                                    rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
+                                    K_PER_TOKEN)
+    else:
+        for start in range(0, whole, BLOCK_N):
+            s = _scores(q, k_ptr, ks_ptr, start, D, BLOCK_N, K_PER_TOKEN)
+            acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
+                                    queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE, K_PER_TOKEN)
     for start in range(whole, keys, BLOCK_N):   # the last keys, fewer than PAD: masked tiles
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale, k_ptr, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k,
-                                     start, rows, queries, keys, padded_k, D, BLOCK_N, True, HAS_MASK, LOG2_P_SCALE,
-                                     K_PER_TOKEN)
+        s = _scores(q, k_ptr, ks_ptr, start, D, BLOCK_N, K_PER_TOKEN)
+        acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
+                                queries, keys, padded_k, D, BLOCK_N, True, HAS_MASK, LOG2_P_SCALE, K_PER_TOKEN)
 
     v_scale = tl.load(vs_ptr + bh * D + dims)
     out = acc * v_scale[None, :] / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -202,8 +228,9 @@ _TUNED: set[tuple] = set()
 
 
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                   pv: str = "fp8") -> torch.Tensor:
-    """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out."""
+                   pv: str = "fp8", config: dict | None = None) -> torch.Tensor:
+    """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out. `config`: a
+    fixed choice of BLOCK_M, BLOCK_N, PIPELINED (and num_warps, num_stages) instead of the autotuned one."""
     b, lq, heads, d = q.shape
     lk = k.shape[1]
     k_per_token = pv == "16bit"
@@ -213,12 +240,13 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
     tuning = (lk, d, m is not None, pv)
-    if tuning not in _TUNED:
+    kernel = _attention_kernel if config is None else _attention_kernel.fn
+    if config is None and tuning not in _TUNED:
         _TUNED.add(tuning)
         log.info("OpenReel: 8-bit attention for %d keys: choosing its tiles (once per video size; cached on disk)", lk)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
-    _attention_kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
-                            out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk,
-                            lk // PAD * PAD, q8.shape[1], k8.shape[1], HAS_MASK=m is not None,
-                            LOG2_P_SCALE=LOG2_FP8_MAX if pv == "fp8" else 0.0, K_PER_TOKEN=k_per_token, D=d)
+    kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
+                 out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk, lk // PAD * PAD,
+                 q8.shape[1], k8.shape[1], HAS_MASK=m is not None, LOG2_P_SCALE=LOG2_FP8_MAX if pv == "fp8" else 0.0,
+                 K_PER_TOKEN=k_per_token, D=d, **(config or {}))
     return out

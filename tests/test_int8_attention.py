@@ -31,7 +31,7 @@ def interpreted():
 def test_kernel_matches_fp32_attention(interpreted, case):
     r = interpreted[case[0]]
     b, lq, h, d = case[1], case[2], case[4], case[5]
-    assert r["shape"] == [b, lq, h, d] and r["dtype"] == f"torch.{case[7]}" and r["finite"]
+    assert r["shape"] == [b, lq, h, d] and r["dtype"] == f"torch.{case[7]}" and r["finite"] and r["pipelined_equal"]
     if case[-1] == "fp8":   # FP8 rounds P and V to 3 mantissa bits: about 3.5% on flat random attention
         assert r["rel"] < 4.5e-2 and r["cos"] > 0.999, r
     else:
