@@ -72,8 +72,7 @@ def test_int8_backends_refuse_what_they_cannot_run():
         attn.self_attention(q, q, q, backend="int8_fp8:error")
     out = attn.self_attention(q, q, q, backend="int8_fp8:fallback")
     assert torch.equal(out, attn._sdpa(q, q, q, None))
-    # on a GPU the checks after the device: head size, mask shape, compute capability
-    assert ab.INT8_HEAD_DIMS == (64, 128)
+    # head size, mask shape and compute capability are checked after the device: tests/gpu covers them
     # where Triton does not import the backends stay listed (a shared workflow still runs) and say what is missing
     assert "Triton is not installed" in ab._int8_refusal_with((8, 9), False)(q, q, q, None)
 
