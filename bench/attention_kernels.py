@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["random", "real"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--check-heads", type=int, default=4)
+    parser.add_argument("--kernels", nargs="+", default=[], help="only the kernels whose names contain one of these")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args()
     kernels = {"sdpa cudnn": sdpa_with(SDPBackend.CUDNN_ATTENTION), "sdpa flash": sdpa_with(SDPBackend.FLASH_ATTENTION),
@@ -87,6 +88,8 @@ def main() -> None:
     fa4 = flash4()
     if fa4 is not None:
         kernels["flash-attn 4"] = fa4
+    if args.kernels:
+        kernels = {name: fn for name, fn in kernels.items() if any(part in name for part in args.kernels)}
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "results": []}
     out_dir = Path(args.out)

@@ -38,6 +38,10 @@ VARIANTS = {
     "int8 attention compiled": ("bf16", {"attention": "int8_fp8:error", "compile": CompileSettings()}),
     "int8 attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "int8_fp8:error", "fp8_matmul": "row",
                                                                   "compile": CompileSettings()}),
+    # FlashAttention takes no mask: a family's masked text attention (Step-Video's LLM mask) stays on SDPA
+    "flash compiled": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings()}),
+    "flash fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback", "fp8_matmul": "row",
+                                                         "compile": CompileSettings()}),
     "int8+16bit attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "int8_16bit:error",
                                                                         "fp8_matmul": "row",
                                                                         "compile": CompileSettings()}),
@@ -171,7 +175,9 @@ def main() -> None:
                                                           f"{name.replace(' ', '_')}.txt")
                 for peer_name in (p for p in args.peers if storage == "bf16" and p in subject.PEERS):
                     peer = subject.peer(module, device)
-                    if peer_name == "diffusers-compiled":  # diffusers' own regional compile, its fastest setting
+                    if peer_name == "diffusers-compiled-fa4":
+                        subject.use_flash4(peer)
+                    if peer_name.startswith("diffusers-compiled"):  # diffusers' own regional compile
                         peer.compile_repeated_blocks(fullgraph=True)
                     fn = lambda: subject.peer_output(peer(*peer_call[0], **peer_call[1]))  # noqa: E731
                     try:

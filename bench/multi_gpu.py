@@ -5,7 +5,7 @@ torchrun processes: bench/multi_gpu_peer.py), on the same random weights (genera
 Ours is timed as the sampler calls it: the latent and text go to the workers and the prediction comes back, each
 call (the pipe's copies included). One GPU is the module in this process. Outputs are compared with one GPU's.
 Run on a machine with n GPUs from the repo root:
-  python bench/multi_gpu.py --gpus 2 --res 480p 720p [--compile] --out $OUT
+  python bench/multi_gpu.py --gpus 2 --res 480p 720p [--compile] [--attention flash] --out $OUT
   python bench/multi_gpu.py --tiny --gpus 2 --out /tmp/x      (CPU processes over gloo: a smoke test)
 """
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[2], help="GPU counts to compare with one")
     parser.add_argument("--res", nargs="+", default=["480p"])
     parser.add_argument("--compile", action="store_true", help="regional compile on both sides")
+    parser.add_argument("--attention", default="", help="an OpenReel attention backend for ours, e.g. flash "
+                        "(the peer keeps diffusers' default: its FlashAttention 4 backend has no context parallelism)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="CPU processes over gloo, a tiny model")
     parser.add_argument("--skip-peer", action="store_true")
@@ -81,7 +83,10 @@ def main() -> None:
     handle = random_handle(WAN, lambda: WanDiT(cfg), dtype, dtype)
     if args.compile:
         handle = handle.with_patch("compile", CompileSettings())
+    if args.attention:
+        handle = handle.with_patch("attention", f"{args.attention}:error")
     report = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "compile": args.compile,
+              "attention": args.attention or "sdpa",
               "device": "cpu" if args.tiny else torch.cuda.get_device_name(), "rows": []}
 
     def record(**row) -> None:

@@ -287,8 +287,26 @@ class StepVideo:
         return cfg.layers * (gemm + attn)
 
 
+def use_flash4(peer) -> None:
+    """diffusers' own FlashAttention 4 backend ("flash_4_hub") with its kernel taken from the installed
+    `flash-attn-4` rather than downloaded from the Hub (the GPU machine has no network), as a custom op, as
+    OpenReel's "flash" backend runs it, so diffusers' regional compile keeps whole blocks in one graph."""
+    from diffusers.models import attention_dispatch as dispatch
+
+    from openreel.speed import attention_backends
+
+    def kernel(q, k, v, softmax_scale=None, causal=False):
+        assert softmax_scale is None and not causal   # Wan and HunyuanVideo: the default scale, no causal mask
+        return attention_backends._flash4_op(q.contiguous(), k.contiguous(), v.contiguous())
+
+    dispatch._HUB_KERNELS_REGISTRY[dispatch.AttentionBackendName.FLASH_4_HUB].kernel_fn = kernel
+    dispatch._check_attention_backend_requirements = lambda backend: None   # it asks for the `kernels` package
+    peer.set_attention_backend("flash_4_hub")
+
+
 for _subject in (Wan, Hunyuan):
-    _subject.PEERS = ("diffusers", "diffusers-compiled")
+    _subject.PEERS = ("diffusers", "diffusers-compiled", "diffusers-compiled-fa4")
+    _subject.use_flash4 = staticmethod(use_flash4)
     _subject.peer_output = staticmethod(lambda out: out[0])  # diffusers: a tuple with return_dict=False
 
 SUBJECTS = {"wan": Wan, "hunyuan": Hunyuan, "stepvideo": StepVideo}

@@ -4,7 +4,8 @@
   plain "sdpa" lets PyTorch choose.
 - "sage": SageAttention (`sageattention.sageattn`; PyPI 1.0.6 is the Triton SageAttention 1: INT8 Q·Kᵀ, FP16
   P·V). Registered only when it imports.
-- "flash": FlashAttention 3 (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first.
+- "flash": FlashAttention 4 (`flash_attn.cute`, PyPI `flash-attn-4`: Hopper and Blackwell), 3
+  (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first. Exact attention (bf16/fp16).
 - "int8_fp8": our own 8-bit kernel (speed/int8_attention.py: INT8 Q·Kᵀ, FP8 P·V; Triton, FP8 GPUs: Ada, Hopper and
   newer), for the video self-attention only; "int8_fp8_all" also runs the text cross-attention on it; "int8_16bit"
   keeps P·V in 16 bits (more precise, less fast).
@@ -100,6 +101,11 @@ def _sage_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, smooth_k=False)
 
 
+def _flash4_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from flash_attn.cute import flash_attn_func
+    return flash_attn_func(q, k, v, causal=False)[0]   # (output, log-sum-exp)
+
+
 def _flash3_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     from flash_attn_interface import flash_attn_func
     out = flash_attn_func(q, k, v, causal=False)
@@ -117,6 +123,7 @@ def _int8_kernel(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], pv: st
 
 
 _sage_op = _opaque("sageattn", _sage_kernel)
+_flash4_op = _opaque("flash_attn4", _flash4_kernel)
 _flash3_op = _opaque("flash_attn3", _flash3_kernel)
 _flash2_op = _opaque("flash_attn2", _flash2_kernel)
 _int8_op = _opaque("int8_attention", _int8_kernel)
@@ -143,6 +150,10 @@ def _flash_with(op: Callable):
     def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return op(q.contiguous(), k.contiguous(), v.contiguous()).flatten(2)
     return run
+
+
+def _flash4_refusal(q, k, v, mask):
+    return _refusal(q, mask, capability=(9, 0))   # its SM90 and SM100 kernels (Hopper, Blackwell)
 
 
 def _flash3_refusal(q, k, v, mask):
@@ -190,7 +201,10 @@ def _speed(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 # ------------------------------------------------------------------------------------------------ registration
 def _importable(module: str, attr: str) -> bool:
     """Whether `module.attr` imports; an installed package that fails to import is reported."""
-    if importlib.util.find_spec(module) is None:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return False
+    except ModuleNotFoundError:   # its parent is a plain module, not a package
         return False
     try:
         return hasattr(importlib.import_module(module), attr)
@@ -201,7 +215,7 @@ def _importable(module: str, attr: str) -> bool:
 
 def register_installed() -> None:
     """Register the SDPA kernels, our 8-bit kernels (refusing every call where Triton does not import), and
-    SageAttention / FlashAttention (3 before 2) where they import."""
+    SageAttention / FlashAttention (4, then 3, then 2) where they import."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
     register_backend("speed", _speed, self_only=True)
@@ -212,7 +226,8 @@ def register_installed() -> None:
     register_backend("int8_16bit", _int8_with("16bit"), _int8_refusal_with((8, 0), triton_here), self_only=True)
     if _importable("sageattention", "sageattn"):
         register_backend("sage", _sage, _sage_refusal)
-    for module, op, refusal in (("flash_attn_interface", _flash3_op, _flash3_refusal),
+    for module, op, refusal in (("flash_attn.cute", _flash4_op, _flash4_refusal),
+                                ("flash_attn_interface", _flash3_op, _flash3_refusal),
                                 ("flash_attn", _flash2_op, _flash2_refusal)):
         if _importable(module, "flash_attn_func"):
             register_backend("flash", _flash_with(op), refusal)

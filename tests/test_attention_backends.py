@@ -63,6 +63,12 @@ def test_installed_packages_register(registry, monkeypatch):
                                                                          flash_attn_func=sdpa_nhd))
     ab.register_installed()
     assert attn._BACKENDS["flash"].refuses is ab._flash3_refusal   # FlashAttention 3 preferred
+    package = fake_module("flash_attn", flash_attn_func=sdpa_nhd)
+    package.__path__ = []
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", fake_module("flash_attn.cute", flash_attn_func=sdpa_nhd))
+    ab.register_installed()
+    assert attn._BACKENDS["flash"].refuses is ab._flash4_refusal   # FlashAttention 4 before both
 
 
 def test_broken_install_is_reported_not_registered(registry, monkeypatch, caplog):
@@ -93,6 +99,10 @@ def _cuda_q(dtype=torch.bfloat16, head_dim=128, length=512):
     (ab._sage_refusal, _cuda_q(), None, (7, 5), "compute capability 7.5; it needs 8.0 or newer"),
     (ab._flash3_refusal, _cuda_q(), None, (8, 9), "it needs 9.0"),
     (ab._flash3_refusal, _cuda_q(), None, (9, 0), None),
+    (ab._flash3_refusal, _cuda_q(), None, (10, 0), "it needs 9.0"),
+    (ab._flash4_refusal, _cuda_q(), None, (8, 9), "it needs 9.0 or newer"),
+    (ab._flash4_refusal, _cuda_q(), None, (10, 0), None),
+    (ab._flash4_refusal, _cuda_q(), "mask", (9, 0), "attention mask"),
     (ab._flash2_refusal, _cuda_q(head_dim=512), None, (9, 0), "multiples of 8 up to 256"),
     (ab._flash_sdpa_refusal, _cuda_q(), "mask", (9, 0), "attention mask"),
     (ab._cudnn_refusal, _cuda_q(), "mask", (9, 0), None),
@@ -173,6 +183,7 @@ def test_sage_wrapper_layout_and_no_input_mutation(monkeypatch):
 
 
 @pytest.mark.parametrize("module, op, result", [
+    ("flash_attn.cute", "_flash4_op", lambda q, k, v: (sdpa_nhd(q, k, v), torch.zeros(1))),
     ("flash_attn_interface", "_flash3_op", lambda q, k, v: (sdpa_nhd(q, k, v), torch.zeros(1))),  # with the lse
     ("flash_attn_interface", "_flash3_op", sdpa_nhd),
     ("flash_attn", "_flash2_op", sdpa_nhd),
