@@ -3,7 +3,7 @@ TFLOP/s and error against fp32 attention, side by side in one run.
 
 Run on a GPU machine from the repo root:  python bench/attention_kernels.py --out $OUT
 Kernels: PyTorch SDPA held to cuDNN and to flash, our INT8/FP8 kernel (speed/int8_attention.py, both P·V
-variants; its quantization prologue also timed alone; its two loop forms at one fixed tile choice), and
+variants; its quantization prologue also timed alone), and
 FlashAttention 4 (flash_attn.cute) when it imports.
 Errors are measured on the first --check-heads heads (fp32 attention of all 40 at 75,600 tokens is slow).
 """
@@ -81,10 +81,6 @@ def main() -> None:
     kernels = {"sdpa cudnn": sdpa_with(SDPBackend.CUDNN_ATTENTION), "sdpa flash": sdpa_with(SDPBackend.FLASH_ATTENTION),
                "int8 q·k + fp8 p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "fp8"),
                "int8 q·k + 16-bit p·v (ours)": lambda q, k, v: ia.int8_attention(q, k, v, None, "16bit")}
-    for pipelined in (False, True):   # the two loop forms at one tile choice, outside the autotuner
-        config = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "PIPELINED": pipelined}
-        kernels[f"int8+fp8, 128×128, {'pipelined' if pipelined else 'plain'} loop"] = (
-            lambda q, k, v, c=config: ia.int8_attention(q, k, v, None, "fp8", config=c))
     fa4 = flash4()
     if fa4 is not None:
         kernels["flash-attn 4"] = fa4

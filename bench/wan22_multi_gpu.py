@@ -1,6 +1,7 @@
 """Whole-video Wan2.2 T2V-A14B (480p × 81, 40 steps, CFG 4 / 3) through the OpenReel Sampler on one GPU and on two
 (issue 15), random weights of the real size, each expert its own values:
-  1 GPU: the sampler's default, only the active expert on the GPU (the pair swaps at the boundary);
+  1 GPU: the sampler's default: both experts stay on the GPU when they fit (an H200 holds both), otherwise only the
+         active one (the pair swaps at the boundary);
   2 GPUs, experts apart: OpenReel Multi-GPU with one expert resident on each GPU (no swapping, no token sharing);
   2 GPUs, tokens shared: both experts on both GPUs, every call split by Ulysses sequence parallelism.
 Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 1-step and a
@@ -78,7 +79,7 @@ def main() -> None:
               flush=True)
         (out / "wan22_multi_gpu.json").write_text(json.dumps(report, indent=1))
 
-    row("1 GPU, experts swapped at the boundary", experts)
+    row("1 GPU, the sampler's default", experts)
     for h in experts:
         MODULES.evict(h.weights_key)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None

@@ -9,9 +9,12 @@
 - "int8_fp8": our own 8-bit kernel (speed/int8_attention.py: INT8 Q·Kᵀ, FP8 P·V; Triton, FP8 GPUs: Ada, Hopper and
   newer), for the video self-attention only; "int8_fp8_all" also runs the text cross-attention on it; "int8_16bit"
   keeps P·V in 16 bits (more precise, less fast).
-- "speed": a preset, the fastest kernel whose accuracy bound holds for each call where it runs: "int8_fp8" on GPUs
-  it serves (measured on an H200: 1.14x cuDNN's attention, DiT output within 0.6% of exact attention), otherwise SDPA.
-  Registered everywhere, so a workflow that names it runs on any machine.
+- "flash4": FlashAttention 4 by that name, for the "speed" preset and for workflows that name it: registered
+  everywhere, refusing every call (saying what to install) where it does not import.
+- "speed": a preset, the fastest kernel whose accuracy bound holds for each call where it runs (SPEED_ORDER):
+  FlashAttention 4 where it is installed (exact; on an H200 1.18-1.21x cuDNN's attention, ahead of our 8-bit kernel),
+  else "int8_fp8" on GPUs it serves (1.13x cuDNN, DiT output within 0.6% of exact attention), else SDPA; the text
+  attention on FlashAttention 4 or SDPA (exact). Registered everywhere, so a workflow that names it runs anywhere.
 
 Each backend's refusal check names what it cannot honour: masks (block-causal attention: 1.0.6 would silently
 ignore one), head sizes, fp32, CPU tensors, older GPUs, and for Sage 1.0.6 short key sequences whose length is
@@ -156,6 +159,11 @@ def _flash4_refusal(q, k, v, mask):
     return _refusal(q, mask, capability=(9, 0))   # its SM90 and SM100 kernels (Hopper, Blackwell)
 
 
+def _flash4_missing(q, k, v, mask):
+    return ("flash-attn-4 is not installed (pip install flash-attn-4; with a CUDA 13 build of PyTorch: "
+            "pip install \"flash-attn-4[cu13]\")")
+
+
 def _flash3_refusal(q, k, v, mask):
     return _refusal(q, mask, capability=(9, 0), exact_capability=True)
 
@@ -187,15 +195,19 @@ def _int8_refusal_with(capability: tuple[int, int], triton_here: bool):
     return refuses
 
 
-SPEED_ORDER = ("int8_fp8",)   # measured faster than SDPA with its bound holding (bench/RESULTS.md, issue 14)
+# Fastest first, as measured on an H200 at Wan's shapes (bench/RESULTS.md, issue 14); each within its accuracy bound.
+SPEED_ORDER = ("flash4", "int8_fp8")
+EXACT_ORDER = ("flash4",)
 
 
-def _speed(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    for name in SPEED_ORDER:
-        backend = registered(name)
-        if backend is not None and backend.refuses(q, k, v, mask) is None:
-            return backend.fn(q, k, v, mask)
-    return registered("sdpa").fn(q, k, v, mask)
+def _first_of(order: tuple[str, ...]) -> Callable:
+    def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        for name in order:
+            backend = registered(name)
+            if backend is not None and backend.refuses(q, k, v, mask) is None:
+                return backend.fn(q, k, v, mask)
+        return registered("sdpa").fn(q, k, v, mask)
+    return run
 
 
 # ------------------------------------------------------------------------------------------------ registration
@@ -218,7 +230,7 @@ def register_installed() -> None:
     SageAttention / FlashAttention (4, then 3, then 2) where they import."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
-    register_backend("speed", _speed, self_only=True)
+    register_backend("speed", _first_of(SPEED_ORDER), self_only=True, others=_first_of(EXACT_ORDER))
     triton_here = _importable("triton", "jit")
     fp8_refusal = _int8_refusal_with((8, 9), triton_here)
     register_backend("int8_fp8", _int8_with("fp8"), fp8_refusal, self_only=True)
@@ -232,6 +244,8 @@ def register_installed() -> None:
         if _importable(module, "flash_attn_func"):
             register_backend("flash", _flash_with(op), refusal)
             break
+    flash4_here = registered("flash") is not None and registered("flash").refuses is _flash4_refusal
+    register_backend("flash4", _flash_with(_flash4_op), _flash4_refusal if flash4_here else _flash4_missing)
 
 
 register_installed()

@@ -123,14 +123,10 @@ def _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, star
 
 
 def _configs():
-    """Tiles, warps, stages, and whether the next tile's Q·Kᵀ is issued before this tile's softmax (PIPELINED: the
-    tensor cores may then work while the softmax runs; whether Triton overlaps them is for the autotuner to see)."""
     if os.environ.get("TRITON_INTERPRET") == "1":   # the CPU interpreter (tests): one small configuration
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "PIPELINED": False}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "PIPELINED": p}, num_warps=w, num_stages=s)
-            for m, n, w, s, p in ((128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 4, 3, False),
-                                  (128, 64, 4, 4, False), (128, 128, 8, 3, True), (128, 64, 8, 3, True),
-                                  (128, 128, 4, 3, True))]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 3), (128, 64, 4, 4))]
 
 
 # The tile choice is measured once per key count (about 10-20 s) and kept in Triton's cache on disk for later runs.
@@ -140,7 +136,7 @@ def _configs():
 def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask_ptr,
                       so_b, so_l, so_h, sm_b, sm_q, sm_k, heads, queries, keys, whole, padded_q, padded_k,
                       HAS_MASK: tl.constexpr, LOG2_P_SCALE: tl.constexpr, K_PER_TOKEN: tl.constexpr,
-                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPELINED: tl.constexpr):
+                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     block, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // heads, bh % heads
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -155,23 +151,10 @@ def _attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, mask
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    if PIPELINED:
-        if whole > 0:   # whole: a multiple of PAD, so of BLOCK_N
-            s = _scores(q, k_ptr, ks_ptr, 0, D, BLOCK_N, K_PER_TOKEN)
-            for start in range(0, whole - BLOCK_N, BLOCK_N):
-                s_next = _scores(q, k_ptr, ks_ptr, start + BLOCK_N, D, BLOCK_N, K_PER_TOKEN)
-                acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
-                                        queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
-                                        K_PER_TOKEN)
-                s = s_next
-            acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, whole - BLOCK_N,
-                                    rows, queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE,
-                                    K_PER_TOKEN)
-    else:
-        for start in range(0, whole, BLOCK_N):
-            s = _scores(q, k_ptr, ks_ptr, start, D, BLOCK_N, K_PER_TOKEN)
-            acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
-                                    queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE, K_PER_TOKEN)
+    for start in range(0, whole, BLOCK_N):   # whole: a multiple of PAD, so of BLOCK_N
+        s = _scores(q, k_ptr, ks_ptr, start, D, BLOCK_N, K_PER_TOKEN)
+        acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
+                                queries, keys, padded_k, D, BLOCK_N, False, HAS_MASK, LOG2_P_SCALE, K_PER_TOKEN)
     for start in range(whole, keys, BLOCK_N):   # the last keys, fewer than PAD: masked tiles
         s = _scores(q, k_ptr, ks_ptr, start, D, BLOCK_N, K_PER_TOKEN)
         acc, m_i, l_i = _update(acc, m_i, l_i, s, q_scale, ks_ptr, v_ptr, mask_ptr, sm_q, sm_k, start, rows,
@@ -230,7 +213,7 @@ _TUNED: set[tuple] = set()
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                    pv: str = "fp8", config: dict | None = None) -> torch.Tensor:
     """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out. `config`: a
-    fixed choice of BLOCK_M, BLOCK_N, PIPELINED (and num_warps, num_stages) instead of the autotuned one."""
+    fixed choice of BLOCK_M, BLOCK_N (and num_warps, num_stages) instead of the autotuned one."""
     b, lq, heads, d = q.shape
     lk = k.shape[1]
     k_per_token = pv == "16bit"

@@ -32,12 +32,11 @@ def _run_case(case) -> dict:
     q_view = torch.cat([q, k[:, :1].expand_as(q)], dim=-1)[..., :d]     # a strided view, as a fused qkv gives
     out = int8_attention(q_view, k, v, mask, pv)
     assert torch.equal(k, k_before)   # smoothing must not touch the caller's keys
-    # the loop that issues the next tile's Q·Kᵀ before this tile's softmax computes the same numbers
-    fixed = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
-    pipelined = int8_attention(q_view, k, v, mask, pv, config={**fixed, "PIPELINED": True})
-    plain = int8_attention(q_view, k, v, mask, pv, config={**fixed, "PIPELINED": False})
+    # a fixed tile choice (the bench's) runs the same kernel as the autotuned call (one configuration here)
+    fixed = int8_attention(q_view, k, v, mask, pv, config={"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4,
+                                                            "num_stages": 1})
     return {"name": name, "shape": list(out.shape), "dtype": str(out.dtype), **errors(out, reference(q, k, v, mask)),
-            "pipelined_equal": torch.equal(pipelined, plain) and torch.equal(plain, out)}
+            "fixed_equal": torch.equal(fixed, out)}
 
 
 

@@ -69,6 +69,15 @@ def test_installed_packages_register(registry, monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn.cute", fake_module("flash_attn.cute", flash_attn_func=sdpa_nhd))
     ab.register_installed()
     assert attn._BACKENDS["flash"].refuses is ab._flash4_refusal   # FlashAttention 4 before both
+    assert attn._BACKENDS["flash4"].refuses is ab._flash4_refusal   # by its own name too, for the speed preset
+
+
+def test_flash4_listed_where_missing_and_says_what_to_install(registry):
+    ab.register_installed()
+    if importlib.util.find_spec("flash_attn") is None:
+        q = _cuda_q()
+        assert "pip install flash-attn-4" in attn._BACKENDS["flash4"].refuses(q, q, q, None)
+    assert "flash4" in available_backends()   # a shared workflow that names it still loads
 
 
 def test_broken_install_is_reported_not_registered(registry, monkeypatch, caplog):

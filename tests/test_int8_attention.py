@@ -31,7 +31,7 @@ def interpreted():
 def test_kernel_matches_fp32_attention(interpreted, case):
     r = interpreted[case[0]]
     b, lq, h, d = case[1], case[2], case[4], case[5]
-    assert r["shape"] == [b, lq, h, d] and r["dtype"] == f"torch.{case[7]}" and r["finite"] and r["pipelined_equal"]
+    assert r["shape"] == [b, lq, h, d] and r["dtype"] == f"torch.{case[7]}" and r["finite"] and r["fixed_equal"]
     if case[-1] == "fp8":   # FP8 rounds P and V to 3 mantissa bits: about 3.5% on flat random attention
         assert r["rel"] < 4.5e-2 and r["cos"] > 0.999, r
     else:
@@ -80,11 +80,21 @@ def test_int8_backends_refuse_what_they_cannot_run():
 def test_speed_preset_runs_what_holds_its_bound_and_sdpa_elsewhere(monkeypatch):
     from openreel.speed import attention_backends as ab
 
-    assert attn.registered("speed").self_only
+    assert attn.registered("speed").self_only and ab.SPEED_ORDER == ("flash4", "int8_fp8")
     q, k, v = (torch.randn(1, 8, 2, 64) for _ in range(3))
+    text = torch.randn(1, 5, 2, 64)
     assert torch.equal(attn.self_attention(q, k, v, backend="speed:error"), attn._sdpa(q, k, v, None))  # CPU
     picked = []
     monkeypatch.setattr(attn, "_BACKENDS", dict(attn._BACKENDS))
-    attn.register_backend("int8_fp8", lambda *a: picked.append("int8") or attn._sdpa(*a), lambda *a: None)
+
+    def kernel(name, refuses=lambda *a: None):
+        attn.register_backend(name, lambda *a: picked.append(name) or attn._sdpa(*a), refuses)
+    kernel("int8_fp8")
     attn.self_attention(q, k, v, backend="speed")
-    assert picked == ["int8"] and ab.SPEED_ORDER == ("int8_fp8",)
+    attn.attention(q, text, text, backend="speed")   # text attention: exact, SDPA without FlashAttention 4
+    assert picked == ["int8_fp8"]
+    kernel("flash4", refuses=lambda q, k, v, mask: "a mask" if mask is not None else None)
+    attn.self_attention(q, k, v, backend="speed")
+    attn.attention(q, text, text, backend="speed")
+    attn.self_attention(q, k, v, mask=torch.ones(8, 8, dtype=torch.bool), backend="speed")
+    assert picked == ["int8_fp8", "flash4", "flash4", "int8_fp8"]   # a masked call: the next in SPEED_ORDER

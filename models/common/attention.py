@@ -9,7 +9,8 @@ call (a mask, a head size, a dtype, a device); such a call is never handed to it
 raises an error saying why; "fallback" runs the call on SDPA instead and logs that once per backend and reason.
 
 A backend registered `self_only` (an approximate kernel, e.g. 8-bit) serves `self_attention` only: the models' other
-attention calls (text cross-attention, short text refiners) stay exact on SDPA, by design and without a log.
+attention calls (text cross-attention, short text refiners) stay exact, on SDPA or on the exact kernel the backend
+names as `others`, by design and without a log.
 """
 from __future__ import annotations
 
@@ -33,14 +34,16 @@ class Backend(NamedTuple):
     fn: AttentionFn
     refuses: RefusalFn | None
     self_only: bool = False
+    others: AttentionFn | None = None   # runs a self_only backend's other calls; None: SDPA
 
 
 _BACKENDS: dict[str, Backend] = {}
 _LOGGED: set[tuple[str, str]] = set()
 
 
-def register_backend(name: str, fn: AttentionFn, refuses: RefusalFn | None = None, *, self_only: bool = False) -> None:
-    _BACKENDS[name] = Backend(fn, refuses, self_only)
+def register_backend(name: str, fn: AttentionFn, refuses: RefusalFn | None = None, *, self_only: bool = False,
+                     others: AttentionFn | None = None) -> None:
+    _BACKENDS[name] = Backend(fn, refuses, self_only, others)
 
 
 def available_backends() -> list[str]:
@@ -74,15 +77,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
               backend: str = "sdpa") -> torch.Tensor:
     """Attention of q to other tokens (text), or any call that is not the main self-attention."""
     name, _ = parse_backend(backend)
-    if _BACKENDS[name].self_only:
-        return _sdpa(q, k, v, mask)
+    chosen = _BACKENDS[name]
+    if chosen.self_only:
+        return (chosen.others or _sdpa)(q, k, v, mask)
     return _dispatch(q, k, v, mask, backend)
 
 
 def _dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
               backend: str) -> torch.Tensor:
     name, policy = parse_backend(backend)
-    fn, refuses, _ = _BACKENDS[name]
+    fn, refuses, *_ = _BACKENDS[name]
     reason = None if refuses is None else refuses(q, k, v, mask)
     if reason is None:
         return fn(q, k, v, mask)

@@ -64,13 +64,3 @@ def test_through_the_dispatch_compiled_and_not():
     _check("dispatch", eager, reference(q, k, v), "fp8", "real")
     text = torch.randn(1, 512, 4, 128, device="cuda", dtype=torch.bfloat16)
     assert torch.equal(attn.attention(q, text, text, backend="int8_fp8:error"), attn._sdpa(q, text, text, None))
-
-
-def test_both_loop_forms_agree():
-    from openreel.speed.int8_attention import int8_attention
-
-    q, k, v = inputs(1, 4096, 4096, 4, 128, "real", torch.bfloat16, "cuda")
-    fixed = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
-    plain = int8_attention(q, k, v, None, "fp8", config={**fixed, "PIPELINED": False})
-    pipelined = int8_attention(q, k, v, None, "fp8", config={**fixed, "PIPELINED": True})
-    assert errors(pipelined, plain.float())["rel"] < 1e-3
