@@ -3,7 +3,9 @@ against diffusers 0.42.1's context parallelism (`enable_parallelism(ContextParal
 torchrun processes: bench/multi_gpu_peer.py), on the same random weights (generated per tensor name on each GPU).
 
 Ours is timed as the sampler calls it: the latent and text go to the workers and the prediction comes back, each
-call (the pipe's copies included). One GPU is the module in this process. Outputs are compared with one GPU's.
+call (the pipe's copies included). One more call runs under torch's profiler in every worker: the share of its GPU
+time in NCCL's kernels (waiting for the other GPU included). One GPU is the module in this process. Outputs are
+compared with one GPU's.
 Run on a machine with n GPUs from the repo root:
   python bench/multi_gpu.py --gpus 2 --res 480p 720p [--compile] [--attention flash] --out $OUT
   python bench/multi_gpu.py --tiny --gpus 2 --out /tmp/x      (CPU processes over gloo: a smoke test)
@@ -113,10 +115,15 @@ def main() -> None:
             pool.memory()   # the peak from here on: the calls, the weights already loaded
             seconds, got = timed(lambda: parallel(*call), args.repeats)
             peaks = [peak / 2**30 for _, peak in pool.memory()]
+            pool.profile_next_call()
+            parallel(*call)
+            profiled = pool.profiled()
             record(res=res, tokens=tokens, side="OpenReel", gpus=n, seconds=seconds, speedup=one / seconds,
                    rel_diff_vs_one_gpu=((got - reference).norm() / reference.norm()).item(),
                    peak_gib_per_gpu=[round(p, 2) for p in peaks],
-                   overhead_share=(seconds - one / n) / seconds)   # NCCL + pipe copies + imbalance: above a perfect split
+                   overhead_share=(seconds - one / n) / seconds,   # above a perfect split: NCCL, pipes, imbalance
+                   collective_share_per_gpu=[round(f["collective_ms"] / f["total_ms"], 4) for f in profiled],
+                   collective_ms_per_gpu=[round(f["collective_ms"], 1) for f in profiled])
             pools.shutdown()
         if not args.skip_peer:
             for n in [1] if args.tiny else [1, *args.gpus]:  # diffusers' parallelism needs GPUs (its device mesh)

@@ -3,8 +3,8 @@
 The process that runs the graph (ComfyUI's, or the headless runner's) is not a rank: it starts the workers on first
 use, keeps them across prompts, and sends each of them commands over a local connection: load a model handle
 (each worker reads the same files, memory-mapped, into its own device), run a model call on some of the ranks, move
-a model to host memory, report its device's memory, stop. A worker answers every command, so the caller knows when a call is done and what
-failed where. A worker that dies or fails takes the whole pool down (the others may be waiting in a collective):
+a model to host memory, report its device's memory, profile a call, stop. A worker answers every command, so the
+caller knows when a call is done and what failed where. A worker that dies or fails takes the whole pool down (the others may be waiting in a collective):
 the call raises an error naming the device, and the next use starts a fresh pool.
 
 More hosts: the same design holds with `init_method` pointing at a rendezvous every host reaches and one connection
@@ -14,6 +14,7 @@ per remote worker (multiprocessing.connection over TCP with the same authkey); n
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import pickle
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from dataclasses import replace
 from multiprocessing.connection import Connection, Listener
@@ -154,6 +156,16 @@ class Pool:
         answers = self.run({rank: ("memory",) for rank in range(len(self.devices))})
         return [answers[rank] for rank in range(len(self.devices))]
 
+    def profile_next_call(self) -> None:
+        """Every worker runs its next model call under torch's profiler (for benches: the collectives' share)."""
+        self.run({rank: ("profile",) for rank in range(len(self.devices))})
+
+    def profiled(self) -> list[dict[str, float]]:
+        """What each worker's profiled call spent, by rank: milliseconds in collectives (NCCL kernels on GPUs, gloo
+        operations on CPUs; waiting for the other ranks included) and in all device work (all host work on CPUs)."""
+        answers = self.run({rank: ("profiled",) for rank in range(len(self.devices))})
+        return [answers[rank] for rank in range(len(self.devices))]
+
     def alive(self) -> bool:
         return all(c is not None for c in self.conns) and all(p.poll() is None for p in self.procs)
 
@@ -223,6 +235,7 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     groups: dict[tuple[int, ...], Any] = {}
+    profiler, profiled = False, None
     send(conn, ("ok", None))
     while True:
         command = receive(conn)
@@ -240,6 +253,10 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 continue
+            if command[0] in ("profile", "profiled"):
+                profiler = command[0] == "profile"
+                send(conn, ("ok", profiled if command[0] == "profiled" else None))
+                continue
             handle = local_handle(command[1])
             module = prepare(handle)
             if command[0] == "load":
@@ -256,13 +273,46 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
                 sharing = SequenceParallel(groups[ranks]) if len(ranks) > 1 else None
                 module.wrappers.set("sequence_parallel", sharing)
                 dev = runtime.torch_device()
-                with torch.no_grad():
+                with torch.no_grad(), (_Profile(dev) if profiler else contextlib.nullcontext()) as found:
                     out = module(*_to(args, dev), **_to(kwargs, dev))
+                if profiler:
+                    profiler, profiled = False, found.times()
                 send(conn, ("ok", out.cpu() if rank == ranks[0] else None))
         except BaseException as exc:  # answered, then this worker stops: the pool is closed by the caller
             send(conn, ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"))
             break
     dist.destroy_process_group()
+
+
+class _Profile:
+    """One model call under torch's profiler: the time of its collectives against all its work. On GPUs both are
+    kernel time (NCCL's kernels; every kernel); on CPUs gloo's operations against the call's wall time."""
+
+    def __init__(self, device: torch.device):
+        from torch.profiler import ProfilerActivity, profile
+        self.cuda = device.type == "cuda"
+        self.profile = profile(activities=[ProfilerActivity.CUDA if self.cuda else ProfilerActivity.CPU])
+
+    def __enter__(self) -> "_Profile":
+        self.profile.__enter__()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.wall = time.perf_counter() - self.start
+        self.profile.__exit__(*exc)
+
+    def times(self) -> dict[str, float]:
+        events = self.profile.key_averages()
+        if self.cuda:   # microseconds
+            collective = sum(e.self_device_time_total for e in events if "nccl" in e.key.lower())
+            total = sum(e.self_device_time_total for e in events)
+        else:
+            collective = sum(e.cpu_time_total for e in events if e.key.startswith("gloo:"))
+            total = self.wall * 1e6
+        return {"collective_ms": collective / 1e3, "total_ms": total / 1e3}
 
 
 def _to(value, device):

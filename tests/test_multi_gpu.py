@@ -127,6 +127,18 @@ def test_an_interrupt_stops_the_run_between_calls_and_the_workers_stay(experts, 
     assert pool.memory() == [(0, 0), (0, 0)] and pool.alive()   # a report by rank; CUDA counts on GPUs only
 
 
+def test_a_profiled_call_reports_its_collectives_share(experts):
+    parallel = OpenReelMultiGPU().apply(experts[0], WORKERS, False, True)[0]
+    run(parallel, 1.0)
+    pool = pools.pool_for(("cpu", "cpu"))
+    pool.profile_next_call()
+    before = run(parallel, 1.0)   # three calls: the first is profiled
+    found = pool.profiled()
+    assert len(found) == 2 and all(0 < f["collective_ms"] <= f["total_ms"] for f in found)
+    assert pool.profiled() == found   # kept until the next profiled call
+    assert torch.equal(run(parallel, 1.0), before)   # profiling changes nothing
+
+
 def test_diffusion_forcing_windows_equal_one_process(tmp_path):
     """Three windows, asynchronous (per-frame timesteps) with causal attention, on the synthetic SkyReels-V2 DF
     model: the workers run every window's calls."""
