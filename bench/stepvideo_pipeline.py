@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from card import simulate_card
 from subjects import meta_shapes, random_checkpoint
 
 from openreel import runtime
@@ -51,14 +52,6 @@ from openreel.synthetic_stepvideo import write_hunyuan_clip, write_step_llm
 
 GIB = 1 << 30
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "api" / "stepvideo_t2v_24gb.json"
-
-
-def simulate_card(gib: float) -> None:
-    """Cap torch's allocator at `gib` and report that card's free memory to whoever asks torch."""
-    cap = int(gib * GIB)
-    total = torch.cuda.mem_get_info()[1]
-    torch.cuda.set_per_process_memory_fraction(cap / total)
-    torch.cuda.mem_get_info = lambda device=None: (max(0, cap - torch.cuda.memory_reserved(device)), cap)
 
 
 def on_host(factory, fp32_params: str, weight_dtype: str, compute_dtype: str):

@@ -3,7 +3,9 @@
   1 GPU: the sampler's default: both experts stay on the GPU when they fit (an H200 holds both), otherwise only the
          active one (the pair swaps at the boundary);
   2 GPUs, experts apart: OpenReel Multi-GPU with one expert resident on each GPU (no swapping, no token sharing);
-  2 GPUs, tokens shared: both experts on both GPUs, every call split by Ulysses sequence parallelism.
+  2 GPUs, tokens shared: both experts on both GPUs, every call split by Ulysses sequence parallelism;
+  1 GPU of --card-gib (default 48): the first GPU made to look like a card that holds one expert at a time, so the
+         pair swaps at the boundary (what one expert per GPU saves).
 Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 1-step and a
 3-step run: seconds per model call and fixed seconds per video), with the peak memory of every GPU and the final
 latents' difference from one GPU's.
@@ -27,6 +29,7 @@ sys.path.insert(0, str(HERE))
 os.environ["OPENREEL_WORKER_SETUP"] = str(HERE / "random_weights.py")
 from wan22_video import COMPILE, GIB, run_ours, setting  # noqa: E402  (imports the nodes: the file loaders)
 from random_weights import random_handle  # noqa: E402, I001  (after them: DiT handles build random weights here)
+from card import simulate_card  # noqa: E402
 
 from openreel.latents import empty_latent, latent_format  # noqa: E402
 from openreel.model_loaders.cache import MODULES  # noqa: E402
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--compile", action="store_true", help="regional compile (in every process)")
+    parser.add_argument("--card-gib", type=float, default=48.0, help="the last row's card (0: no such row)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +91,9 @@ def main() -> None:
         dits = OpenReelMultiGPU().apply(experts[0], gpus, False, apart, experts[1])
         row(name, dits, pools.pool_for(parse_devices(gpus)))
         pools.shutdown()
+    if args.card_gib and not args.tiny:
+        simulate_card(args.card_gib)   # for the rest of this process: the last row
+        row(f"1 GPU of {args.card_gib:g} GiB, the pair swapped at the boundary", experts)
 
 
 if __name__ == "__main__":
