@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
     parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--attention", default="", help="an OpenReel attention backend for ours in (a), (b), (c), "
+                        "e.g. flash4; with flash4 the peer runs diffusers' own FlashAttention 4 backend too")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
                         help="which configurations: a (resident), cache (MagCache (a) at 0 and (b)), a24 (the 24 GB "
                         "plan), c (the 4-step LoRA run), speed (4 steps exact vs the speed combination, on "
@@ -215,12 +217,15 @@ def main() -> None:
     def compiled(h):
         return OpenReelCompile().apply(h, **COMPILE)[0] if args.compile else h
 
-    resident = [compiled(h) for h in experts]
+    def tuned(h):  # ours as rows (a) to (c) run: the attention backend asked for, then compiled if asked
+        return compiled(OpenReelAttention().apply(h, args.attention, "fallback")[0] if args.attention else h)
+
+    resident = [tuned(h) for h in experts]
     plan = OpenReelVRAMBudget().apply(experts[0], latent, 24.0 if not args.tiny else 0.01, False, experts[1])
-    swapped = [compiled(plan["result"][0]), compiled(plan["result"][1])]
+    swapped = [tuned(plan["result"][0]), tuned(plan["result"][1])]
     report["plan_24gb"] = plan["result"][2]
     print(plan["result"][2], flush=True)
-    lora_dits = [compiled(OpenReelLoRA().apply(h, name, 1.0, "unmerged")["result"][0])
+    lora_dits = [tuned(OpenReelLoRA().apply(h, name, 1.0, "unmerged")["result"][0])
                  for h, name in zip(experts, ("distill_high.safetensors", "distill_low.safetensors"))]
     coefficients = "1, 0" if args.tiny else ""  # a tiny model has no published calibration
     # The bookkeeping alone: a threshold no accumulated error stays under (the ratios are not exactly 1), so
@@ -285,9 +290,13 @@ def main() -> None:
         for m in modules:
             m.to("cpu")
         torch.cuda.empty_cache() if device == "cuda" else None
+        from subjects import use_flash4
+
         pipe, _ = peer_pipeline(modules, device)
-        if args.compile:
-            for t in (pipe.transformer, pipe.transformer_2):
+        for t in (pipe.transformer, pipe.transformer_2):
+            if args.attention == "flash4":
+                use_flash4(t)
+            if args.compile:
                 t.compile_repeated_blocks(fullgraph=True)
         run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up at the real size, both experts
         record("diffusers (a) both experts resident", **per_video(
