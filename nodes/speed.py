@@ -119,6 +119,10 @@ class OpenReelAttention(OpenReelNode):
         if backend not in available_backends():
             raise InputError(f"the attention backend {backend!r} is not installed here",
                              f"choose one of {', '.join(available_backends())}")
+        why = attention_backends.missing(backend)
+        if why is not None and on_unsupported == "error":
+            raise InputError(f"the attention backend {backend!r} cannot run on this machine: {why}",
+                             "install it, or choose on_unsupported = fallback (SDPA runs its calls)")
         return (dit.with_patch("attention", f"{backend}:{on_unsupported}"),)
 
 

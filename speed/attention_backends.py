@@ -159,9 +159,20 @@ def _flash4_refusal(q, k, v, mask):
     return _refusal(q, mask, capability=(9, 0))   # its SM90 and SM100 kernels (Hopper, Blackwell)
 
 
+FLASH4_MISSING = ('flash-attn-4 is not installed (pip install flash-attn-4; with a CUDA 13 build of PyTorch: '
+                  'pip install "flash-attn-4[cu13]")')
+TRITON_MISSING = ("Triton is not installed (Linux: it comes with PyTorch's CUDA builds; Windows: pip install "
+                  "triton-windows)")
+MISSING: dict[str, str] = {}   # backends listed everywhere that cannot run on this machine: what to install
+
+
+def missing(name: str) -> str | None:
+    """What to install for backend `name` to run here, or None (installed, or not one of ours that can miss)."""
+    return MISSING.get(name)
+
+
 def _flash4_missing(q, k, v, mask):
-    return ("flash-attn-4 is not installed (pip install flash-attn-4; with a CUDA 13 build of PyTorch: "
-            "pip install \"flash-attn-4[cu13]\")")
+    return FLASH4_MISSING
 
 
 def _flash3_refusal(q, k, v, mask):
@@ -186,8 +197,7 @@ def _int8_refusal_with(capability: tuple[int, int], triton_here: bool):
     the backend stays listed, so a shared workflow that names it still runs (on SDPA, by its fallback policy)."""
     def refuses(q, k, v, mask):
         if not triton_here:
-            return ("Triton is not installed (Linux: it comes with PyTorch's CUDA builds; Windows: pip install "
-                    "triton-windows)")
+            return TRITON_MISSING
         reason = _refusal(q, mask, masks=True, head_dims=INT8_HEAD_DIMS, capability=capability)
         if reason is None and mask is not None and not (mask.dim() == 2 or (mask.dim() == 4 and mask.shape[1] == 1)):
             return f"a mask shaped {tuple(mask.shape)}; it takes [queries, keys] or [batch, 1, queries, keys]"
@@ -246,6 +256,9 @@ def register_installed() -> None:
             break
     flash4_here = registered("flash") is not None and registered("flash").refuses is _flash4_refusal
     register_backend("flash4", _flash_with(_flash4_op), _flash4_refusal if flash4_here else _flash4_missing)
+    MISSING.clear()
+    MISSING.update(dict.fromkeys(() if triton_here else ("int8_fp8", "int8_fp8_all", "int8_16bit"), TRITON_MISSING))
+    MISSING.update({} if flash4_here else {"flash4": FLASH4_MISSING})
 
 
 register_installed()

@@ -74,10 +74,16 @@ def test_installed_packages_register(registry, monkeypatch):
 
 def test_flash4_listed_where_missing_and_says_what_to_install(registry):
     ab.register_installed()
-    if importlib.util.find_spec("flash_attn") is None:
-        q = _cuda_q()
-        assert "pip install flash-attn-4" in attn._BACKENDS["flash4"].refuses(q, q, q, None)
     assert "flash4" in available_backends()   # a shared workflow that names it still loads
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    q = _cuda_q()
+    assert "pip install flash-attn-4" in attn._BACKENDS["flash4"].refuses(q, q, q, None)
+    assert "pip install flash-attn-4" in ab.missing("flash4") and ab.missing("sdpa") is None
+    handle = SimpleNamespace(with_patch=lambda name, value: (name, value))
+    with pytest.raises(InputError, match="'flash4' cannot run on this machine.*flash-attn-4.*fallback"):
+        OpenReelAttention().apply(handle, "flash4", "error")   # at the node, before any sampling
+    assert OpenReelAttention().apply(handle, "flash4", "fallback") == (("attention", "flash4:fallback"),)
 
 
 def test_broken_install_is_reported_not_registered(registry, monkeypatch, caplog):
