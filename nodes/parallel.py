@@ -49,9 +49,10 @@ class OpenReelMultiGPU(OpenReelNode):
     def INPUT_TYPES(cls):
         return {"required": {
             "dit": ("OPENREEL_DIT", {"tooltip": "The DiT to run on several GPUs (the high-noise expert of a pair)."}),
-            "gpus": ("STRING", {"default": "0,1", "tooltip": "The GPUs to use, by number, comma separated. The "
-                                "model's head count must divide by the GPUs that share a call (Wan 14B: 40 heads; "
-                                "HunyuanVideo: 24; Step-Video: 48)."}),
+            "gpus": ("STRING", {"default": "0,1", "tooltip": "The GPUs to use, by number, comma separated. Any "
+                                "count works; a count that divides the model's heads (Wan 14B: 40; HunyuanVideo: "
+                                "24; Step-Video: 48) trades less between the GPUs than one that does not (then "
+                                "each GPU gathers all keys and values)."}),
             "cfg_parallel": ("BOOLEAN", {"default": True, "tooltip": "With guidance, run the cond and uncond "
                                          "passes on different GPUs (each pass's tokens shared by half of them). "
                                          "Off: both passes share all GPUs, one after the other."}),

@@ -3,6 +3,8 @@
 Through each block list every rank holds a contiguous share of the tokens. Everything in a block is token-wise but
 self-attention, and there each rank trades its tokens of every head for every token of its share of the heads
 (one all-to-all), attends, and trades back: every rank computes exactly what one process would for its tokens.
+Where the ranks do not divide the heads (Wan's 40 heads on 3 GPUs), each rank gathers every rank's keys and values
+instead and attends with its own queries: more traffic, any number of ranks.
 Attention to the text needs no exchange (each rank's queries see the whole text). After the list, the shares are
 gathered so every rank continues with the whole stream.
 
@@ -10,7 +12,7 @@ A model takes part by running its self-attention through `models.common.attentio
 its blocks' inputs (the first argument after the stream of each `run_blocks`) for a share of the tokens:
 `inputs_for_tokens(inputs, slice, length)`. A stream may end with tokens every rank keeps whole
 (`replicated_tokens(inputs)`: HunyuanVideo's text, a few hundred against tens of thousands of video tokens).
-Heads must divide by the number of ranks; tokens need not (shares differ by at most one token).
+Tokens need not divide by the number of ranks (shares differ by at most one token).
 """
 from __future__ import annotations
 
@@ -29,22 +31,32 @@ def shares(length: int, ranks: int) -> list[int]:
 
 
 class UlyssesExchange:
-    """The all-to-all of one block list's self-attention: tokens split over ranks ⇄ heads split over ranks.
+    """The exchange of one block list's self-attention: tokens split over ranks ⇄ heads split over ranks (one
+    all-to-all each way), or, where the ranks do not divide the heads, every rank's keys and values gathered.
 
     A stream may end with `tail` tokens every rank holds whole (HunyuanVideo's text): each rank attends with its
-    heads' slice of them, and their outputs are gathered over the heads."""
+    heads' slice of them, and their outputs are gathered over the heads (with gathered keys: each rank attends
+    with all of them)."""
 
     def __init__(self, sizes: list[int], tail: int = 0, group=None):
         self.sizes, self.tail, self.group = sizes, tail, group
         self.ranks, self.rank = len(sizes), dist.get_rank(group)
         self.share = sizes[self.rank]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, run):
+        if q.shape[2] % self.ranks == 0:
+            return self.to_tokens(run(self.to_heads(q), self.to_heads(k), self.to_heads(v), mask))
+        whole = [torch.cat([gather_tokens(t[:, :self.share], self.sizes, self.group), t[:, self.share:]], dim=1)
+                 for t in (k, v)]
+        if mask is not None and mask.shape[-2] > 1:   # the rows of my queries (a key mask has one): share, tail
+            start, length = sum(self.sizes[:self.rank]), sum(self.sizes)
+            rows = torch.cat([torch.arange(start, start + self.share), torch.arange(length, length + self.tail)])
+            mask = mask[..., rows.to(mask.device), :]
+        return run(q, *whole, mask)
+
     def to_heads(self, t: torch.Tensor) -> torch.Tensor:
         """[B, share + tail, H, D] → [B, L + tail, H/N, D]: my share of the heads for every token."""
         b, _, h, d = t.shape
-        if h % self.ranks:
-            raise InputError(f"sequence parallelism over {self.ranks} ranks needs a head count they divide; this "
-                             f"model has {h} heads", f"use a number of GPUs that divides {h}")
         n, per = self.share, h // self.ranks
         send = t[:, :n].reshape(b, n, self.ranks, per, d).permute(2, 1, 0, 3, 4).reshape(self.ranks * n, b, per, d)
         out = send.new_empty(sum(self.sizes), b, per, d)

@@ -76,6 +76,16 @@ def test_four_workers_two_groups_of_two_equal_one_process(experts):
         pools.pool_for(("cpu",) * 4).close()
 
 
+def test_three_workers_whose_count_does_not_divide_the_heads_equal_one_process(experts):
+    """Three workers, four heads: the tokens are shared with every worker's keys and values gathered."""
+    parallel = OpenReelMultiGPU().apply(experts[0], "cpu,cpu,cpu", True, True)[0]
+    try:
+        assert close(run(parallel, 4.0), run(experts[0], 4.0))
+        assert pools.pool_for(("cpu",) * 3)._groups == {(0, 1, 2)}   # two guidance rows, three ranks: one group
+    finally:
+        pools.pool_for(("cpu",) * 3).close()
+
+
 @pytest.mark.parametrize("mode", ["merged", "unmerged"])
 def test_a_lora_applies_in_the_workers(experts, tmp_path, mode):
     """The LoRA travels with the handle (its file's path): each worker applies it to its own copy."""

@@ -99,20 +99,22 @@ def _dispatch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return _sdpa(q, k, v, mask)
 
 
-class HeadExchange(Protocol):
-    """Swaps a sequence split over ranks for a split of the heads and back (parallel/sequence.py)."""
+class TokenExchange(Protocol):
+    """Self-attention over a token sequence split over ranks (parallel/sequence.py): `attend` gets this rank's
+    share of q, k, v ([B, share, H, D]) and a mask over all tokens, calls `run(q, k, v, mask)` on what the ranks
+    traded, and returns this rank's share of the output [B, share, H·D]."""
 
-    def to_heads(self, t: torch.Tensor) -> torch.Tensor: ...   # [B, share, H, D] → [B, L, H/N, D]
-    def to_tokens(self, out: torch.Tensor) -> torch.Tensor: ...  # [B, L, (H/N)·D] → [B, share, H·D]
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               run: AttentionFn) -> torch.Tensor: ...
 
 
 # A plain global, not a ContextVar: torch.compile reads a global under a guard, while a ContextVar breaks the graph
 # of every compiled block. Model calls run one at a time per process (ComfyUI's executor, each parallel rank).
-_exchange: HeadExchange | None = None
+_exchange: TokenExchange | None = None
 
 
 @contextlib.contextmanager
-def exchanging_heads(exchange: HeadExchange | None) -> Iterator[None]:
+def exchanging_heads(exchange: TokenExchange | None) -> Iterator[None]:
     """Within: `self_attention` calls run with `exchange` around them."""
     global _exchange
     previous, _exchange = _exchange, exchange
@@ -125,9 +127,10 @@ def exchanging_heads(exchange: HeadExchange | None) -> Iterator[None]:
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
                    backend: str = "sdpa") -> torch.Tensor:
     """`attention` of a token sequence over itself. Under sequence parallelism each rank holds a share of the
-    tokens, so heads are exchanged for tokens around the call: every rank attends over all tokens (`mask` is over
-    all of them) with its share of the heads. Attention to other tokens (text) needs no exchange: use `attention`."""
+    tokens, and the ranks trade around the call (heads for tokens, or keys and values) so that every query
+    attends over all tokens (`mask` is over all of them). Attention to other tokens (text) needs no exchange: use
+    `attention`."""
     exchange = _exchange
     if exchange is None:
         return _dispatch(q, k, v, mask, backend)
-    return exchange.to_tokens(_dispatch(*(exchange.to_heads(t) for t in (q, k, v)), mask, backend))
+    return exchange.attend(q, k, v, mask, lambda *qkvm: _dispatch(*qkvm, backend))
