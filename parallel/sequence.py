@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import InputError
-from ..models.common.attention import exchanging_heads
+from ..models.common.attention import exchanging_tokens
 from ..models.common.wrappers import Wrapper
 
 
@@ -30,7 +30,7 @@ def shares(length: int, ranks: int) -> list[int]:
     return [length // ranks + (r < length % ranks) for r in range(ranks)]
 
 
-class UlyssesExchange:
+class SequenceExchange:
     """The exchange of one block list's self-attention: tokens split over ranks ⇄ heads split over ranks (one
     all-to-all each way), or, where the ranks do not divide the heads, every rank's keys and values gathered.
 
@@ -111,7 +111,7 @@ class SequenceParallel(Wrapper):
         start = sum(sizes[: dist.get_rank(self.group)])
         mine = slice(start, start + sizes[dist.get_rank(self.group)])
         args = (model.inputs_for_tokens(inputs, mine, length), *args[1:])
-        with exchanging_heads(UlyssesExchange(sizes, tail, self.group)):
+        with exchanging_tokens(SequenceExchange(sizes, tail, self.group)):
             out = call(torch.cat([x[:, mine], x[:, length:]], dim=1), *args)
         share = mine.stop - mine.start
         return torch.cat([gather_tokens(out[:, :share], sizes, self.group), out[:, share:]], dim=1)

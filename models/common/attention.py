@@ -114,7 +114,7 @@ _exchange: TokenExchange | None = None
 
 
 @contextlib.contextmanager
-def exchanging_heads(exchange: TokenExchange | None) -> Iterator[None]:
+def exchanging_tokens(exchange: TokenExchange | None) -> Iterator[None]:
     """Within: `self_attention` calls run with `exchange` around them."""
     global _exchange
     previous, _exchange = _exchange, exchange
