@@ -78,9 +78,9 @@ def test_int8_backends_refuse_what_they_cannot_run():
 
 
 def test_speed_preset_runs_what_holds_its_bound_and_sdpa_elsewhere(monkeypatch):
-    from openreel.speed import attention_backends as ab
+    from openreel.speed import attention_backends  # noqa: F401  (registers the preset)
 
-    assert attn.registered("speed").self_only and ab.SPEED_ORDER == ("flash4", "int8_fp8")
+    assert attn.registered("speed").self_only
     q, k, v = (torch.randn(1, 8, 2, 64) for _ in range(3))
     text = torch.randn(1, 5, 2, 64)
     assert torch.equal(attn.self_attention(q, k, v, backend="speed:error"), attn._sdpa(q, k, v, None))  # CPU
