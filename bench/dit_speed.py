@@ -80,16 +80,38 @@ def measure(fn, repeats: int) -> tuple[dict, torch.Tensor]:
             "activation_gib": (peak - base) / 2**30}, out.float()
 
 
-def profile_forward(module, call: tuple, path: Path) -> None:
-    """Kernel table of one forward as the module is configured now; the ten largest rows are printed."""
+KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
+                ("GEMM", ("gemm", "nvjet", "cublas", "xmma", "cutlass")),
+                ("fused elementwise (Triton)", ("triton",)))
+
+
+def kernel_kind(name: str) -> str:
+    lower = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lower for m in marks)), "other")
+
+
+def profile_forward(fn, path: Path) -> dict:
+    """Kernel table of one call of `fn`, written to `path`, and its GPU time by kind of kernel (attention, GEMM,
+    fused elementwise, other) next to the call's wall time: what two sides of one comparison spend differently."""
     from torch.profiler import ProfilerActivity, profile
 
+    torch.cuda.synchronize()
+    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        module(*call[0], **call[1])
+        fn()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
-    path.write_text(table)
-    print("\n".join(table.splitlines()[:14]), flush=True)
+    wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    kinds: dict[str, float] = {}
+    for e in averages:
+        if e.self_device_time_total:
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + e.self_device_time_total / 1e3
+    summary = {"wall_ms": wall * 1e3, "gpu_ms": sum(kinds.values()), "by_kind_ms": kinds}
+    table = averages.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=90)
+    path.write_text(json.dumps(summary, indent=1) + "\n" + table)
+    print(json.dumps(summary), flush=True)
+    print("\n".join(table.splitlines()[:16]), flush=True)
+    return summary
 
 
 def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: int, reference=None,
@@ -134,7 +156,7 @@ def main() -> None:
                         "checking that memory does not grow")
     parser.add_argument("--peers", nargs="*", default=["diffusers", "official"],
                         help="diffusers (eager), diffusers-compiled (Wan, HunyuanVideo); official (Step-Video)")
-    parser.add_argument("--profile", action="store_true", help="also write a kernel table of one OpenReel forward")
+    parser.add_argument("--profile", action="store_true", help="also write a kernel table of one forward of each variant and peer")
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args()
     device = "cuda"
@@ -169,10 +191,11 @@ def main() -> None:
                     r, out = run_variant(subject, name, module, call, tokens, args.repeats, reference)
                     reference = out if name == "bf16" else reference
                     r["res"] = res
-                    record(r)
                     if args.profile:
-                        profile_forward(module, call, out_dir / f"profile_{args.family}_{args.size}_{res}_"
-                                                          f"{name.replace(' ', '_')}.txt")
+                        r["profile"] = profile_forward(lambda: module(*call[0], **call[1]),
+                                                       out_dir / f"profile_{args.family}_{args.size}_{res}_"
+                                                                 f"{name.replace(' ', '_')}.txt")
+                    record(r)
                 for peer_name in (p for p in args.peers if storage == "bf16" and p in subject.PEERS):
                     peer = subject.peer(module, device)
                     if peer_name == "diffusers-compiled-fa4":
@@ -192,6 +215,9 @@ def main() -> None:
                              tflops=subject.flops(cfg, tokens) / r["seconds"] / 1e12)
                     if reference is not None:
                         r["rel_diff_vs_bf16"] = ((out - reference).norm() / reference.norm()).item()
+                    if args.profile:
+                        r["profile"] = profile_forward(fn, out_dir / f"profile_{args.family}_{args.size}_{res}_"
+                                                                     f"{peer_name}.txt")
                     record(r)
                     del peer, out
                 patches.configure(module, {})

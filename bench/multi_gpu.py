@@ -123,7 +123,9 @@ def main() -> None:
                    peak_gib_per_gpu=[round(p, 2) for p in peaks],
                    overhead_share=(seconds - one / n) / seconds,   # above a perfect split: NCCL, pipes, imbalance
                    collective_share_per_gpu=[round(f["collective_ms"] / f["total_ms"], 4) for f in profiled],
-                   collective_ms_per_gpu=[round(f["collective_ms"], 1) for f in profiled])
+                   collective_ms_per_gpu=[round(f["collective_ms"], 1) for f in profiled],
+                   kernel_ms_per_gpu=[round(f["total_ms"], 1) for f in profiled],   # wall - kernels: GPU idle
+                   profiled_wall_ms_per_gpu=[round(f["wall_ms"], 1) for f in profiled])
             pools.shutdown()
         if not args.skip_peer:
             for n in [1] if args.tiny else [1, *args.gpus]:  # diffusers' parallelism needs GPUs (its device mesh)

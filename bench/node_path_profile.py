@@ -8,7 +8,7 @@ sampler's call at 480p slower than bench/dit_speed.py's forward): one random 14B
 Prints the seconds per call and the top CUDA kernels of a direct forward and of a sampler step (CFG 1), with the
 profiles' total CUDA time: equal GPU time and unequal wall time means the loss is on the host.
 
-Run on the GPU machine from the repo root:  python bench/node_path_profile.py [--compile] --out $OUT
+Run on the GPU machine from the repo root:  python bench/node_path_profile.py [--compile] [--attention flash4] --out $OUT
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from openreel.latents import empty_latent, latent_format  # noqa: E402
 from openreel.model_loaders.core import prepare  # noqa: E402
 from openreel.nodes.lora import OpenReelLoRA  # noqa: E402
 from openreel.nodes.memory import OpenReelVRAMBudget  # noqa: E402
-from openreel.nodes.speed import OpenReelCompile  # noqa: E402
+from openreel.nodes.speed import OpenReelAttention, OpenReelCompile  # noqa: E402
 
 
 def timed(fn, repeats: int = 2) -> float:
@@ -44,12 +44,15 @@ def timed(fn, repeats: int = 2) -> float:
 def kernels(fn, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity, profile
 
+    sync()
+    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         sync()
+    wall = time.perf_counter() - start
     averages = prof.key_averages()
     total = sum(e.self_device_time_total for e in averages) / 1e6
-    return f"total CUDA time {total:.3f} s\n" + averages.table(sort_by="cuda_time_total", row_limit=rows,
+    return f"total CUDA time {total:.3f} s, wall {wall:.3f} s (profiled)\n" + averages.table(sort_by="cuda_time_total", row_limit=rows,
                                                                 max_name_column_width=70)
 
 
@@ -59,11 +62,14 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--compile", action="store_true", help="regional compile through the OpenReel Compile node")
     parser.add_argument("--more", action="store_true", help="also the unmerged LoRA and the 24 GB plan")
+    parser.add_argument("--attention", default="", help="an OpenReel attention backend, e.g. flash4")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device, cfg, (frames, height, width), embeds = setting(args.tiny)
     handle = expert(cfg, "high", device)
+    if args.attention:
+        handle = OpenReelAttention().apply(handle, args.attention, "fallback")[0]
     if args.compile:
         handle = OpenReelCompile().apply(handle, **COMPILE)[0]
     latent = empty_latent(latent_format("wan21"), width, height, frames)

@@ -6,6 +6,7 @@
   2 GPUs, tokens shared: both experts on both GPUs, every call split by Ulysses sequence parallelism;
   1 GPU of --card-gib (default 48): the first GPU made to look like a card that holds one expert at a time, so the
          pair swaps at the boundary (what one expert per GPU saves).
+--rows picks some of them (one, apart, shared, card).
 Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 1-step and a
 3-step run: seconds per model call and fixed seconds per video), with the peak memory of every GPU and the final
 latents' difference from one GPU's.
@@ -40,6 +41,7 @@ from openreel.nodes.speed import OpenReelCompile  # noqa: E402
 from openreel.parallel import pool as pools  # noqa: E402
 
 CALLS = 2 * 40   # 40 steps, two guidance branches each
+ROWS = ("one", "apart", "shared", "card")
 
 
 def main() -> None:
@@ -47,7 +49,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--compile", action="store_true", help="regional compile (in every process)")
-    parser.add_argument("--card-gib", type=float, default=48.0, help="the last row's card (0: no such row)")
+    parser.add_argument("--card-gib", type=float, default=48.0, help="the card of the row 'card'")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                        help="one (1 GPU), apart (an expert per GPU), shared (tokens shared), card (1 GPU of "
+                        "--card-gib); latents are compared with the first row run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,18 +88,20 @@ def main() -> None:
               flush=True)
         (out / "wan22_multi_gpu.json").write_text(json.dumps(report, indent=1))
 
-    row("1 GPU, the sampler's default", experts)
-    for h in experts:
-        MODULES.evict(h.weights_key)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    for name, apart in (("2 GPUs, one expert resident on each", True), ("2 GPUs, tokens shared by both", False)):
-        dits = OpenReelMultiGPU().apply(experts[0], gpus, False, apart, experts[1])
-        row(name, dits, pools.pool_for(parse_devices(gpus)))
-        pools.shutdown()
-    if args.card_gib and not args.tiny:
+    if "one" in args.rows:
+        row("1 GPU, the sampler's default", experts)
+        for h in experts:
+            MODULES.evict(h.weights_key)
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    for key, name, apart in (("apart", "2 GPUs, one expert resident on each", True),
+                             ("shared", "2 GPUs, tokens shared by both", False)):
+        if key in args.rows:
+            dits = OpenReelMultiGPU().apply(experts[0], gpus, False, apart, experts[1])
+            row(name, dits, pools.pool_for(parse_devices(gpus)))
+            pools.shutdown()
+    if "card" in args.rows and not args.tiny:
         simulate_card(args.card_gib)   # for the rest of this process: the last row
         row(f"1 GPU of {args.card_gib:g} GiB, the pair swapped at the boundary", experts)
-
 
 if __name__ == "__main__":
     main()

@@ -312,7 +312,7 @@ class _Profile:
         else:
             collective = sum(e.cpu_time_total for e in events if e.key.startswith("gloo:"))
             total = self.wall * 1e6
-        return {"collective_ms": collective / 1e3, "total_ms": total / 1e3}
+        return {"collective_ms": collective / 1e3, "total_ms": total / 1e3, "wall_ms": self.wall * 1e3}
 
 
 def _to(value, device):
