@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
                         help="which configurations: a (resident), cache (MagCache (a) at 0 and (b)), a24 (the 24 GB "
                         "plan), c (the 4-step LoRA run), speed (4 steps exact vs the speed combination, on "
-                        "FP8 copies of the experts built beside the bf16 ones); the peer runs (a) and (c)")
+                        "FP8 copies of the experts built beside the bf16 ones); the peer runs (a) and (c) where asked")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -298,9 +298,11 @@ def main() -> None:
                 use_flash4(t)
             if args.compile:
                 t.compile_repeated_blocks(fullgraph=True)
-        run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up at the real size, both experts
-        record("diffusers (a) both experts resident", **per_video(
-            lambda _, steps: run_peer(pipe, embeds, frames, height, width, steps, 4.0), None))
+        if "a" in args.rows:
+            run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up at the real size, both experts
+            record("diffusers (a) both experts resident", **per_video(
+                lambda _, steps: run_peer(pipe, embeds, frames, height, width, steps, 4.0), None))
+    if not args.skip_peer and "c" in args.rows:
         try:
             t0 = time.perf_counter()
             for i, name in enumerate(("distill_high.safetensors", "distill_low.safetensors")):

@@ -59,9 +59,10 @@ def sample_flow(experts: Sequence[Expert], schedule: FlowSchedule, solver: str, 
                 session.activate(index, x)
                 session.set_remaining(calls_from(i))
             family = experts[index].family
-            t_model = torch.full((x.shape[0], frames), float(t), device=device)
+            # one timestep per sample (as the official loops pass it) unless given frames are clean: timestep 0
+            t_model = torch.full((x.shape[0], 1), float(t), device=device)
             if keep is not None:
-                t_model = t_model * keep.view(1, frames)  # given frames are clean: timestep 0
+                t_model = t_model * keep.view(1, frames)
             v = session.velocity(index, x, t_model if family is None else family.model_timestep(t_model), step=i)
             x0 = x - schedule.sigmas[i] * v if latent_format is not None else None
             x = solver_state.step(v, i, x)

@@ -59,7 +59,9 @@ def test_a_batch_samples_with_guidance_and_each_video_is_its_seeds_video(kit):
     assert batch.shape[0] == 2 and not torch.equal(batch[0], batch[1])
     for k in range(2):  # video k of the batch comes out the same made alone with seed + k
         alone = run(dit[T2V], OpenReelEmptyLatent().make(vae["wan21"], 64, 64, FRAMES, 1)[0], seed=7 + k)["samples"]
-        torch.testing.assert_close(batch[k:k + 1], alone, rtol=0, atol=1e-5)
+        # float32 rounding only (a batch of one and of two take different matrix kernels; CFG 5 amplifies it):
+        # another seed's video differs by O(1)
+        torch.testing.assert_close(batch[k:k + 1], alone, rtol=0, atol=1e-4)
 
 
 def test_a_hunyuan_batch_samples_with_guidance(kit):
