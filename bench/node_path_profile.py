@@ -2,7 +2,7 @@
 sampler's call at 480p slower than bench/dit_speed.py's forward): one random 14B Wan expert kept on the GPU, timed
 (and with --compile regionally compiled, as the OpenReel Compile node does) as
   (1) the module called directly as bench/dit_speed.py does, batch 1 and batch 2 (both guidance branches);
-  (2) OpenReel Sampler steps with CFG 1 and with CFG 4 (batched), per model call = the difference between a 3-step
+  (2) OpenReel Sampler steps with CFG 1 and with CFG 4 (batched, and sequential), per model call = the difference between a 3-step
       and a 1-step run over the calls between them, so loading and set-up are not in it;
   (3) optionally (--more) the same with an unmerged rank-64 LoRA, and under the 24 GB plan.
 Prints the seconds per call and the top CUDA kernels of a direct forward and of a sampler step (CFG 1), with the
@@ -92,6 +92,8 @@ def main() -> None:
     note("node path, CFG 1: seconds per call", per_call(handle, 1.0))
     texts.append("node path, one step CFG 1\n" + kernels(node(handle, 1, 1.0)))
     note("node path, CFG 4 batched: seconds per branch", per_call(handle, 4.0))
+    texts.append("node path, one step CFG 4 batched\n" + kernels(node(handle, 1, 4.0)))
+    note("node path, CFG 4 sequential: seconds per branch", per_call(handle.with_patch("cfg_batching", False), 4.0))
     module = prepare(handle)  # the same module and patches the sampler ran, still on the GPU
     f, h, w = latent["samples"].shape[2:]
     x = torch.randn(1, 16, f, h, w, device=device, dtype=torch.bfloat16)
