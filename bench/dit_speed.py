@@ -80,9 +80,10 @@ def measure(fn, repeats: int) -> tuple[dict, torch.Tensor]:
             "activation_gib": (peak - base) / 2**30}, out.float()
 
 
-KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
-                ("GEMM", ("gemm", "nvjet", "cublas", "xmma", "cutlass")),
-                ("fused elementwise (Triton)", ("triton",)))
+# first match wins: inductor names its Triton kernels after every op they fuse (an attention op's input layout too)
+KERNEL_KINDS = (("fused elementwise (Triton)", ("triton",)),
+                ("attention", ("flash", "fmha", "sdpa", "attention", "attn")),
+                ("GEMM", ("gemm", "nvjet", "cublas", "xmma", "cutlass")))
 
 
 def kernel_kind(name: str) -> str:
