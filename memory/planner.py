@@ -5,8 +5,9 @@ Predicted peak = weights on the GPU + the swap rings (two blocks of each block l
 family's estimate, with or without token chunks, doubled for batched CFG, plus the upcast copy of one linear weight
 when weights are stored in 8 bits, plus the cuBLAS / cuDNN workspaces).
 Preference: everything resident; else fp8 weights (when allowed); else the fewest swapped blocks; last, the text
-and image embedders in host memory too. At each of these steps: CFG batched (fewer, larger model calls), else
-sequential (the same values), else the same with token chunks (memory/token_chunks.py), where the network honours
+and image embedders in host memory too. At each of these steps: CFG batched (fewer, larger model calls) where the
+calls are small enough to gain from it (`cfg_batching_helps`), else sequential (the same values), else the same with
+token chunks (memory/token_chunks.py), where the network honours
 them and they lower the activations. Token chunks come before swapping more blocks or storing weights in fp8: they
 cost a small share of time at any size (bench/dit_speed.py's "chunked" variants measure it) and keep the values
 up to the rounding of smaller matrix products, while each further swapped block needs host memory and PCIe
@@ -35,6 +36,15 @@ FP8_WEIGHT_DTYPE = "fp8_e4m3fn_scaled"
 _ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 ActivationBytes = Callable[[int, int], int]   # (tokens, batch) → bytes: the family's estimate
 WORKSPACE = 64 << 20  # cuBLAS (32 MiB on Hopper) and cuDNN attention workspaces, allocated through torch
+# From this many tokens per model call a call fills a GPU alone, so running both CFG branches as one call of twice
+# the rows saves no time and doubles the activations (Wan 14B at 32,760 tokens on an H200, compiled: 2.859 s per
+# branch batched, 2.834 s sequential; bench/RESULTS.md). Below it, one call of two samples beats two small calls.
+BATCH_CFG_TOKENS = 8192
+
+
+def cfg_batching_helps(tokens: int) -> bool:
+    """Whether a model call of `tokens` tokens (all samples of the batch) gains from batching its CFG branches."""
+    return tokens < BATCH_CFG_TOKENS
 
 
 def _set_cfg_batching(module: nn.Module, batched: bool | None) -> None:
@@ -251,7 +261,7 @@ def plan_for(wb: WeightBytes, activation_bytes: ActivationBytes, tokens: int, la
 
     def settings(fp8, swap, offload):
         for chunk, activations in ways:
-            for batched in (True, False):
+            for batched in (True, False) if cfg_batching_helps(tokens * batch) else (False,):
                 yield _Option(fp8, swap, offload, chunk, batched,
                               predict(wb, activations, tokens, batch, swap=swap, fp8=fp8, batched_cfg=batched,
                                       offload_embeddings=offload, compute_itemsize=compute_itemsize, cached=cached))

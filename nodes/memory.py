@@ -69,7 +69,8 @@ class OpenReelBlockSwap(OpenReelNode):
 class OpenReelVRAMBudget(OpenReelNode):
     """Fits a DiT (or a Wan2.2 expert pair) into a VRAM budget for this latent: keeps everything resident if it
     fits, else runs the token-wise layers in chunks of tokens (where that lowers the activations), else stores
-    weights in fp8 (if allowed), else swaps the fewest blocks to host memory; CFG runs batched where that fits.
+    weights in fp8 (if allowed), else swaps the fewest blocks to host memory; CFG runs batched where that fits and
+    the calls are small enough to gain from it (under 8,192 tokens; larger calls fill the GPU alone).
     Shows the plan and the predicted peak before sampling, and says so plainly when nothing fits. A Step Cache
     (TeaCache, MagCache) connected before it has its residuals counted in."""
 

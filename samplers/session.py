@@ -4,10 +4,11 @@ interrupts and patch preparation, so that a sampler itself is a short loop over 
 An `Expert` is one prepared model (its module with the handle's patches applied) with its family adapter, its
 inputs for this run and its guidance scale: a single DiT is one expert, a Wan2.2 pair two. The session keeps only
 the active expert on the GPU (offloading the other first), asks the family how much working memory a call needs,
-decides batched or sequential classifier-free guidance (the VRAM plan's choice, else whether a second sample's
-activations fit), makes each model call with an interrupt check before it and a progress tick after it, and shows
-a preview per step. A guidance-distilled model's embedded scale is one of its inputs (the family puts it in
-`ModelInputs.shared`); classifier-free guidance is the expert's `guidance` and may come on top.
+decides batched or sequential classifier-free guidance (the VRAM plan's choice, else batched when the calls are
+small enough to gain from it and a second sample's activations fit), makes each model call with an interrupt check
+before it and a progress tick after it, and shows a preview per step. A guidance-distilled model's embedded scale
+is one of its inputs (the family puts it in `ModelInputs.shared`); classifier-free guidance is the expert's
+`guidance` and may come on top.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .. import runtime
 from ..handles import DiTSpec
 from ..latents import LatentFormat, preview
 from ..memory import patches
+from ..memory.planner import cfg_batching_helps
 from ..models.common import calls
 from ..models.common.family import DiTFamily, ModelInputs
 
@@ -131,8 +133,11 @@ class SamplingSession:
             patches.load(expert.module, one)
             self.loaded.add(index)
             batched = self.batch_cfg if self.batch_cfg is not None else getattr(expert.module, "cfg_batching", None)
-            if batched is None:  # no plan chose: batch when a second sample's activations fit
-                batched = self.device.type == "cpu" or runtime.free_vram(self.device) > 2.2 * one
+            if batched is None:  # no plan chose: batch small calls when a second sample's activations fit
+                tokens = 0 if expert.family is None else \
+                    expert.family.tokens(expert.spec, tuple(x.shape)) * x.shape[0]
+                batched = self.device.type == "cpu" or (
+                    cfg_batching_helps(tokens) and runtime.free_vram(self.device) > 2.2 * one)
             self.active[index] = _Active(expert, self.device, batched)
         return self.active[index]
 

@@ -64,11 +64,15 @@ def test_weight_bytes_of_wan_14b(wb14):
 
 
 def test_everything_resident_when_it_fits(wb14):
-    p = plan14(wb14, 60)
+    small = (1, 16, 5, 48, 64)   # 3,840 tokens: one call of both CFG branches beats two
+    p = plan14(wb14, 60, latent=small)
     assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.fits) == (0, False, True, True)
     assert "all blocks resident" in p.explanation and "batched CFG" in p.explanation
-    p = plan14(wb14, 34)  # resident, but the two CFG halves must run one after the other
+    p = plan14(wb14, 27.8, latent=small)  # resident, but the two CFG halves must run one after the other
     assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.fits) == (0, False, False, True)
+    p = plan14(wb14, 80)  # 480p: a call of 32,760 tokens fills the GPU alone, so batching would only cost memory
+    assert (p.blocks_to_swap, p.fp8, p.batched_cfg, p.fits) == (0, False, False, True)
+    assert "sequential CFG" in p.explanation
 
 
 def test_tight_budget_takes_fp8_when_allowed_else_the_fewest_blocks(wb14):
