@@ -40,6 +40,13 @@ VARIANTS = {
                                                                   "compile": CompileSettings()}),
     # FlashAttention takes no mask: a family's masked text attention (Step-Video's LLM mask) stays on SDPA
     "flash compiled": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings()}),
+    # inductor settings tried before a compile mode adopts them: the blocks' LayerNorms over 5,120 channels are
+    # looped reductions by default (two passes over the float32 stream); multi_kernel also makes a one-pass
+    # (persistent) kernel and keeps the faster; coordinate descent tunes every fused kernel's block sizes
+    "flash compiled multi-kernel": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings(
+        inductor=(("triton.multi_kernel", 1),))}),
+    "flash compiled tuned": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings(
+        inductor=(("coordinate_descent_tuning", True),))}),
     "flash fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback", "fp8_matmul": "row",
                                                          "compile": CompileSettings()}),
     "int8+16bit attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "int8_16bit:error",

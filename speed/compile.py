@@ -28,10 +28,12 @@ RECOMPILE_LIMIT = 64
 @dataclass(frozen=True)
 class CompileSettings:
     """How blocks are compiled. `dynamic`: False compiles one graph per shape; None lets torch make a graph
-    with dynamic shapes once a second shape appears. `backend` other than "inductor" is for tests."""
+    with dynamic shapes once a second shape appears. `backend` other than "inductor" is for tests. `inductor`:
+    inductor settings on top of the mode's, as (name, value) pairs (benches try them before a mode adopts them)."""
     mode: str = "default"
     dynamic: bool | None = False
     backend: str = "inductor"
+    inductor: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -45,7 +47,10 @@ def compiled_forward(cls: type[nn.Module], settings: CompileSettings) -> Callabl
     """The compiled `cls.forward` for `settings` (made once per process)."""
     key = (cls, settings)
     if key not in _COMPILED:
-        options = {"mode": settings.mode} if settings.backend == "inductor" else {}
+        options = {}
+        if settings.backend == "inductor":   # torch.compile takes a mode or options, not both
+            options = {"mode": settings.mode} if not settings.inductor else {"options": {
+                **torch._inductor.list_mode_options(settings.mode), **dict(settings.inductor)}}
         _COMPILED[key] = torch.compile(cls.forward, backend=settings.backend, dynamic=settings.dynamic, **options)
     return _COMPILED[key]
 

@@ -84,3 +84,20 @@ def test_settings_and_node():
     assert OpenReelCompile().apply(handle, "max-autotune-no-cudagraphs", "auto") == \
         (("compile", CompileSettings(mode="max-autotune-no-cudagraphs", dynamic=None)),)
     assert OpenReelCompile().apply(handle, "default", "false") == (("compile", CompileSettings()),)
+
+
+def test_inductor_settings_go_to_torch_compile_on_top_of_the_mode(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    monkeypatch.setattr(regional, "_COMPILED", {})
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    regional.compiled_forward(Block, CompileSettings())
+    regional.compiled_forward(Block, CompileSettings("max-autotune-no-cudagraphs",
+                                                     inductor=(("triton.multi_kernel", 1),)))
+    assert seen[0] == {"backend": "inductor", "dynamic": False, "mode": "default"}
+    assert seen[1] == {"backend": "inductor", "dynamic": False, "options": {
+        "max_autotune": True, "coordinate_descent_tuning": True, "triton.multi_kernel": 1}}
