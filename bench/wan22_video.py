@@ -166,8 +166,10 @@ def run_peer(pipe, embeds, frames: int, height: int, width: int, steps: int, cfg
     sync()
     t0 = time.perf_counter()
     dev = pipe.transformer.device
-    pipe(prompt_embeds=embeds.positive.to(dev, torch.bfloat16),
-         negative_prompt_embeds=embeds.negative.to(dev, torch.bfloat16), height=height, width=width,
+    # as diffusers' own prompt encoding gives them (and OpenReel's model pads them): zero rows up to 512 tokens
+    padded = [torch.nn.functional.pad(e, (0, 0, 0, 512 - e.shape[1])).to(dev, torch.bfloat16)
+              for e in (embeds.positive, embeds.negative)]
+    pipe(prompt_embeds=padded[0], negative_prompt_embeds=padded[1], height=height, width=width,
          num_frames=frames, num_inference_steps=steps, guidance_scale=cfg, guidance_scale_2=min(cfg, 3.0),
          output_type="latent", generator=torch.Generator(dev).manual_seed(1))
     sync()
