@@ -35,7 +35,8 @@ class OpenReelMultiGPU(OpenReelNode):
     across prompts. Every model call's video tokens are shared by the GPUs (sequence parallel: the same result as
     one GPU), and with classifier-free guidance the cond and uncond passes can go to different GPUs (CFG
     parallel). A Wan2.2 pair can keep one expert on each half of the GPUs, so nothing moves when the sampler
-    switches. Put it last before the sampler (after LoRA, block swap or VRAM Budget, which then apply per GPU)."""
+    switches. Put it last before the sampler (after LoRA, block swap, VRAM Budget or Step Cache, which then apply
+    per GPU)."""
 
     NODE_ID = "OpenReelMultiGPU"
     DISPLAY_NAME = "OpenReel Multi-GPU"

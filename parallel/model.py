@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
 from ..handles import DiTHandle
 from ..model_loaders.cache import MODULES
 from ..model_loaders.core import register_stand_in
+from ..models.common import calls
 from .pool import MULTI_GPU_PATCH, pool_for
 
 
@@ -58,37 +58,71 @@ class _Residency:
 
 
 class ParallelDiT(nn.Module):
-    """Stands for the module of `handle` in the sampler; holds no weights."""
+    """Stands for the module of `handle` in the sampler; holds no weights.
+
+    Each call goes with its `calls.Ticket` (the sampling session's step, guidance branches, run), so wrappers that
+    keep state across calls (a step cache) run in the workers as in one process. A step cache decides per guidance
+    branch over all of that branch's rows, so under it a group of ranks takes whole branches (and all of them where
+    the branches follow one decision: EasyCache); every rank of a group sees the whole token stream there (the
+    cache sits outside the token sharing) and decides alike. The workers' reports come back with each call and
+    join the session's."""
 
     def __init__(self, handle: DiTHandle):
         super().__init__()
-        if handle.patch("step_cache") is not None:
-            raise InputError("OpenReel Step Cache does not work with OpenReel Multi-GPU yet",
-                             "remove one of the two nodes")
         self.handle, self.settings = handle, handle.patch(MULTI_GPU_PATCH)
         self.residency = _Residency(self)
         self.token_chunk = 0
         self.cfg_batching = True if self.settings.split_batch else None
+        self._session: int | None = None
+        self._texts: dict[tuple[int, ...], str] = {}   # the latest report of each group of ranks, this session
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         rows = x.shape[0]
         pool = pool_for(self.settings.devices)
-        groups = groups_for(self.settings.ranks, rows, self.settings.split_batch)
+        info, cache = calls.current(), self.handle.patch("step_cache")
+        parts_of = rows if cache is None or info is None else \
+            len(info.branches) if cache.branches_decide_alone else 1
+        groups = groups_for(self.settings.ranks, parts_of, self.settings.split_batch)
         for group in groups:
             pool.group(group)
         parts = [torch.arange(rows)[s] for s in _slices(rows, len(groups))]
-        commands = {}
+        commands, branches = {}, {}
         for group, part in zip(groups, parts):
-            call = ("call", self.handle, group, _rows((x, t, *args), part, rows), _rows(kwargs, part, rows))
+            ticket = None
+            if info is not None:
+                branches[group] = _branches(info.branches, part, rows)
+                ticket = calls.Ticket.of(info, branches[group])
+            call = ("call", self.handle, group, _rows((x, t, *args), part, rows), _rows(kwargs, part, rows), ticket)
             commands.update({r: call for r in group})
-        answers = pool.run(commands)
-        out = torch.cat([answers[group[0]] for group in groups])
+        answers = pool.run(commands)   # by rank: (output, report texts) from each group's first rank
+        out = torch.cat([answers[group[0]][0] for group in groups])
+        if info is not None:
+            self._report(info, {group: (branches[group], answers[group[0]][1]) for group in groups})
         return out.to(x.device)
+
+    def _report(self, info: calls.Call, texts: dict[tuple[int, ...], tuple[tuple[str, ...], list[str]]]) -> None:
+        """The workers' reports, as the session's report of this model (one per group of ranks)."""
+        if info.run.reports.serial != self._session:
+            self._session, self._texts = info.run.reports.serial, {}
+        devices = self.settings.devices
+        for group, (branches, found) in texts.items():
+            if found:
+                where = "" if len(texts) == 1 else \
+                    f"[{' and '.join(branches)} on {', '.join(devices[r] for r in group)}] "
+                self._texts[group] = "\n".join(where + text for text in found)
+        if self._texts:
+            info.run.reports.post(self, lambda: "\n".join(self._texts.values()))
 
 
 def _slices(rows: int, count: int) -> list[slice]:
     step = math.ceil(rows / count)
     return [slice(i * step, min(rows, (i + 1) * step)) for i in range(count)]
+
+
+def _branches(branches: tuple[str, ...], part: torch.Tensor, rows: int) -> tuple[str, ...]:
+    """The guidance branches whose rows (an equal share of the call's `rows` each, in order) `part` holds."""
+    per = max(1, rows // len(branches))
+    return branches[int(part[0]) // per:int(part[-1]) // per + 1]
 
 
 def _rows(value, part: torch.Tensor, rows: int):

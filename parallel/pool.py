@@ -2,10 +2,11 @@
 
 The process that runs the graph (ComfyUI's, or the headless runner's) is not a rank: it starts the workers on first
 use, keeps them across prompts, and sends each of them commands over a local connection: load a model handle
-(each worker reads the same files, memory-mapped, into its own device), run a model call on some of the ranks, move
-a model to host memory, report its device's memory, profile a call, stop. A worker answers every command, so the
-caller knows when a call is done and what failed where. A worker that dies or fails takes the whole pool down (the others may be waiting in a collective):
-the call raises an error naming the device, and the next use starts a fresh pool.
+(each worker reads the same files, memory-mapped, into its own device), run a model call on some of the ranks (with
+its sampling-session ticket), move a model to host memory, report its device's memory, profile a call, stop. A
+worker answers every command, so the caller knows when a call is done and what failed where. A worker that dies or
+fails takes the whole pool down (the others may be waiting in a collective): the call raises an error naming the
+device, and the next use starts a fresh pool.
 
 More hosts: the same design holds with `init_method` pointing at a rendezvous every host reaches and one connection
 per remote worker (multiprocessing.connection over TCP with the same authkey); nothing here assumes one host but the
@@ -226,6 +227,7 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
     from ..memory import patches
     from ..model_loaders import dit  # noqa: F401  (registers how a DiT handle's files are read)
     from ..model_loaders.core import prepare
+    from ..models.common import calls
     from .sequence import SequenceParallel
 
     if os.environ.get("OPENREEL_WORKER_SETUP"):  # a file a bench or test runs first (e.g. random-weight builders)
@@ -235,6 +237,7 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
         torch.cuda.set_device(torch.device(device))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     groups: dict[tuple[int, ...], Any] = {}
+    runs = calls.Runs()   # the sampling session's runs, as the calls' tickets name them
     profiler, profiled = False, None
     send(conn, ("ok", None))
     while True:
@@ -269,15 +272,16 @@ def serve(conn: Connection, rank: int, world: int, device: str, backend: str, po
                 patches.offload(module)
                 send(conn, ("ok", None))
             elif command[0] == "call":
-                ranks, args, kwargs = command[2], command[3], command[4]
+                ranks, args, kwargs, ticket = command[2:6]
                 sharing = SequenceParallel(groups[ranks]) if len(ranks) > 1 else None
                 module.wrappers.set("sequence_parallel", sharing)
                 dev = runtime.torch_device()
-                with torch.no_grad(), (_Profile(dev) if profiler else contextlib.nullcontext()) as found:
+                within = calls.calling(runs.call(ticket)) if ticket is not None else contextlib.nullcontext()
+                with torch.no_grad(), within, (_Profile(dev) if profiler else contextlib.nullcontext()) as found:
                     out = module(*_to(args, dev), **_to(kwargs, dev))
                 if profiler:
                     profiler, profiled = False, found.times()
-                send(conn, ("ok", out.cpu() if rank == ranks[0] else None))
+                send(conn, ("ok", (out.cpu(), runs.texts()) if rank == ranks[0] else None))
         except BaseException as exc:  # answered, then this worker stops: the pool is closed by the caller
             send(conn, ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"))
             break

@@ -3,6 +3,8 @@ equal the single-process sampler's with tokens shared, with CFG parallel and wit
 that dies is an error naming its device, not a hang; the workers load the model files themselves."""
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 import pytest
@@ -18,6 +20,7 @@ from openreel.model_loaders.cache import MODULES
 from openreel.model_loaders.core import prepare
 from openreel.model_loaders.dit import load_dit
 from openreel.models.wan.model import WanConfig
+from openreel.nodes.cache import OpenReelStepCache
 from openreel.nodes.parallel import OpenReelMultiGPU, parse_devices
 from openreel.parallel import pool as pools
 from openreel.parallel.model import ParallelDiT
@@ -104,6 +107,50 @@ def test_an_expert_per_worker_equals_one_process(experts):
     high, low = OpenReelMultiGPU().apply(experts[0], WORKERS, True, True, experts[1])
     assert high.patch("multi_gpu").ranks == (0,) and low.patch("multi_gpu").ranks == (1,)
     assert close(run(high, 3.0, low), run(experts[0], 3.0, experts[1]))
+
+
+STEP_CACHES = {"magcache": ("magcache", 0.1, 0, -1, True, 2, 0.0, "1, 0"),   # thresholds at which the tiny
+               "teacache": ("teacache", 3.0, 0, -1, False, 2, 0.0, "1, 0"),  # model skips some calls
+               "easycache": ("easycache", 2.0, 0, -1, True, 2, 0.0, "")}
+
+
+def cached_run(dit, caplog, guidance: float = 4.0, low=None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Latents of an 8-step run and its step cache reports as (calls that reused the cache, calls)."""
+    latent = empty_latent(latent_format("wan21"), 48, 32, 9)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="openreel.samplers.session"):
+        out = sample(dit, embeds(), latent, seed=5, steps=8, guidance=guidance, shift=5.0, solver="euler",
+                     dit_low_noise=low, guidance_low_noise=guidance, boundary=0.9 if low is not None else 0.0)
+    found = re.findall(r"(\d+) of (\d+) model calls reused", caplog.text)
+    return out["samples"], [(int(a), int(b)) for a, b in found]
+
+
+@pytest.mark.parametrize("method", STEP_CACHES)
+@pytest.mark.parametrize("cfg_parallel", [False, True], ids=["tokens shared", "cfg parallel"])
+def test_a_step_cache_runs_in_the_workers_as_in_one_process(experts, method, cfg_parallel, caplog):
+    """Each worker's cache sees the whole stream and the session's steps and branches, so it decides as one process
+    does, and its report comes back. CFG parallel gives each branch a worker of its own where a branch decides
+    alone (TeaCache, MagCache), as one process does with the branches called one after the other; EasyCache's
+    branches follow one decision, so they stay together and the workers share the tokens."""
+    cached = OpenReelStepCache().apply(experts[0], *STEP_CACHES[method])["result"][0]
+    apart = cfg_parallel and cached.patch("step_cache").branches_decide_alone
+    expected, reports = cached_run(cached.with_patch("cfg_batching", False) if apart else cached, caplog)
+    (skipped, calls), = reports
+    assert skipped > 0
+    parallel = OpenReelMultiGPU().apply(cached, WORKERS, cfg_parallel, True)[0]
+    got, parts = cached_run(parallel, caplog)
+    assert close(got, expected)
+    assert len(parts) == (2 if apart else 1)   # one report per branch's worker
+    assert tuple(map(sum, zip(*parts))) == (skipped, calls)
+    assert close(cached_run(parallel, caplog)[0], expected)  # the next run starts afresh in the workers too
+
+
+def test_a_step_cache_on_each_expert_of_a_pair_on_its_own_worker(experts, caplog):
+    cached = [OpenReelStepCache().apply(e, *STEP_CACHES["magcache"])["result"][0] for e in experts]
+    expected, reports = cached_run(cached[0], caplog, 3.0, cached[1])
+    high, low = OpenReelMultiGPU().apply(cached[0], WORKERS, True, True, cached[1])
+    got, parts = cached_run(high, caplog, 3.0, low)
+    assert close(got, expected) and sorted(parts) == sorted(reports) and len(parts) == 2
 
 
 def test_a_dead_worker_is_an_error_naming_its_device_and_the_next_run_starts_afresh(experts):

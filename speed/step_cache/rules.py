@@ -54,6 +54,12 @@ class StepCacheSettings:
     def in_window(self, step: int) -> bool:
         return step >= self.start_step and (self.end_step < 0 or step < self.end_step)
 
+    @property
+    def branches_decide_alone(self) -> bool:
+        """Whether a call of one guidance branch decides from that branch's own history (TeaCache, MagCache), or
+        follows its step's decision made by the conditional branch (EasyCache)."""
+        return self.method != "easycache"
+
 
 def polynomial(coefficients: tuple[float, ...], x: float) -> float:
     """numpy.poly1d(coefficients)(x): highest order first, by Horner's rule."""
