@@ -196,9 +196,10 @@ def test_a_profiled_call_reports_its_collectives_share(experts):
     assert torch.equal(run(parallel, 1.0), before)   # profiling changes nothing
 
 
-def test_diffusion_forcing_windows_equal_one_process(tmp_path):
+@pytest.mark.parametrize("cache", [False, True], ids=["plain", "step cache"])
+def test_diffusion_forcing_windows_equal_one_process(tmp_path, cache, caplog):
     """Three windows, asynchronous (per-frame timesteps) with causal attention, on the synthetic SkyReels-V2 DF
-    model: the workers run every window's calls."""
+    model: the workers run every window's calls (with a step cache, each window a run of its own there too)."""
     from openreel.nodes.diffusion_forcing import OpenReelDiffusionForcingSampler
     from openreel.nodes.loaders import OpenReelDiTLoader, OpenReelVAELoader
 
@@ -207,17 +208,24 @@ def test_diffusion_forcing_windows_equal_one_process(tmp_path):
     runtime.set_output_dir(tmp_path / "output")
     try:
         dit = OpenReelDiTLoader().load("SkyReels-V2-DF-1.3B-540P/model.safetensors", "auto", "fp32")[0]
+        if cache:
+            dit = OpenReelStepCache().apply(dit, *STEP_CACHES["teacache"])["result"][0]
         vae = OpenReelVAELoader().load(next(iter(synthetic.VAES)), "fp32")[0]
         args = dict(width=64, height=64, num_frames=25, base_num_frames=13, overlap_history=5, ar_step=2,
                     causal_block_size=1, addnoise_condition=0, seed=7, steps=2, cfg=0.0, shift=0.0, fps="24",
                     join="vae_roundtrip", solver="unipc", causal_attention=True)
         gen = torch.Generator().manual_seed(3)
         prompts = TextEmbeds(*(torch.randn(1, n, synthetic.TINY_TEXT_DIM, generator=gen) for n in (6, 3)))
-        expected = OpenReelDiffusionForcingSampler().run(dit, prompts, vae, **args)[0]["samples"]
-        parallel = OpenReelMultiGPU().apply(dit, WORKERS, True, True)[0]
-        runtime.set_output_dir(tmp_path / "output_2")  # no resume from the first render's saved windows
-        got = OpenReelDiffusionForcingSampler().run(parallel, prompts, vae, **args)[0]["samples"]
+        if cache:
+            args["steps"] = 6
+        with caplog.at_level(logging.INFO, logger="openreel.samplers.session"):
+            expected = OpenReelDiffusionForcingSampler().run(dit, prompts, vae, **args)[0]["samples"]
+            parallel = OpenReelMultiGPU().apply(dit, WORKERS, True, True)[0]
+            runtime.set_output_dir(tmp_path / "output_2")  # no resume from the first render's saved windows
+            got = OpenReelDiffusionForcingSampler().run(parallel, prompts, vae, **args)[0]["samples"]
         assert close(got, expected)
+        reused = [int(n) for n in re.findall(r"(\d+) of \d+ model calls reused", caplog.text)]
+        assert len(reused) == (3 if cache else 0) and all(reused)   # here, then a worker per guidance branch
     finally:
         runtime.set_models_dir(None)
         runtime.set_output_dir(None)
