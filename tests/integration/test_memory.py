@@ -87,3 +87,17 @@ def test_multi_gpu_workers_live_across_prompts_and_free_stops_them(comfy):
     assert _workers_of(comfy.proc.pid) == []
     comfy.run_ok(two_gpus(203))
     assert comfy.log().count(WORKERS_STARTING) == started + 1, comfy.log_tail()
+
+
+def test_step_caches_run_in_the_multi_gpu_workers(comfy):
+    """The two-GPU Wan2.2 example with an OpenReel Step Cache (MagCache, as in the MagCache example) on each expert
+    before OpenReel Multi-GPU: it runs in the workers and each expert's report reaches the server's log."""
+    prompt = api_workflow("wan22_t2v_a14b_2gpu", OpenReelSampler={"seed": 204, "steps": 6})  # both experts
+    caches = api_workflow("wan22_t2v_a14b_magcache")
+    multi = prompt[next(k for k, v in prompt.items() if v["class_type"] == "OpenReelMultiGPU")]["inputs"]
+    for name, cache in zip(("dit", "dit_low_noise"), ("20", "21")):
+        prompt[cache] = {**caches[cache], "inputs": {**caches[cache]["inputs"], "dit": multi[name]}}
+        multi[name] = [cache, 0]
+    comfy.run_ok(prompt)
+    assert "MagCache (high-noise expert):" in comfy.log() and "MagCache (low-noise expert):" in comfy.log(), \
+        comfy.log_tail()
