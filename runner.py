@@ -132,7 +132,9 @@ def validate(prompt: dict) -> list[str]:
                                     f"({shown or 'none found'}){searched}")
             elif kind in ("INT", "FLOAT"):
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    problems.append(f"{where}: {name} = {value!r} is not a number")
+                    wanted = "a whole number" if kind == "INT" else "a number"
+                    bounds = f" from {opts['min']} to {opts['max']}" if "min" in opts and "max" in opts else ""
+                    problems.append(f"{where}: {name} = {value!r} is not a number; give {wanted}{bounds}")
                 elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
                     problems.append(f"{where}: {name} = {value} is outside {opts.get('min')}..{opts.get('max')}")
         check = getattr(cls, "VALIDATE_INPUTS", None)

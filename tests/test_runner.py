@@ -62,6 +62,7 @@ def test_invalid_workflows_exit_2_listing_every_problem(workspace, capsys):
     bad = json.loads(json.dumps(COPY_VIDEO))
     bad["1"]["inputs"]["video"] = "missing.mp4"
     bad["2"]["inputs"]["crf"] = 80
+    bad["2"]["inputs"]["fps"] = "fast"
     bad["3"] = {"class_type": "KSampler", "inputs": {}}
     path = workspace / "bad.json"
     path.write_text(json.dumps(bad))
@@ -69,6 +70,7 @@ def test_invalid_workflows_exit_2_listing_every_problem(workspace, capsys):
     err = capsys.readouterr().err
     assert "video = 'missing.mp4' is not one of the choices" in err
     assert "crf = 80 is outside 0..51" in err
+    assert "fps = 'fast' is not a number; give a number from " in err
     assert "node 3 (KSampler): unknown node type" in err
     assert not (workspace / "out").exists()  # nothing ran
     assert main(str(path), None, None, ["nonexistent.x=1"]) == EXIT_INVALID
