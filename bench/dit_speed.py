@@ -26,6 +26,7 @@ from openreel.memory.block_swap import BlockSwap
 from openreel.memory.planner import predict, weight_bytes
 from openreel.memory.token_chunks import TOKEN_CHUNK
 from openreel.model_loaders.core import prepare  # noqa: F401  (registers every run-time patch)
+from openreel.models.common import norms
 from openreel.speed.compile import CompileSettings
 
 # name → (weight storage, patches); every variant but "bf16" is compared with bf16's output on the same weights
@@ -40,6 +41,11 @@ VARIANTS = {
                                                                   "compile": CompileSettings()}),
     # FlashAttention takes no mask: a family's masked text attention (Step-Video's LLM mask) stays on SDPA
     "flash compiled": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings()}),
+    # the residual updates and LayerNorms left to inductor instead of the one-pass kernel (speed/norm_kernel.py)
+    "flash compiled unfused norms": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings(),
+                                              "fused_norms": False}),
+    "bf16 compiled unfused norms": ("bf16", {"compile": CompileSettings(), "fused_norms": False}),
+    "bf16 unfused norms": ("bf16", {"fused_norms": False}),
     # inductor settings tried before a compile mode adopts them: the blocks' LayerNorms over 5,120 channels are
     # looped reductions by default (two passes over the float32 stream); multi_kernel also makes a one-pass
     # (persistent) kernel and keeps the faster; coordinate descent tunes every fused kernel's block sizes
@@ -123,9 +129,22 @@ def profile_forward(fn, path: Path) -> dict:
 
 
 def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: int, reference=None,
-                growth_runs: int = 10) -> dict:
+                growth_runs: int = 10, profile_to: Path | None = None) -> dict:
     storage, values = VARIANTS[name]
     values = dict(values)
+    fused_norm = norms._FUSED.get("cuda")
+    if not values.pop("fused_norms", True):
+        norms.register_fused_norm("cuda", None)
+    try:
+        r, out = _run_variant(subject, name, module, call, tokens, repeats, storage, values, reference, growth_runs)
+        if profile_to is not None:
+            r["profile"] = profile_forward(lambda: module(*call[0], **call[1]), profile_to)
+        return r, out
+    finally:
+        norms.register_fused_norm("cuda", fused_norm)
+
+
+def _run_variant(subject, name, module, call, tokens, repeats, storage, values, reference, growth_runs):
     if values.get("block_swap") == "all":
         values["block_swap"] = BlockSwap(blocks=subject.blocks(module))
     chunk = values.get("token_chunks", 0)
@@ -196,13 +215,12 @@ def main() -> None:
             for storage in dict.fromkeys(VARIANTS[v][0] for v in resident):
                 module = subject.build(cfg, device, storage)
                 for name in (v for v in resident if VARIANTS[v][0] == storage):
-                    r, out = run_variant(subject, name, module, call, tokens, args.repeats, reference)
+                    profile_to = (out_dir / f"profile_{args.family}_{args.size}_{res}_{name.replace(' ', '_')}.txt"
+                                  if args.profile else None)
+                    r, out = run_variant(subject, name, module, call, tokens, args.repeats, reference,
+                                         profile_to=profile_to)
                     reference = out if name == "bf16" else reference
                     r["res"] = res
-                    if args.profile:
-                        r["profile"] = profile_forward(lambda: module(*call[0], **call[1]),
-                                                       out_dir / f"profile_{args.family}_{args.size}_{res}_"
-                                                                 f"{name.replace(' ', '_')}.txt")
                     record(r)
                 for peer_name in (p for p in args.peers if storage == "bf16" and p in subject.PEERS):
                     peer = subject.peer(module, device)

@@ -1,5 +1,7 @@
-"""Norms the DiTs share, and the adaptive-norm modulation."""
+"""Norms the DiTs share, the adaptive-norm modulation, and the residual update fused with the next norm."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -30,3 +32,64 @@ def layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) ->
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B, L, D] with one shift/scale [B, D] per sample: x·(1 + scale) + shift."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+# device type → a kernel doing `residual_norm`'s work in one pass (registered by speed/fused_norms.py)
+_FUSED: dict[str, Callable] = {}
+
+
+def register_fused_norm(device_type: str, kernel: Callable | None) -> None:
+    """`kernel(x, y, gate, weight, bias, shift, scale, eps, dtype)` → (x + gate·y or None, normed) serves
+    `residual_norm` for float32 streams on that device type; None removes it."""
+    if kernel is None:
+        _FUSED.pop(device_type, None)
+    else:
+        _FUSED[device_type] = kernel
+
+
+def _groups(t: torch.Tensor | None, b: int, d: int) -> torch.Tensor | None:
+    """A modulation or gate vector [B, D], [B, G, D] or [B, G, 1, D] as [B, G, D] (G groups of consecutive
+    tokens)."""
+    return None if t is None else t.reshape(b, -1, d)
+
+
+def _per_group(v: torch.Tensor, t: torch.Tensor, op: Callable) -> torch.Tensor:
+    b, length, d = v.shape
+    return op(v.view(b, t.shape[1], -1, d), t.unsqueeze(2)).view(b, length, d)
+
+
+def unfused_residual_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None,
+                          weight: torch.Tensor | None, bias: torch.Tensor | None, shift: torch.Tensor | None,
+                          scale: torch.Tensor | None, eps: float, dtype: torch.dtype
+                          ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`residual_norm`'s work in plain torch, with the kernels' arguments (gate and modulation [B, G, D])."""
+    stream = None
+    if y is not None:   # new tensors updated in place: no more temporaries alive than the sum and the norm
+        stream = y.to(torch.float32, copy=True) if gate is None else _per_group(y.float(), gate, torch.mul)
+        x = stream.add_(x)
+    h = F.layer_norm(x.float(), x.shape[-1:], None if weight is None else weight.float(),
+                     None if bias is None else bias.float(), eps)
+    if shift is not None:
+        _per_group(_per_group(h, 1 + scale, torch.Tensor.mul_), shift, torch.Tensor.add_)
+    return stream, h.to(dtype)
+
+
+def residual_norm(x: torch.Tensor, y: torch.Tensor | None = None, gate: torch.Tensor | None = None, *, eps: float,
+                  norm: nn.LayerNorm | None = None, shift: torch.Tensor | None = None,
+                  scale: torch.Tensor | None = None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sub-layer's output y added into the residual stream x (times `gate`, in float32), and the next sub-layer's
+    input: the LayerNorm of the new stream with `norm`'s affine weights, or modulated (·(1 + scale) + shift), in
+    `dtype`. Returns (stream, input); without y the stream is x itself. Gate and modulation: [B, D] per sample or
+    [B, G, (1,) D] per group of consecutive tokens.
+
+    On a GPU with Triton, a float32 stream goes through one kernel (speed/norm_kernel.py) that reads and writes it
+    once; its values are `unfused_residual_norm`'s within float32 rounding."""
+    b, _, d = x.shape
+    gate, shift, scale = (_groups(t, b, d) for t in (gate, shift, scale))
+    weight, bias = (None, None) if norm is None else (norm.weight, norm.bias)
+    kernel = _FUSED.get(x.device.type)
+    if kernel is None or x.dtype != torch.float32 or not x.is_contiguous() or (y is not None
+                                                                              and not y.is_contiguous()):
+        kernel = unfused_residual_norm
+    stream, h = kernel(x, y, gate, weight, bias, shift, scale, eps, dtype)
+    return (x if stream is None else stream), h

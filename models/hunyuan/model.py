@@ -479,7 +479,9 @@ class HunyuanDiT(WrappedModel):
 
         text, valid = self._compact_text(context, context_mask)
         txt = self.txt_in(text, t, valid, dtype)
-        img = self.img_in["proj"](x.to(dtype)).flatten(2).transpose(1, 2).float()
+        img = self.img_in["proj"](x.to(dtype)).flatten(2).transpose(1, 2)
+        # tokens × channels in memory, as the norms read them (a cast copies so; a float32 one does not)
+        img = img.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
         mask = None
         if valid is not None:
             mask = torch.cat([valid.new_ones(b, tokens), valid], dim=1)[:, None, None, :]

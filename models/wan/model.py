@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention, self_attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm, layer_norm
+from ..common.norms import RMSNorm, layer_norm, residual_norm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking
 from ..common.wrappers import WrappedModel
@@ -75,13 +75,6 @@ class StepInputs(NamedTuple):
 
 def _linear_fp32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight.float(), None if layer.bias is None else layer.bias.float())
-
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, L, D] with per-group shift/scale [B, G, 1, D]; tokens are grouped contiguously."""
-    b, length, d = x.shape
-    return (x.view(b, shift.shape[1], -1, d) * (1 + scale) + shift).view(b, length, d)
 
 
 def _gate(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -152,20 +145,21 @@ class WanBlock(nn.Module):
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + inp.e0).unsqueeze(2)  # [B, G, 1, 6, D]
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(3)
-        h = _modulate(layer_norm(x, self.eps), shift_sa, scale_sa).to(inp.dtype)
-        x = x + _gate(self.self_attn(h, inp), gate_sa)
-        x = x + self.cross_attn(layer_norm(x, self.eps, self.norm3).to(inp.dtype), inp).float()
+        x, h = residual_norm(x, eps=self.eps, shift=shift_sa, scale=scale_sa, dtype=inp.dtype)
+        x, h = residual_norm(x, self.self_attn(h, inp), gate_sa, eps=self.eps, norm=self.norm3, dtype=inp.dtype)
         length = x.shape[1]
         if chunking(inp.chunk, length):
+            x = x + self.cross_attn(h, inp).float()
             return add_in_chunks(x, lambda s: self._ffn_branch(
                 x[:, s], *(_rows(m, s, length) for m in (shift_ff, scale_ff, gate_ff)), inp.dtype), inp.chunk)
-        h = _modulate(layer_norm(x, self.eps), shift_ff, scale_ff).to(inp.dtype)
+        x, h = residual_norm(x, self.cross_attn(h, inp), eps=self.eps, shift=shift_ff, scale=scale_ff,
+                             dtype=inp.dtype)
         return x + _gate(self.ffn(h), gate_ff)
-
 
     def _ffn_branch(self, x: torch.Tensor, shift, scale, gate, dtype: torch.dtype) -> torch.Tensor:
         """The gated FFN branch of the tokens x (a chunk), with their modulation vectors."""
-        return _gate(self.ffn(_modulate(layer_norm(x, self.eps), shift, scale).to(dtype)), gate)
+        h = residual_norm(x, eps=self.eps, shift=shift, scale=scale, dtype=dtype)[1]
+        return _gate(self.ffn(h), gate)
 
 
 class Head(nn.Module):
@@ -178,7 +172,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(2)  # [B, G, 1, 2, D]
         shift, scale = mod.unbind(3)
-        return self.head(_modulate(layer_norm(x, self.eps), shift, scale).to(dtype))
+        return self.head(residual_norm(x, eps=self.eps, shift=shift, scale=scale, dtype=dtype)[1])
 
 
 class ImageEmbedding(nn.Module):
@@ -297,7 +291,9 @@ class WanDiT(WrappedModel):
         grid = (f // pt, h // ph, w // pw)
         tokens = math.prod(grid)
 
-        x = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2).float()
+        x = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)
+        # tokens × channels in memory, as the norms read them (a cast copies so; a float32 one does not)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
         t = self._timesteps(t.to(x.device), b, grid[0], tokens)
         e, e0 = self._time_embeddings(t, fps)
 
