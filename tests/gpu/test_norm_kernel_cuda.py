@@ -51,7 +51,7 @@ def test_wan_dit_eager_and_compiled():
 
     torch.manual_seed(0)
     cfg = WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=4)
-    model = WanDiT(cfg).cuda().to(torch.bfloat16)
+    model = WanDiT(cfg).cuda()   # float32 weights and compute: the differences are the kernels' alone
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
     inputs = (torch.randn(1, 16, 5, 30, 52, device="cuda"), torch.tensor([700.0], device="cuda"),
@@ -68,5 +68,5 @@ def test_wan_dit_eager_and_compiled():
     finally:
         PATCHES["compile"].apply(model, None)
     print(f"\nWan DiT: fused vs torch {_rel(fused, unfused):.2e}, compiled vs eager {_rel(compiled, fused):.2e}")
-    assert _rel(fused, unfused) < 2e-2 and _rel(compiled, fused) < 2e-2
+    assert _rel(fused, unfused) < 1e-4 and _rel(compiled, fused) < 1e-4
     assert fused_norms._FAILED == []
