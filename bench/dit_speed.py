@@ -41,7 +41,8 @@ VARIANTS = {
                                                                   "compile": CompileSettings()}),
     # FlashAttention takes no mask: a family's masked text attention (Step-Video's LLM mask) stays on SDPA
     "flash compiled": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings()}),
-    # the residual updates and LayerNorms left to inductor instead of the one-pass kernel (speed/norm_kernel.py)
+    # the residual updates, LayerNorms, q/k RMSNorms and RoPE left to inductor instead of the one-pass kernels
+    # (speed/norm_kernel.py)
     "flash compiled unfused norms": ("bf16", {"attention": "flash:fallback", "compile": CompileSettings(),
                                               "fused_norms": False}),
     "bf16 compiled unfused norms": ("bf16", {"compile": CompileSettings(), "fused_norms": False}),
@@ -132,16 +133,16 @@ def run_variant(subject, name: str, module, call: tuple, tokens: int, repeats: i
                 growth_runs: int = 10, profile_to: Path | None = None) -> dict:
     storage, values = VARIANTS[name]
     values = dict(values)
-    fused_norm = norms._FUSED.get("cuda")
+    kernels = dict(norms._FUSED)
     if not values.pop("fused_norms", True):
-        norms.register_fused_norm("cuda", None)
+        norms._FUSED.clear()
     try:
         r, out = _run_variant(subject, name, module, call, tokens, repeats, storage, values, reference, growth_runs)
         if profile_to is not None:
             r["profile"] = profile_forward(lambda: module(*call[0], **call[1]), profile_to)
         return r, out
     finally:
-        norms.register_fused_norm("cuda", fused_norm)
+        norms._FUSED.update(kernels)
 
 
 def _run_variant(subject, name, module, call, tokens, repeats, storage, values, reference, growth_runs):

@@ -1,43 +1,51 @@
-"""Registers the one-pass residual + LayerNorm kernel (speed/norm_kernel.py) for CUDA streams where Triton imports.
+"""Registers the one-pass kernels of speed/norm_kernel.py (residual + LayerNorm, RMSNorm + RoPE) for CUDA tensors
+where Triton imports.
 
-`models.common.norms.residual_norm` then runs it for every float32 residual stream on a CUDA GPU, eager or compiled:
-the kernel is an opaque custom op, so a compiled block calls it as it is rather than tracing into it.
+`models.common.norms.residual_norm` and `rms_norm_rope` then run them on a CUDA GPU, eager or compiled: each kernel
+is an opaque custom op, so a compiled block calls it as it is rather than tracing into it. Where a kernel cannot
+run (a Triton that cannot build for this GPU), the same values come from torch's kernels, with one warning.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from ..models.common.norms import register_fused_norm, unfused_residual_norm
+from ..models.common.norms import register_fused, unfused_residual_norm, unfused_rms_norm_rope
 
 log = logging.getLogger(__name__)
-_FAILED: list[str] = []   # why the kernel could not run here (a Triton that cannot build for this GPU): then torch
+_FAILED: list[str] = []   # why the kernels could not run here: then torch's
 
 
-def _one_pass(*args):
+def _one_pass(name: str, unfused: Callable, *args):
     if not _FAILED:
         try:
-            from .norm_kernel import add_layer_norm
-            return add_layer_norm(*args)
+            from . import norm_kernel
+            return getattr(norm_kernel, name)(*args)
         except Exception as exc:  # noqa: BLE001  (any build or launch failure: the same values come from torch)
             _FAILED.append(f"{type(exc).__name__}: {exc}")
-            log.warning("OpenReel: the one-pass norm kernel cannot run here (%s); using torch's kernels", _FAILED[0])
-    return unfused_residual_norm(*args)
+            log.warning("OpenReel: the one-pass norm kernels cannot run here (%s); using torch's kernels",
+                        _FAILED[0])
+    return unfused(*args)
 
 
 def _add_layer_norm(x: Tensor, y: Tensor, gate: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
                     shift: Optional[Tensor], scale: Optional[Tensor], eps: float,
                     dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    return _one_pass(x, y, gate, weight, bias, shift, scale, eps, dtype)
+    return _one_pass("add_layer_norm", unfused_residual_norm, x, y, gate, weight, bias, shift, scale, eps, dtype)
 
 
 def _layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], shift: Optional[Tensor],
                 scale: Optional[Tensor], eps: float, dtype: torch.dtype) -> Tensor:
-    return _one_pass(x, None, None, weight, bias, shift, scale, eps, dtype)[1]
+    return _one_pass("add_layer_norm", unfused_residual_norm, x, None, None, weight, bias, shift, scale, eps,
+                     dtype)[1]
+
+
+def _rms_norm_rope(x: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
+    return _one_pass("rms_norm_rope", unfused_rms_norm_rope, x, weight, eps, cos, sin, heads)
 
 
 def _opaque(name: str, fn, fake):
@@ -52,14 +60,22 @@ def _opaque(name: str, fn, fake):
 _ADD_NORM = _opaque("add_layer_norm", _add_layer_norm, lambda x, y, *rest: (
     torch.empty_like(x, dtype=torch.float32), torch.empty_like(x, dtype=rest[-1])))
 _NORM = _opaque("layer_norm_modulate", _layer_norm, lambda x, *rest: torch.empty_like(x, dtype=rest[-1]))
+_RMS_ROPE = _opaque("rms_norm_rope", _rms_norm_rope,
+                    lambda x, weight, eps, cos, sin, heads: torch.empty_like(x).unflatten(2, (heads, -1)))
 
 
-def fused(x: Tensor, y: Tensor | None, gate, weight, bias, shift, scale, eps: float, dtype: torch.dtype):
-    """`residual_norm`'s work in one kernel: (new stream or None, normed input)."""
+def residual_norm(x: Tensor, y: Tensor | None, gate, weight, bias, shift, scale, eps: float, dtype: torch.dtype):
+    """`norms.residual_norm`'s work in one kernel: (new stream or None, normed input)."""
     if y is None:
         return None, _NORM(x, weight, bias, shift, scale, eps, dtype)
     return _ADD_NORM(x, y, gate, weight, bias, shift, scale, eps, dtype)
 
 
+def rms_norm_rope(x: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
+    """`norms.rms_norm_rope`'s work in one kernel."""
+    return _RMS_ROPE(x, weight, eps, cos, sin, heads)
+
+
 if importlib.util.find_spec("triton") is not None:
-    register_fused_norm("cuda", fused)
+    register_fused("residual_norm", "cuda", residual_norm)
+    register_fused("rms_norm_rope", "cuda", rms_norm_rope)

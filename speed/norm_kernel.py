@@ -1,5 +1,7 @@
-"""One pass over a DiT's float32 residual stream: x + gate·y, its LayerNorm, then affine weights or modulation,
-cast to the next matmul's dtype (Triton).
+"""One-pass kernels (Triton) for the elementwise work between a DiT's matrix products.
+
+`add_layer_norm`: x + gate·y on the float32 residual stream, its LayerNorm, then affine weights or modulation,
+cast to the next matmul's dtype.
 
 The blocks of Wan (and of the other families) add each sub-layer's output into the stream and normalize the result
 for the next sub-layer. Left to inductor, that is a looped two-pass reduction over 5,120 channels that reads the
@@ -9,6 +11,10 @@ written once, and the normalized row written once in the compute dtype.
 
 Rows are tokens of x [B, L, D] (contiguous). Modulation, gate: [B, G, D] with any strides, G groups of L / G
 consecutive tokens (G = 1: one vector per sample; G = L: one per token).
+
+`rms_norm_rope`: Wan's queries or keys, RMS-normed over the whole width and rotated pair by pair, in one pass
+instead of inductor's looped reduction and a second kernel for the rotation (1.1 ms per Wan-14B block at 480p for
+both, where reading and writing them once takes about 0.3).
 """
 from __future__ import annotations
 
@@ -79,3 +85,37 @@ def add_layer_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor |
             ADD=y is not None, GATE=gate is not None, AFFINE=weight is not None, MODULATE=shift is not None,
             BLOCK=triton.next_power_of_2(d))
     return x_out, h
+
+
+@triton.autotune(configs=_configs(), key=["d", "half_head"], cache_results=True)
+@triton.jit
+def _rms_norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, length, d, half_head, s_cos, s_sin, eps,
+                          BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    t = row % length
+    cols = tl.arange(0, BLOCK)
+    inside = cols < d
+    x = tl.load(x_ptr + row * d + cols, mask=inside, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    normed = x * tl.math.rsqrt(tl.sum(x * x, axis=0) / d + eps) * w
+    normed = normed.to(out_ptr.dtype.element_ty).to(tl.float32)   # the norm's output dtype, as RMSNorm gives it
+    even, odd = tl.split(tl.reshape(normed, [BLOCK // 2, 2]))
+    pair = tl.arange(0, BLOCK // 2)
+    angle = pair % half_head
+    cos = tl.load(cos_ptr + t * s_cos + angle, mask=pair < d // 2, other=0.0)
+    sin = tl.load(sin_ptr + t * s_sin + angle, mask=pair < d // 2, other=0.0)
+    out = tl.interleave(even * cos - odd * sin, even * sin + odd * cos)
+    tl.store(out_ptr + row * d + cols, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                  heads: int) -> torch.Tensor:
+    """x [B, L, D] RMS-normed over D (weight [D]), rounded to x's dtype, rotated by cos/sin [L, 1, D / heads / 2]
+    (channel pairs of each head): [B, L, heads, D / heads] in x's dtype."""
+    x = x.contiguous()
+    b, length, d = x.shape
+    out = torch.empty_like(x)
+    if x.numel():
+        _rms_norm_rope_kernel[(b * length,)](x, weight, cos, sin, out, length, d, d // heads // 2, cos.stride(0),
+                                             sin.stride(0), eps, BLOCK=triton.next_power_of_2(d))
+    return out.unflatten(2, (heads, -1))

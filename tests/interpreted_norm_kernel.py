@@ -17,6 +17,13 @@ CASES = [
     ("add, plain norm, float16", 1, 5, 24, 1, True, False, None, False, "float16", "float16"),
 ]
 
+# (name, batch, tokens, heads, head dim, dtype)
+ROPE_CASES = [
+    ("q/k norm + RoPE, bfloat16", 2, 10, 3, 8, "bfloat16"),
+    ("q/k norm + RoPE, width not a power of 2", 1, 7, 5, 8, "bfloat16"),
+    ("q/k norm + RoPE, float32", 1, 6, 2, 16, "float32"),
+]
+
 
 def _errors(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.float(), b.float()
@@ -46,6 +53,21 @@ def _case(case) -> dict:
     return out
 
 
+def _rope_case(case) -> dict:
+    from openreel.models.common.embeddings import axial_rope_angles, rope_cos_sin
+    from openreel.models.common.norms import unfused_rms_norm_rope
+    from openreel.speed.norm_kernel import rms_norm_rope
+
+    name, b, length, heads, head_dim, dtype = case
+    torch.manual_seed(len(name))
+    x = (torch.randn(b, length, heads * head_dim) * 2).to(getattr(torch, dtype))
+    weight = torch.randn(heads * head_dim)
+    cos, sin = rope_cos_sin(axial_rope_angles((length,), (head_dim,), 10000.0))
+    out = rms_norm_rope(x, weight, 1e-6, cos, sin, heads)
+    ref = unfused_rms_norm_rope(x, weight, 1e-6, cos, sin, heads)
+    return {"name": name, "out": _errors(out, ref), "shape": list(out.shape), "dtype": str(out.dtype)}
+
+
 def _wan() -> list[dict]:
     """A tiny Wan DiT (per-sample and per-frame timesteps) with the kernel serving CPU streams, against torch's."""
     from openreel.models.common import norms
@@ -62,12 +84,14 @@ def _wan() -> list[dict]:
     with torch.no_grad():
         for label, t in (("per sample", torch.tensor([700.0])), ("per frame", torch.tensor([[700.0, 300.0]]))):
             ref = model(latents, t, text)
-            norms.register_fused_norm("cpu", fused_norms.fused)
+            norms.register_fused("residual_norm", "cpu", fused_norms.residual_norm)
+            norms.register_fused("rms_norm_rope", "cpu", fused_norms.rms_norm_rope)
             try:
                 eager = model(latents, t, text)
                 compiled = torch.compile(model, backend="aot_eager", fullgraph=False)(latents, t, text)
             finally:
-                norms.register_fused_norm("cpu", None)
+                norms.register_fused("residual_norm", "cpu", None)
+                norms.register_fused("rms_norm_rope", "cpu", None)
             rows.append({"name": f"Wan DiT, {label}", "eager": _errors(eager, ref),
                          "compiled_equal": torch.equal(compiled, eager), "failed": fused_norms._FAILED})
     return rows
@@ -80,5 +104,7 @@ if __name__ == "__main__":
 
     for case in CASES:
         print(json.dumps(_case(case)), flush=True)
+    for case in ROPE_CASES:
+        print(json.dumps(_rope_case(case)), flush=True)
     for row in _wan():
         print(json.dumps(row), flush=True)

@@ -1,7 +1,7 @@
 """The residual update fused with the next LayerNorm (models/common/norms.py `residual_norm`): its torch path against
 the formulas written out, its dispatch to a registered kernel, the fallback when the kernel cannot run, and the
-Triton kernel itself (speed/norm_kernel.py) through Triton's CPU interpreter in a child process. The GPU runs of the
-kernel are tests/gpu/test_norm_kernel_cuda.py."""
+Triton kernel itself (speed/norm_kernel.py) through Triton's CPU interpreter in a child process. The same for the q/k RMSNorm + RoPE
+(`rms_norm_rope`). The GPU runs of the kernels are tests/gpu/test_norm_kernel_cuda.py."""
 import json
 import logging
 import subprocess
@@ -63,7 +63,7 @@ def kernel_on_cpu(monkeypatch):
     def kernel(*args):
         calls.append(args)
         return norms.unfused_residual_norm(*args)
-    norms.register_fused_norm("cpu", kernel)
+    norms.register_fused("residual_norm", "cpu", kernel)
     return calls
 
 
@@ -73,7 +73,7 @@ def test_a_registered_kernel_serves_float32_streams_of_its_device(kernel_on_cpu)
     (args,) = kernel_on_cpu
     assert args[2].shape == (2, 3, 16) and args[5].shape == (2, 3, 16)   # [B, G, D] views, not copies
     assert args[2].data_ptr() == gate.data_ptr()
-    norms.register_fused_norm("cpu", None)
+    norms.register_fused("residual_norm", "cpu", None)
     assert torch.equal(norms.residual_norm(x, y, gate, eps=1e-6, shift=shift, scale=scale,
                                            dtype=torch.bfloat16)[1], h)
 
@@ -99,8 +99,8 @@ def test_a_kernel_that_cannot_run_falls_back_to_torch_once(monkeypatch, caplog):
     x, y, (gate, shift, scale) = _inputs()
     args = (x, y, gate[:, :, 0], None, None, shift[:, :, 0], scale[:, :, 0], 1e-6, torch.bfloat16)
     with caplog.at_level(logging.WARNING):
-        stream, h = fused_norms._one_pass(*args)
-        fused_norms._one_pass(*args)
+        stream, h = fused_norms._one_pass("add_layer_norm", norms.unfused_residual_norm, *args)
+        fused_norms._one_pass("add_layer_norm", norms.unfused_residual_norm, *args)
     want_stream, want_h = norms.unfused_residual_norm(*args)
     assert torch.equal(stream, want_stream) and torch.equal(h, want_h)
     assert fused_norms._FAILED == ["RuntimeError: no compiler for this GPU"]
@@ -117,13 +117,13 @@ def interpreted():
     return {r["name"]: r for r in map(json.loads, proc.stdout.splitlines())}
 
 
-def _case_names():
+def _cases(name="CASES"):
     sys.path.insert(0, str(HERE))
-    from interpreted_norm_kernel import CASES
-    return CASES
+    import interpreted_norm_kernel
+    return getattr(interpreted_norm_kernel, name)
 
 
-@pytest.mark.parametrize("case", _case_names(), ids=[c[0] for c in _case_names()])
+@pytest.mark.parametrize("case", _cases(), ids=[c[0] for c in _cases()])
 def test_kernel_matches_torch(interpreted, case):
     r = interpreted[case[0]]
     out_dtype = case[-1]
@@ -134,6 +134,16 @@ def test_kernel_matches_torch(interpreted, case):
         assert r["h"]["rel"] < 4e-3 and r["h"]["equal_fraction"] > 0.98, r
     if case[5]:
         assert r["stream_dtype"] == "torch.float32" and r["stream"]["rel"] < 1e-7, r
+
+
+@pytest.mark.parametrize("case", _cases("ROPE_CASES"), ids=[c[0] for c in _cases("ROPE_CASES")])
+def test_rms_norm_rope_kernel_matches_torch(interpreted, case):
+    r = interpreted[case[0]]
+    assert r["shape"] == [case[1], case[2], case[3], case[4]] and r["dtype"] == f"torch.{case[5]}"
+    if case[5] == "float32":
+        assert r["out"]["rel"] < 1e-6, r
+    else:
+        assert r["out"]["rel"] < 4e-3 and r["out"]["equal_fraction"] > 0.98, r
 
 
 @pytest.mark.parametrize("timesteps", ["per sample", "per frame"])

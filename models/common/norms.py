@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .embeddings import apply_rope_interleaved
+
 
 class RMSNorm(nn.Module):
     """RMS norm over the last dimension, computed in float32 and returned in the input's dtype: Wan's q/k norms (over
@@ -34,17 +36,18 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-# device type → a kernel doing `residual_norm`'s work in one pass (registered by speed/fused_norms.py)
-_FUSED: dict[str, Callable] = {}
+# (operation, device type) → a one-pass kernel for it (registered by speed/fused_norms.py): "residual_norm" and
+# "rms_norm_rope", each taking its `unfused_…` function's arguments and giving its result
+_FUSED: dict[tuple[str, str], Callable] = {}
 
 
-def register_fused_norm(device_type: str, kernel: Callable | None) -> None:
-    """`kernel(x, y, gate, weight, bias, shift, scale, eps, dtype)` → (x + gate·y or None, normed) serves
-    `residual_norm` for float32 streams on that device type; None removes it."""
+def register_fused(operation: str, device_type: str, kernel: Callable | None) -> None:
+    """`kernel` serves `operation` on tensors of that device type (float32 streams for "residual_norm"); None
+    removes it."""
     if kernel is None:
-        _FUSED.pop(device_type, None)
+        _FUSED.pop((operation, device_type), None)
     else:
-        _FUSED[device_type] = kernel
+        _FUSED[(operation, device_type)] = kernel
 
 
 def _groups(t: torch.Tensor | None, b: int, d: int) -> torch.Tensor | None:
@@ -87,9 +90,29 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor | None = None, gate: torch.Te
     b, _, d = x.shape
     gate, shift, scale = (_groups(t, b, d) for t in (gate, shift, scale))
     weight, bias = (None, None) if norm is None else (norm.weight, norm.bias)
-    kernel = _FUSED.get(x.device.type)
+    kernel = _FUSED.get(("residual_norm", x.device.type))
     if kernel is None or x.dtype != torch.float32 or not x.is_contiguous() or (y is not None
                                                                               and not y.is_contiguous()):
         kernel = unfused_residual_norm
     stream, h = kernel(x, y, gate, weight, bias, shift, scale, eps, dtype)
     return (x if stream is None else stream), h
+
+
+def unfused_rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                          heads: int) -> torch.Tensor:
+    """`rms_norm_rope`'s work in plain torch."""
+    normed = F.rms_norm(x.float(), x.shape[-1:], weight.float(), eps).to(x.dtype)
+    return apply_rope_interleaved(normed.unflatten(2, (heads, -1)), cos, sin)
+
+
+def rms_norm_rope(x: torch.Tensor, norm: RMSNorm, rope: tuple[torch.Tensor, torch.Tensor], heads: int
+                  ) -> torch.Tensor:
+    """Queries or keys x [B, L, D] under `norm` (over the whole width, rounded to x's dtype, as `RMSNorm`), split
+    into heads and rotated by `rope` (cos, sin [L, 1, head_dim / 2], adjacent channel pairs): [B, L, heads,
+    head_dim] in x's dtype. On a GPU with Triton, one kernel (speed/norm_kernel.py) reads x once and writes the
+    result once; its values are `unfused_rms_norm_rope`'s within float32 rounding."""
+    cos, sin = rope
+    kernel = _FUSED.get(("rms_norm_rope", x.device.type))
+    if kernel is None or not x.is_contiguous() or cos.stride(-1) != 1 or sin.stride(-1) != 1:
+        kernel = unfused_rms_norm_rope
+    return kernel(x, norm.weight, norm.eps, cos, sin, heads)

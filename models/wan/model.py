@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ..common.attention import attention, self_attention
-from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm, layer_norm, residual_norm
+from ..common.embeddings import axial_rope_angles, rope_cos_sin, timestep_sinusoid
+from ..common.norms import RMSNorm, layer_norm, residual_norm, rms_norm_rope
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking
 from ..common.wrappers import WrappedModel
@@ -99,10 +99,9 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
-        heads = (self.num_heads, -1)
-        q = apply_rope_interleaved(self.norm_q(self.q(x)).unflatten(2, heads), *inp.rope)
-        k = apply_rope_interleaved(self.norm_k(self.k(x)).unflatten(2, heads), *inp.rope)
-        v = self.v(x).unflatten(2, heads)
+        q = rms_norm_rope(self.q(x), self.norm_q, inp.rope, self.num_heads)
+        k = rms_norm_rope(self.k(x), self.norm_k, inp.rope, self.num_heads)
+        v = self.v(x).unflatten(2, (self.num_heads, -1))
         return self.o(self_attention(q, k, v, mask=inp.mask, backend=inp.backend))
 
 

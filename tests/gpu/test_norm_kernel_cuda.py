@@ -1,5 +1,6 @@
-"""The one-pass residual + LayerNorm kernel (speed/norm_kernel.py) on a CUDA GPU against torch's kernels, at Wan's
-widths, and a Wan DiT using it, eager and compiled with inductor, against the same DiT on torch's kernels.
+"""The one-pass kernels (speed/norm_kernel.py: residual + LayerNorm, q/k RMSNorm + RoPE) on a CUDA GPU against
+torch's kernels, at Wan's widths, and a Wan DiT using them, eager and compiled with inductor, against the same DiT on
+torch's kernels.
 
 Skipped without CUDA or Triton. Run: `python -m pytest tests/gpu/test_norm_kernel_cuda.py -v -s`.
 """
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 triton = pytest.importorskip("triton")
 
 from openreel.speed import fused_norms  # noqa: E402  (registers the kernel)
-from openreel.speed.norm_kernel import add_layer_norm  # noqa: E402
+from openreel.speed.norm_kernel import add_layer_norm, rms_norm_rope  # noqa: E402
 
 
 def _rel(a, b):
@@ -43,6 +44,23 @@ def test_kernel_matches_torch(dim, what):
     assert fused_norms._FAILED == []
 
 
+@pytest.mark.parametrize("dim,heads", [(1536, 12), (3072, 24), (5120, 40)])
+def test_rms_norm_rope_matches_torch(dim, heads):
+    from openreel.models.common.embeddings import axial_rope_angles, rope_cos_sin
+
+    torch.manual_seed(dim)
+    head_dim = dim // heads
+    axes = (head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6))
+    cos, sin = rope_cos_sin(axial_rope_angles((5, 30, 52), axes, 10000.0, device="cuda"))
+    x = torch.randn(2, 5 * 30 * 52, dim, device="cuda", dtype=torch.bfloat16) * 3
+    weight = torch.randn(dim, device="cuda")
+    out = rms_norm_rope(x, weight, 1e-6, cos, sin, heads)
+    ref = norms.unfused_rms_norm_rope(x, weight, 1e-6, cos, sin, heads)
+    e = _rel(out, ref)
+    print(f"\nRMSNorm + RoPE D={dim}: rel {e:.2e}, equal {(out == ref).float().mean().item():.4f}")
+    assert out.shape == ref.shape and out.dtype == torch.bfloat16 and e < 4e-3 and (out == ref).float().mean() > 0.98
+
+
 @torch.no_grad()
 def test_wan_dit_eager_and_compiled():
     from openreel.memory.patches import PATCHES
@@ -57,11 +75,12 @@ def test_wan_dit_eager_and_compiled():
     inputs = (torch.randn(1, 16, 5, 30, 52, device="cuda"), torch.tensor([700.0], device="cuda"),
               torch.randn(1, 512, 4096, device="cuda"))
     fused = model(*inputs)
-    kernel = norms._FUSED.pop("cuda")
+    kernels = dict(norms._FUSED)
+    norms._FUSED.clear()
     try:
         unfused = model(*inputs)
     finally:
-        norms.register_fused_norm("cuda", kernel)
+        norms._FUSED.update(kernels)
     PATCHES["compile"].apply(model, CompileSettings())
     try:
         compiled = model(*inputs)
