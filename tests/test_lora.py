@@ -402,6 +402,25 @@ def test_unmerged_factors_add_to_the_fp8_matmul_kernel(monkeypatch):
     assert rel(out.float(), x.float() @ w.t()) > 2 * FP8_TOL   # the factors' term is there
 
 
+def test_unmerged_factors_go_into_the_weight_for_many_rows_and_into_the_output_for_few():
+    """Both forms of an unmerged LoRA give W + s·up·down's product; the stored weight is never changed."""
+    from openreel.models.common.ops import CastLinear
+
+    gen = torch.Generator().manual_seed(5)
+    layer = CastLinear(48, 24)
+    layer.weight.copy_(torch.randn(24, 48, generator=gen))
+    layer.bias.copy_(torch.randn(24, generator=gen))
+    down, up = torch.randn(4, 48, generator=gen), torch.randn(24, 4, generator=gen)
+    layer.lora_down, layer.lora_up, layer.lora_scale = down, up, torch.full((4,), 0.25)
+    stored = layer.weight.clone()
+    for rows in (3, 40):   # 2·48·24 / (48 + 2·24) = 24 rows: below, the output form; above, the weight form
+        x = torch.randn(1, rows, 48, generator=gen)
+        assert layer._lora_in_weight(x) == (rows > 24)
+        want = x @ (stored + 0.25 * up @ down).t() + layer.bias
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer.weight, stored)
+
+
 def test_unmerged_with_regional_compile(tmp_path):
     subject = Subject(tmp_path, "wan")
     path, _ = lora_file(tmp_path, "wan", "comfy")

@@ -10,7 +10,9 @@ network exists, so nothing is rewritten after construction:
 A `CastLinear` may carry unmerged LoRA factors (`lora_down` [R, in], `lora_up` [out, R], `lora_scale` [R]: the
 ranks of every LoRA on the layer side by side, each rank's strength·α/r in `lora_scale`; set and cleared by
 model_loaders/lora_apply.py). They are buffers, so they move with the layer (block swap streams them with their
-block) and a compiled block sees them; the layer then adds ((x·downᵀ)·scale)·upᵀ to its output.
+block) and a compiled block sees them. A call adds up·diag(scale)·down to the weight it computes with (a transient
+copy, never the stored weight) where that moves fewer bytes than the low-rank product of every row, as in any
+video-sized call (more rows than about 2/3 of the layer's width); else it adds ((x·downᵀ)·scale)·upᵀ to the output.
 
 A `CastLinear` whose `fp8_matmul` is set ("row" / "tensor" activation scales; the "fp8_matmul" patch sets it)
 hands its product to the linear kernel registered under "fp8" (speed/fp8.py) instead of upcasting its weight; the
@@ -64,14 +66,27 @@ class CastLinear(nn.Module):
         out = None
         if self.fp8_matmul is not None and "fp8" in _KERNELS:
             out = _KERNELS["fp8"](self, x, self.fp8_matmul)
+        lora = self.lora_down is not None
         if out is None:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = F.linear(x, self.dequantized_weight(x.dtype), bias)
-        if self.lora_down is not None:
-            low = F.linear(x, self.lora_down.to(x.dtype)) * self.lora_scale.to(x.dtype)
+            weight = self.dequantized_weight(x.dtype)
+            if lora and self._lora_in_weight(x):
+                weight, lora = torch.addmm(weight, self.lora_up.to(x.dtype), self._scaled_down(x.dtype)), False
+            out = F.linear(x, weight, bias)
+        if lora:
+            low = F.linear(x, self._scaled_down(x.dtype))
             # the up-projection accumulates into the output inside one GEMM: no second pass over the output
             out = torch.addmm(out.flatten(0, -2), low.flatten(0, -2), self.lora_up.to(x.dtype).t()).view_as(out)
         return out
+
+    def _scaled_down(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.lora_down.to(dtype) * self.lora_scale.to(dtype)[:, None]
+
+    def _lora_in_weight(self, x: torch.Tensor) -> bool:
+        """Whether adding the LoRA product to the weight (reading and writing it once) moves fewer bytes than the
+        low-rank product of every row of x (reading x again, reading and writing the output once more)."""
+        rows = x.numel() // max(x.shape[-1], 1)
+        return rows * (self.in_features + 2 * self.out_features) > 2 * self.in_features * self.out_features
 
     def extra_repr(self) -> str:
         scale = "none" if self.scale_weight is None else tuple(self.scale_weight.shape)
