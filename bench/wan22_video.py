@@ -179,11 +179,15 @@ def run_peer(pipe, embeds, frames: int, height: int, width: int, steps: int, cfg
 
 # ----------------------------------------------------------------------------------------- main
 def main() -> None:
+    from dit_speed import profile_forward
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench-out")
     parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
     parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="with (a): kernel time by kind against wall time of "
+                        "one step (both guidance calls) of ours and of the peer")
     parser.add_argument("--attention", default="", help="an OpenReel attention backend for ours in (a), (b), (c), "
                         "e.g. flash4; with flash4 the peer runs diffusers' own FlashAttention 4 backend too")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
@@ -255,6 +259,9 @@ def main() -> None:
         run_ours(resident, embeds, latent, 3, 4.0)
         a = per_video(ours, resident)
         record("ours (a) resident", **a)
+        if args.profile:
+            report["rows"]["ours (a) one step, profiled"] = profile_forward(
+                lambda: run_ours(resident, embeds, latent, 1, 4.0), out / "profile_ours_a_step.txt")
     if "cache" in args.rows:
         zero = per_video(ours, mag_zero)
         record(f"ours (a) resident + MagCache at threshold {NEVER_SKIPS:g}: no skips (bookkeeping)", **zero,
@@ -304,6 +311,9 @@ def main() -> None:
             run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up at the real size, both experts
             record("diffusers (a) both experts resident", **per_video(
                 lambda _, steps: run_peer(pipe, embeds, frames, height, width, steps, 4.0), None))
+            if args.profile:
+                report["rows"]["diffusers (a) one step, profiled"] = profile_forward(
+                    lambda: run_peer(pipe, embeds, frames, height, width, 1, 4.0), out / "profile_peer_a_step.txt")
     if not args.skip_peer and "c" in args.rows:
         try:
             t0 = time.perf_counter()
