@@ -7,9 +7,9 @@
   1 GPU of --card-gib (default 48): the first GPU made to look like a card that holds one expert at a time, so the
          pair swaps at the boundary (what one expert per GPU saves).
 --rows picks some of them (one, apart, shared, card).
-Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 1-step and a
-3-step run: seconds per model call and fixed seconds per video), with the peak memory of every GPU and the final
-latents' difference from one GPU's.
+Each is priced per video as bench/wan22_video.py does (after a 3-step warm-up at the real size, a 3-step and a
+5-step run, each switching experts once: seconds per model call and fixed seconds per video), with the peak memory
+of every GPU and the final latents' difference from one GPU's.
 
 Run on a machine with two GPUs from the repo root:  python bench/wan22_multi_gpu.py --out $OUT [--compile]
 CPU smoke test (worker processes over gloo, a tiny pair):  python bench/wan22_multi_gpu.py --tiny --out /tmp/x
@@ -74,11 +74,11 @@ def main() -> None:
         run_ours(dits, embeds, latent, 3, 4.0)   # warm-up: both experts, loads and compiles
         if pool is not None:
             pool.memory()   # peaks from here on
-        one, peak, _ = run_ours(dits, embeds, latent, 1, 4.0)
-        three, peak3, got = run_ours(dits, embeds, latent, 3, 4.0)
-        per_call = (three - one) / 4
-        fixed = one - 2 * per_call
-        peaks = [p / GIB for _, p in pool.memory()] if pool is not None else [max(peak, peak3)]
+        three, peak3, got = run_ours(dits, embeds, latent, 3, 4.0)   # each switches experts once, as a video does
+        five, peak5, _ = run_ours(dits, embeds, latent, 5, 4.0)
+        per_call = (five - three) / 4
+        fixed = three - 6 * per_call
+        peaks = [p / GIB for _, p in pool.memory()] if pool is not None else [max(peak3, peak5)]
         got = got.float()
         reference = got if reference is None else reference
         r = report["rows"][name] = dict(per_call_s=per_call, fixed_s=fixed, video_s=fixed + CALLS * per_call,

@@ -9,10 +9,11 @@ Configurations (480p × 81 frames, both experts, random weights of the real size
 Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
 Cache, OpenReel Sampler), with the experts' modules put in the module cache instead of read from 28 GB files.
 
-What is timed and what is extrapolated (said in the output): after a warm-up step at the real size, each of (a)
-is run for 1 and for 3 steps of a short schedule with the same CFG and both experts active; seconds per model call
-= the difference / 4 calls, fixed seconds per video (moving experts, the first step's set-up) = the 1-step run
-minus its 2 calls, and seconds per video = fixed + 80 calls. (b) counts the calls MagCache computes in a full
+What is timed and what is extrapolated (said in the output): after a warm-up run at the real size, each of (a)
+is run for 3 and for 5 steps of a short schedule with the same CFG (shift 12: in both, the last step is the
+low-noise expert's, so both runs switch experts once, as a whole video does); seconds per model call = the
+difference / 4 calls, fixed seconds per video (the switch, the first step's set-up) = the 3-step run minus its 6
+calls, and seconds per video = fixed + 80 calls. (b) counts the calls MagCache computes in a full
 40-step run (its decisions depend only on the published calibration and the schedule, so a run at a small latent
 gives the same count) and prices them the same way, with the bookkeeping measured at a threshold that skips
 nothing. (c) is timed whole (4 steps). The peer is timed the same way.
@@ -22,6 +23,7 @@ Run on the GPU machine from the repo root:  python bench/wan22_video.py --out $O
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
     parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--layers", type=int, default=0, help="experts of fewer blocks, for a quick run (0: 40)")
     parser.add_argument("--profile", action="store_true", help="with (a): kernel time by kind against wall time of "
                         "one step (both guidance calls) of ours and of the peer")
     parser.add_argument("--attention", default="", help="an OpenReel attention backend for ours in (a), (b), (c), "
@@ -198,11 +201,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device, cfg, (frames, height, width), embeds = setting(args.tiny)
+    if args.layers:
+        cfg = dataclasses.replace(cfg, num_layers=args.layers)
     latent = empty_latent(latent_format("wan21"), width, height, frames)
     small = empty_latent(latent_format("wan21"), 64, 64, 5)
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
               "cpu", "torch": torch.__version__, "size": "tiny" if args.tiny else "14B experts", "video":
-              f"{width}x{height}x{frames}", "compile": args.compile, "rows": {}}
+              f"{width}x{height}x{frames}", "compile": args.compile, "layers": cfg.num_layers, "rows": {}}
 
     def record(name, **row):
         report["rows"][name] = row
@@ -242,11 +247,11 @@ def main() -> None:
     calls_a = 2 * 40
 
     def per_video(run, dits) -> dict:
-        """(a) priced from a 1-step and a 3-step run (see the module docstring)."""
-        one, _ = run(dits, 1)
-        three, peak = run(dits, 3)
-        per_call = (three - one) / 4
-        fixed = one - 2 * per_call
+        """(a) priced from a 3-step and a 5-step run, each switching experts once (see the module docstring)."""
+        three, _ = run(dits, 3)
+        five, peak = run(dits, 5)
+        per_call = (five - three) / 4
+        fixed = three - 6 * per_call
         return dict(per_call_s=per_call, fixed_s=fixed, peak_gib=peak, video_s=fixed + calls_a * per_call)
 
     def ours(dits, steps):

@@ -242,3 +242,24 @@ def test_standalone_models_stay_on_the_device_until_another_needs_the_room(monke
         runtime.offload_model(c)
         runtime.set_device("cpu")
     assert not runtime._RESIDENT
+
+
+def test_standalone_a_load_that_fits_neither_collects_nor_empties_the_cache(monkeypatch):
+    """A collection and emptying the allocator's cache stall the GPU, and the next call allocates its working
+    memory anew: a load (a Wan2.2 expert switch with both experts resident) asks for them only on a shortage."""
+    free = {"bytes": 1 << 40}
+    freed = []
+    monkeypatch.setattr(runtime, "free_vram", lambda device: free["bytes"])
+    monkeypatch.setattr(runtime, "free_memory", lambda needed, device: freed.append(needed))
+    model = _small_model()
+    runtime.set_device("meta")
+    try:
+        runtime.load_model(model, memory_required=1 << 20)
+        runtime.load_model(model, memory_required=1 << 20)
+        assert freed == []
+        free["bytes"] = 0
+        runtime.load_model(model, memory_required=1 << 20)
+        assert freed == [1 << 20]
+    finally:
+        runtime.offload_model(model)
+        runtime.set_device("cpu")
