@@ -96,12 +96,16 @@ class SamplingSession:
         self.bar: runtime.Progress | None = None
         self.reports = calls.Reports()       # what wrappers keeping state across calls (step caches) report
         self.run: calls.Run | None = None
+        self._preview: tuple[torch.Tensor, torch.cuda.Event | None] | None = None   # a frame on its way to the host
 
     def __enter__(self) -> "SamplingSession":
         self.bar = runtime.Progress(0, self.label).__enter__()
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self._draw_preview()
+        self._preview = None
         texts = self.reports.texts() if kind is None else []
         for text in texts:
             log.info("%s: %s", self.label, text)
@@ -203,8 +207,30 @@ class SamplingSession:
         return active.velocity(x, t, call)
 
     def show(self, x0: torch.Tensor) -> None:
-        """A preview of the current clean-latent estimate, where the latent format has a preview map."""
-        if self.latent_format is not None:
-            image = preview(x0, self.latent_format)
-            if image is not None:
-                self.bar.update(0, image)
+        """A preview of the current clean-latent estimate, where the latent format has a preview map. Its middle
+        frame goes to the host without waiting for the GPU and is drawn at the next preview or the run's end, when
+        the copy has long finished: a preview never holds the GPU idle between steps."""
+        if self.latent_format is None or self.latent_format.preview_factors is None:
+            return
+        self._draw_preview()
+        middle = x0.shape[2] // 2
+        frame = x0[:1, :, middle:middle + 1]
+        if frame.device.type == "cuda":
+            host = torch.empty(frame.shape, dtype=frame.dtype, pin_memory=True)
+            host.copy_(frame, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            self._preview = (host, copied)
+        else:
+            self._preview = (frame.clone(), None)
+
+    def _draw_preview(self) -> None:
+        if self._preview is None:
+            return
+        frame, copied = self._preview
+        self._preview = None
+        if copied is not None:
+            copied.synchronize()
+        image = preview(frame, self.latent_format)
+        if image is not None:
+            self.bar.update(0, image)

@@ -179,3 +179,23 @@ def test_progress_total_of_a_pair_is_known_up_front(monkeypatch, batch_cfg):
     n_high = int((wan_unipc_schedule(6, 12.0).timesteps >= 875).sum())
     expected = 2 * n_high + (6 - n_high)  # two branches per high-noise step, one (cfg 1) per low-noise step
     assert set(totals) == {expected} and values[-1] == expected
+
+
+def test_previews_show_every_step_and_the_last_at_the_end(monkeypatch):
+    """Each step's preview (the x0 estimate's middle frame) is drawn at the next step or the run's end, so its
+    copy to the host never waits for the GPU; every step still shows one, the last step's before the run returns."""
+    from openreel import latents, runtime
+
+    shown = []
+
+    class Recording(runtime.Progress):
+        def update(self, n=1, preview=None):
+            super().update(n, preview)
+            if preview is not None:
+                shown.append((self.value, preview.size))
+
+    monkeypatch.setattr(runtime, "Progress", Recording)
+    (_, model), (ctx, nctx) = model_pair(4), texts()
+    sample_flow([expert(model, 1.0, ctx, nctx)], wan_unipc_schedule(3, 5.0), "unipc", torch.randn(1, 16, *LATENT),
+                latent_format=latents.latent_format("wan21"))
+    assert shown == [(2, (6, 4)), (3, (6, 4)), (3, (6, 4))]   # drawn one call late; the last at the end

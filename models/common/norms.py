@@ -105,14 +105,17 @@ def unfused_rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos
     return apply_rope_interleaved(normed.unflatten(2, (heads, -1)), cos, sin)
 
 
-def rms_norm_rope(x: torch.Tensor, norm: RMSNorm, rope: tuple[torch.Tensor, torch.Tensor], heads: int
-                  ) -> torch.Tensor:
-    """Queries or keys x [B, L, D] under `norm` (over the whole width, rounded to x's dtype, as `RMSNorm`), split
-    into heads and rotated by `rope` (cos, sin [L, 1, head_dim / 2], adjacent channel pairs): [B, L, heads,
-    head_dim] in x's dtype. On a GPU with Triton, one kernel (speed/norm_kernel.py) reads x once and writes the
-    result once; its values are `unfused_rms_norm_rope`'s within float32 rounding."""
+def rms_norm_rope(linear: nn.Module, x: torch.Tensor, norm: RMSNorm, rope: tuple[torch.Tensor, torch.Tensor],
+                  heads: int) -> torch.Tensor:
+    """Queries or keys: `linear`(x) [B, L, D] under `norm` (over the whole width, rounded to the projection's
+    dtype, as `RMSNorm`), split into heads and rotated by `rope` (cos, sin [L, 1, head_dim / 2], adjacent channel
+    pairs): [B, L, heads, head_dim]. On a GPU with Triton, one kernel (speed/norm_kernel.py) reads the projection
+    once and writes the result once; its values are `unfused_rms_norm_rope`'s within float32 rounding."""
+    y = linear(x)
     cos, sin = rope
-    kernel = _FUSED.get(("rms_norm_rope", x.device.type))
-    if kernel is None or not x.is_contiguous() or cos.stride(-1) != 1 or sin.stride(-1) != 1:
-        kernel = unfused_rms_norm_rope
-    return kernel(x, norm.weight, norm.eps, cos, sin, heads)
+    kernel = _FUSED.get(("rms_norm_rope", y.device.type))
+    if kernel is not None and y.is_contiguous() and cos.stride(-1) == 1 and sin.stride(-1) == 1:
+        return kernel(y, norm.weight, norm.eps, cos, sin, heads)
+    normed = norm(y)
+    del y   # not needed under RoPE: one activation less at the self-attention's peak
+    return apply_rope_interleaved(normed.unflatten(2, (heads, -1)), cos, sin)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention, self_attention
 from ..common.embeddings import apply_rope_interleaved, axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm, layer_norm, modulate
+from ..common.norms import RMSNorm, residual_norm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
@@ -181,11 +181,11 @@ class RefinerBlock(nn.Module):
     def forward(self, x: torch.Tensor, c_act: torch.Tensor, mask: torch.Tensor | None,
                 dtype: torch.dtype) -> torch.Tensor:
         gate_attn, gate_mlp = _linear_fp32(self.adaLN_modulation[1], c_act).chunk(2, dim=-1)
-        h = layer_norm(x, self.eps, self.norm1).to(dtype)
+        h = residual_norm(x, eps=self.eps, norm=self.norm1, dtype=dtype)[1]
         q, k, v = self.self_attn_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)
         # a short masked call once per model call: SDPA, as the official refiner, whatever the blocks' backend
-        x = x + self.self_attn_proj(attention(q, k, v, mask=mask)).float() * gate_attn.unsqueeze(1)
-        h = layer_norm(x, self.eps, self.norm2).to(dtype)
+        x, h = residual_norm(x, self.self_attn_proj(attention(q, k, v, mask=mask)), gate_attn, eps=self.eps,
+                             norm=self.norm2, dtype=dtype)
         return x + self.mlp(h).float() * gate_mlp.unsqueeze(1)
 
 
@@ -242,14 +242,13 @@ class DoubleStreamBlock(nn.Module):
         self.txt_mlp = MLP(d, cfg.mlp_width, ops)
 
     def _qkv(self, x: torch.Tensor, mod, qkv: nn.Module, q_norm: nn.Module, k_norm: nn.Module, dtype: torch.dtype):
-        h = modulate(layer_norm(x, self.eps), mod[0], mod[1]).to(dtype)
+        h = residual_norm(x, eps=self.eps, shift=mod[0], scale=mod[1], dtype=dtype)[1]
         q, k, v = qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)
         return q_norm(q), k_norm(k), v
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor, mod, proj: nn.Module, mlp: nn.Module,
                 dtype: torch.dtype) -> torch.Tensor:
-        x = x + proj(attn).float() * mod[2].unsqueeze(1)
-        h = modulate(layer_norm(x, self.eps), mod[3], mod[4]).to(dtype)
+        x, h = residual_norm(x, proj(attn), mod[2], eps=self.eps, shift=mod[3], scale=mod[4], dtype=dtype)
         return x + mlp(h).float() * mod[5].unsqueeze(1)
 
     def _attention(self, img: torch.Tensor, txt: torch.Tensor, img_mod, txt_mod, inp: StepInputs) -> torch.Tensor:
@@ -272,15 +271,15 @@ class DoubleStreamBlock(nn.Module):
         qkv = _qkv_buffers(x, self.heads, dtype)
         for rows, mod, linear, q_norm, k_norm, _, _ in streams:
             for s in spans(rows.start, rows.stop, inp.chunk):
-                _store_qkv(qkv, s, linear(modulate(layer_norm(x[:, s], self.eps), mod[0], mod[1]).to(dtype)),
-                           q_norm, k_norm, inp.rope)
+                _store_qkv(qkv, s, linear(residual_norm(x[:, s], eps=self.eps, shift=mod[0], scale=mod[1],
+                                                        dtype=dtype)[1]), q_norm, k_norm, inp.rope)
         attn = self_attention(*qkv, mask=inp.mask, backend=inp.backend)
         del qkv
         for rows, mod, _, _, _, proj, mlp in streams:
             a, part = attn[:, rows], x[:, rows]
             add_in_chunks(part, lambda s: proj(a[:, s]).float() * mod[2].unsqueeze(1), inp.chunk)
-            add_in_chunks(part, lambda s: mlp(modulate(layer_norm(part[:, s], self.eps), mod[3], mod[4])
-                                              .to(dtype)).float() * mod[5].unsqueeze(1), inp.chunk)
+            add_in_chunks(part, lambda s: mlp(residual_norm(part[:, s], eps=self.eps, shift=mod[3], scale=mod[4],
+                                                            dtype=dtype)[1]).float() * mod[5].unsqueeze(1), inp.chunk)
         return x
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
@@ -331,8 +330,8 @@ class SingleStreamBlock(nn.Module):
         qkv = _qkv_buffers(x, self.heads, inp.dtype)
         mlp = x.new_empty(*x.shape[:2], self.mlp_width, dtype=inp.dtype)
         for s in spans(0, x.shape[1], inp.chunk):
-            self._store_chunk(qkv, mlp, s, modulate(layer_norm(x[:, s], self.eps), shift, scale).to(inp.dtype),
-                              inp.rope)
+            self._store_chunk(qkv, mlp, s, residual_norm(x[:, s], eps=self.eps, shift=shift, scale=scale,
+                                                         dtype=inp.dtype)[1], inp.rope)
         attn = self_attention(*qkv, mask=inp.mask, backend=inp.backend)
         del qkv
         return add_in_chunks(x, lambda s: self.linear2(torch.cat([attn[:, s], mlp[:, s]], dim=-1)).float()
@@ -342,7 +341,8 @@ class SingleStreamBlock(nn.Module):
         shift, scale, gate = self.modulation(inp.vec)
         if chunking(inp.chunk, x.shape[1]):
             return self._chunked(x, shift, scale, gate, inp)
-        joined = self._attention_and_mlp(modulate(layer_norm(x, self.eps), shift, scale).to(inp.dtype), inp)
+        joined = self._attention_and_mlp(residual_norm(x, eps=self.eps, shift=shift, scale=scale,
+                                                       dtype=inp.dtype)[1], inp)
         return x + self.linear2(joined).float() * gate.unsqueeze(1)
 
 
@@ -357,7 +357,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, vec_act: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         shift, scale = _linear_fp32(self.adaLN_modulation[1], vec_act).chunk(2, dim=-1)
-        return self.linear(modulate(layer_norm(x, self.eps), shift, scale).to(dtype))
+        return self.linear(residual_norm(x, eps=self.eps, shift=shift, scale=scale, dtype=dtype)[1])
 
 
 # ----------------------------------------------------------------------------------------- the network
@@ -518,7 +518,7 @@ class HunyuanDiT(WrappedModel):
             shift, scale = torch.func.functional_call(mod, moved, (inp.vec,))[:2]
         else:
             shift, scale = mod(inp.vec)[:2]
-        return modulate(layer_norm(x[:, :inp.img_tokens], block.eps), shift, scale).to(inp.dtype)
+        return residual_norm(x[:, :inp.img_tokens], eps=block.eps, shift=shift, scale=scale, dtype=inp.dtype)[1]
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, C·pt·ph·pw] (channel-major within a token, unlike Wan) → [B, C, F, H, W]."""

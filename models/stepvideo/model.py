@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention, self_attention
 from ..common.embeddings import axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm, layer_norm, modulate
+from ..common.norms import RMSNorm, layer_norm, modulate, residual_norm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
@@ -236,7 +236,7 @@ class StepVideoBlock(nn.Module):
         """Self-attention of the modulated stream; with chunks, q, k, v are made chunk by chunk into buffers (a
         method of its own, so they die on return)."""
         def modulated(s: slice) -> torch.Tensor:
-            return modulate(layer_norm(x[:, s], 1e-5, self.norm1), shift, scale).to(inp.dtype)
+            return residual_norm(x[:, s], eps=1e-5, norm=self.norm1, shift=shift, scale=scale, dtype=inp.dtype)[1]
 
         cos, sin = inp.rope
         if step >= x.shape[1]:
@@ -261,8 +261,8 @@ class StepVideoBlock(nn.Module):
         kv = self.attn2.keys_values(inp.context)
         add_in_chunks(x, lambda s: self.attn2(x[:, s], kv, inp), step)
         del kv
-        return add_in_chunks(x, lambda s: self.ff(modulate(layer_norm(x[:, s], 1e-5, self.norm2), shift_mlp,
-                                                            scale_mlp).to(inp.dtype)).float()
+        return add_in_chunks(x, lambda s: self.ff(residual_norm(x[:, s], eps=1e-5, norm=self.norm2, shift=shift_mlp,
+                                                                 scale=scale_mlp, dtype=inp.dtype)[1]).float()
                              * gate_mlp.unsqueeze(1), step)
 
 

@@ -99,8 +99,8 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(cfg.dim, cfg.eps)
 
     def forward(self, x: torch.Tensor, inp: StepInputs) -> torch.Tensor:
-        q = rms_norm_rope(self.q(x), self.norm_q, inp.rope, self.num_heads)
-        k = rms_norm_rope(self.k(x), self.norm_k, inp.rope, self.num_heads)
+        q = rms_norm_rope(self.q, x, self.norm_q, inp.rope, self.num_heads)
+        k = rms_norm_rope(self.k, x, self.norm_k, inp.rope, self.num_heads)
         v = self.v(x).unflatten(2, (self.num_heads, -1))
         return self.o(self_attention(q, k, v, mask=inp.mask, backend=inp.backend))
 
