@@ -214,22 +214,24 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
                    pv: str = "fp8", config: dict | None = None) -> torch.Tensor:
     """softmax(q·kᵀ/√D)·v with INT8 Q·Kᵀ and `pv` ("fp8" or "16bit") P·V; [B, L, H, D] in and out. `config`: a
     fixed choice of BLOCK_M, BLOCK_N (and num_warps, num_stages) instead of the autotuned one."""
-    b, lq, heads, d = q.shape
-    lk = k.shape[1]
-    k_per_token = pv == "16bit"
-    q8, q_scale = _int8(q, LOG2E / math.sqrt(d), None, per_row=True)
-    k8, k_scale = _int8(k, 1.0, k.mean(dim=1, dtype=torch.float32), per_row=k_per_token)
-    v8, v_scale = _columns(v, fp8=pv == "fp8")
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
-    tuning = (lk, d, m is not None, pv)
-    kernel = _attention_kernel if config is None else _attention_kernel.fn
-    if config is None and tuning not in _TUNED:
-        _TUNED.add(tuning)
-        log.info("OpenReel: 8-bit attention for %d keys: choosing its tiles (once per video size; cached on disk)", lk)
-    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
-    kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
-                 out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk, lk // PAD * PAD,
-                 q8.shape[1], k8.shape[1], HAS_MASK=m is not None, LOG2_P_SCALE=LOG2_FP8_MAX if pv == "fp8" else 0.0,
-                 K_PER_TOKEN=k_per_token, D=d, **(config or {}))
-    return out
+    with torch.cuda.device(q.device.index if q.is_cuda else -1):   # Triton launches on the current device
+        b, lq, heads, d = q.shape
+        lk = k.shape[1]
+        k_per_token = pv == "16bit"
+        q8, q_scale = _int8(q, LOG2E / math.sqrt(d), None, per_row=True)
+        k8, k_scale = _int8(k, 1.0, k.mean(dim=1, dtype=torch.float32), per_row=k_per_token)
+        v8, v_scale = _columns(v, fp8=pv == "fp8")
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        m, (sm_b, sm_q, sm_k) = _mask_strides(mask, b, lq, lk)
+        tuning = (lk, d, m is not None, pv)
+        kernel = _attention_kernel if config is None else _attention_kernel.fn
+        if config is None and tuning not in _TUNED:
+            _TUNED.add(tuning)
+            log.info("OpenReel: 8-bit attention for %d keys: choosing its tiles (once per video size; cached on disk)",
+                     lk)
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * heads)  # noqa: E731
+        kernel[grid](q8, q_scale, k8, k_scale, v8, v_scale, out, m if m is not None else q_scale,
+                     out.stride(0), out.stride(1), out.stride(2), sm_b, sm_q, sm_k, heads, lq, lk, lk // PAD * PAD,
+                     q8.shape[1], k8.shape[1], HAS_MASK=m is not None,
+                     LOG2_P_SCALE=LOG2_FP8_MAX if pv == "fp8" else 0.0, K_PER_TOKEN=k_per_token, D=d, **(config or {}))
+        return out

@@ -77,13 +77,14 @@ def add_layer_norm(x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor |
     x_out = torch.empty(x.shape, dtype=torch.float32, device=x.device) if y is not None else None
     h = torch.empty(x.shape, dtype=dtype, device=x.device)
     if x.numel():
-        _add_norm_kernel[(b * length,)](
-            x, y if y is not None else x, gate if gate is not None else x, weight if weight is not None else x,
-            bias if bias is not None else x, shift if shift is not None else x, scale if scale is not None else x,
-            x_out if x_out is not None else h, h, length, length // groups, d, eps,
-            *_strides(gate), *_strides(shift), *_strides(scale),
-            ADD=y is not None, GATE=gate is not None, AFFINE=weight is not None, MODULATE=shift is not None,
-            BLOCK=triton.next_power_of_2(d))
+        with torch.cuda.device(x.device.index if x.is_cuda else -1):   # Triton launches on the current device
+            _add_norm_kernel[(b * length,)](
+                x, y if y is not None else x, gate if gate is not None else x, weight if weight is not None else x,
+                bias if bias is not None else x, shift if shift is not None else x, scale if scale is not None else x,
+                x_out if x_out is not None else h, h, length, length // groups, d, eps,
+                *_strides(gate), *_strides(shift), *_strides(scale),
+                ADD=y is not None, GATE=gate is not None, AFFINE=weight is not None, MODULATE=shift is not None,
+                BLOCK=triton.next_power_of_2(d))
     return x_out, h
 
 
@@ -116,6 +117,7 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
     b, length, d = x.shape
     out = torch.empty_like(x)
     if x.numel():
-        _rms_norm_rope_kernel[(b * length,)](x, weight, cos, sin, out, length, d, d // heads // 2, cos.stride(0),
-                                             sin.stride(0), eps, BLOCK=triton.next_power_of_2(d))
+        with torch.cuda.device(x.device.index if x.is_cuda else -1):
+            _rms_norm_rope_kernel[(b * length,)](x, weight, cos, sin, out, length, d, d // heads // 2, cos.stride(0),
+                                                 sin.stride(0), eps, BLOCK=triton.next_power_of_2(d))
     return out.unflatten(2, (heads, -1))

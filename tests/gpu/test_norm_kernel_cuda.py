@@ -89,3 +89,17 @@ def test_wan_dit_eager_and_compiled():
     print(f"\nWan DiT: fused vs torch {_rel(fused, unfused):.2e}, compiled vs eager {_rel(compiled, fused):.2e}")
     assert _rel(fused, unfused) < 1e-4 and _rel(compiled, fused) < 1e-4
     assert fused_norms._FAILED == []
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_a_gpu_other_than_the_current_one():
+    """Triton launches on the current device: the kernels must launch on their tensors' GPU."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 300, 1536, device="cuda:1")
+    y = torch.randn(1, 300, 1536, device="cuda:1", dtype=torch.bfloat16)
+    shift, scale = (t.reshape(1, 1, 1536) for t in torch.randn(1, 2, 1536, device="cuda:1").unbind(1))
+    args = (x, y, None, None, None, shift, scale, 1e-6, torch.bfloat16)
+    with torch.cuda.device(0):
+        stream, h = add_layer_norm(*args)
+    ref_stream, ref_h = norms.unfused_residual_norm(*args)
+    assert h.device == torch.device("cuda:1") and _rel(h, ref_h) < 4e-3 and _rel(stream, ref_stream) < 1e-7
