@@ -64,8 +64,11 @@ _RMS_ROPE = _opaque("rms_norm_rope", _rms_norm_rope,
                     lambda x, weight, eps, cos, sin, heads: torch.empty_like(x).unflatten(2, (heads, -1)))
 
 
+# Eager calls go to the kernels directly: the custom ops are for torch.compile, which must not trace into Triton.
 def residual_norm(x: Tensor, y: Tensor | None, gate, weight, bias, shift, scale, eps: float, dtype: torch.dtype):
     """`norms.residual_norm`'s work in one kernel: (new stream or None, normed input)."""
+    if not torch.compiler.is_compiling():
+        return _one_pass("add_layer_norm", unfused_residual_norm, x, y, gate, weight, bias, shift, scale, eps, dtype)
     if y is None:
         return None, _NORM(x, weight, bias, shift, scale, eps, dtype)
     return _ADD_NORM(x, y, gate, weight, bias, shift, scale, eps, dtype)
@@ -73,6 +76,8 @@ def residual_norm(x: Tensor, y: Tensor | None, gate, weight, bias, shift, scale,
 
 def rms_norm_rope(x: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tensor, heads: int) -> Tensor:
     """`norms.rms_norm_rope`'s work in one kernel."""
+    if not torch.compiler.is_compiling():
+        return _one_pass("rms_norm_rope", unfused_rms_norm_rope, x, weight, eps, cos, sin, heads)
     return _RMS_ROPE(x, weight, eps, cos, sin, heads)
 
 
