@@ -15,8 +15,8 @@ import torch.nn as nn
 from ..handles import ModelHandle
 from ..memory import block_swap, planner  # noqa: F401  (each registers its patch)
 from ..memory.patches import configure
-from ..speed import attention_backends, compile, fp8, fused_norms, step_cache  # noqa: F401  (each registers its patch
-#                                                                            or kernel)
+# each registers its patch (fused_norms: its kernels)
+from ..speed import attention_backends, compile, fp8, fused_norms, step_cache  # noqa: F401
 from . import lora_apply
 from .cache import MODULES
 from .lora import LORA_PATCH
