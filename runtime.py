@@ -161,7 +161,8 @@ def load_model(module: torch.nn.Module, memory_required: int = 0) -> torch.devic
         # next call then allocates its working memory from the driver again (a Wan2.2 expert switch: 0.3 s)
         free_memory(needed, device)
     host = _tensors(module) if device.type != "cpu" else []
-    module.to(device)
+    if not host or any(not _on(t, device) for _, _, t in host):   # `to` walks every submodule even when all is there
+        module.to(device)
     if host and any(t.device.type == "cpu" for _, _, t in host):
         module.__dict__["_openreel_host"] = [(owner, name, old, _stamp(owner, name))
                                              for owner, name, old in host if old.device.type == "cpu"]
@@ -231,6 +232,10 @@ def _unload(patcher) -> None:
     an entry in that list that only the manager may remove.)"""
     others = [_mm.LoadedModel(p) for p in _mm.loaded_models() if p is not None and p is not patcher]
     _mm.free_memory(1e30, patcher.load_device, keep_loaded=others)
+
+
+def _on(t: torch.Tensor, device: torch.device) -> bool:
+    return t.device.type == device.type and (device.index is None or t.device.index == device.index)
 
 
 def _tensors(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:

@@ -263,3 +263,21 @@ def test_standalone_a_load_that_fits_neither_collects_nor_empties_the_cache(monk
     finally:
         runtime.offload_model(model)
         runtime.set_device("cpu")
+
+
+def test_standalone_a_model_already_on_the_device_is_not_walked_again(monkeypatch):
+    """`Module.to` visits every submodule even when nothing moves (tens of ms for a 14B DiT, at each run's start
+    and each expert switch): a load that finds every tensor on the device skips it."""
+    monkeypatch.setattr(runtime, "free_vram", lambda device: 1 << 40)
+    model = _small_model()
+    moves = []
+    original = type(model).to
+    monkeypatch.setattr(type(model), "to", lambda self, *a, **k: moves.append(a) or original(self, *a, **k))
+    runtime.set_device("meta")
+    try:
+        runtime.load_model(model)
+        runtime.load_model(model)
+        assert len(moves) == 1
+    finally:
+        runtime.offload_model(model)
+        runtime.set_device("cpu")
