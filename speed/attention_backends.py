@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..memory.patches import register_patch
+from .custom_ops import opaque
 from ..models.common.attention import register_backend, registered
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,9 @@ def _flash_sdpa_refusal(q, k, v, mask):
 
 # ------------------------------------------------------------------------------------------------ external kernels
 def _opaque(name: str, kernel: Callable) -> Callable:
-    """`kernel` (q, k, v → output shaped like q) as a custom op: torch.compile calls it without tracing into
-    its Triton/CUDA code. Kernels import their package when called (a dictionary look-up once imported), so a
-    second copy of this module in the process (one op name, one registration) behaves the same."""
-    if hasattr(torch.ops.openreel, name):
-        return getattr(torch.ops.openreel, name)
-    op = torch.library.custom_op(f"openreel::{name}", kernel, mutates_args=())
-    op.register_fake(lambda q, *rest: q.new_empty(q.shape))
-    return op
+    """`kernel` (q, k, v → output shaped like q) as a custom op. Kernels import their package when called (a
+    dictionary look-up once imported)."""
+    return opaque(name, kernel, lambda q, *rest: q.new_empty(q.shape))
 
 
 def _sage_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..models.common.norms import register_fused, unfused_residual_norm, unfused_rms_norm_rope
+from .custom_ops import opaque
 
 log = logging.getLogger(__name__)
 _FAILED: list[str] = []   # why the kernels could not run here: then torch's
@@ -48,19 +49,10 @@ def _rms_norm_rope(x: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tens
     return _one_pass("rms_norm_rope", unfused_rms_norm_rope, x, weight, eps, cos, sin, heads)
 
 
-def _opaque(name: str, fn, fake):
-    """`fn` as the custom op openreel::name; a second copy of this module in the process finds it made."""
-    if hasattr(torch.ops.openreel, name):
-        return getattr(torch.ops.openreel, name)
-    op = torch.library.custom_op(f"openreel::{name}", fn, mutates_args=())
-    op.register_fake(fake)
-    return op
-
-
-_ADD_NORM = _opaque("add_layer_norm", _add_layer_norm, lambda x, y, *rest: (
+_ADD_NORM = opaque("add_layer_norm", _add_layer_norm, lambda x, y, *rest: (
     torch.empty_like(x, dtype=torch.float32), torch.empty_like(x, dtype=rest[-1])))
-_NORM = _opaque("layer_norm_modulate", _layer_norm, lambda x, *rest: torch.empty_like(x, dtype=rest[-1]))
-_RMS_ROPE = _opaque("rms_norm_rope", _rms_norm_rope,
+_NORM = opaque("layer_norm_modulate", _layer_norm, lambda x, *rest: torch.empty_like(x, dtype=rest[-1]))
+_RMS_ROPE = opaque("rms_norm_rope", _rms_norm_rope,
                     lambda x, weight, eps, cos, sin, heads: torch.empty_like(x).unflatten(2, (heads, -1)))
 
 

@@ -20,7 +20,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm over the last dimension in float32, returned in x's dtype."""
+    return F.rms_norm(x.float(), x.shape[-1:], weight.float(), eps).to(x.dtype)
 
 
 def layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) -> torch.Tensor:
@@ -101,8 +106,7 @@ def residual_norm(x: torch.Tensor, y: torch.Tensor | None = None, gate: torch.Te
 def unfused_rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
                           heads: int) -> torch.Tensor:
     """`rms_norm_rope`'s work in plain torch."""
-    normed = F.rms_norm(x.float(), x.shape[-1:], weight.float(), eps).to(x.dtype)
-    return apply_rope_interleaved(normed.unflatten(2, (heads, -1)), cos, sin)
+    return apply_rope_interleaved(rms_norm(x, weight, eps).unflatten(2, (heads, -1)), cos, sin)
 
 
 def rms_norm_rope(linear: nn.Module, x: torch.Tensor, norm: RMSNorm, rope: tuple[torch.Tensor, torch.Tensor],
