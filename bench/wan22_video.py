@@ -3,7 +3,10 @@
 
 Configurations (480p × 81 frames, both experts, random weights of the real size):
   (a) 40 steps, CFG 4 / 3 (the official recipe);  (b) the same with MagCache at the published Wan2.2 setting;
-  (c) 4 steps, CFG 1, an unmerged rank-64 LoRA on both experts (the distillation-LoRA recipe).
+  (c) 4 steps, CFG 1, an unmerged rank-64 LoRA on both experts (the distillation-LoRA recipe), against diffusers'
+      LoRA as `load_lora_weights` leaves it (PEFT layers beside the weights: the same configuration);
+  cm: (c) with the LoRA merged into the weights (OpenReel LoRA "merged", what "auto" picks for resident bf16
+      experts), against diffusers' `fuse_lora` (its fastest mode). Merging and fusing happen before the timed runs.
   speed: 4 steps, CFG 1, exact bf16 against the fastest combination whose accuracy holds (OpenReel FP8 per channel
   with FP8 matmul, OpenReel Attention `speed`): seconds and the final latents' difference (issue 14). Ours only.
 Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
@@ -16,7 +19,7 @@ difference / 4 calls, fixed seconds per video (the switch, the first step's set-
 calls, and seconds per video = fixed + 80 calls. (b) counts the calls MagCache computes in a full
 40-step run (its decisions depend only on the published calibration and the schedule, so a run at a small latent
 gives the same count) and prices them the same way, with the bookkeeping measured at a threshold that skips
-nothing. (c) is timed whole (4 steps). The peer is timed the same way.
+nothing. (c) and cm are timed whole (4 steps) after a warm-up run. The peer is timed the same way.
 
 Run on the GPU machine from the repo root:  python bench/wan22_video.py --out $OUT [--tiny for a CPU smoke test]
 """
@@ -286,6 +289,15 @@ def main() -> None:
                peak_gib=peak)
         if "a" in args.rows:
             report["rows"]["ratio (c)/(a) ours"] = seconds / a["video_s"]
+    if "cm" in args.rows:
+        merged = [tuned(OpenReelLoRA().apply(h, name, 1.0, "merged")["result"][0])
+                  for h, name in zip(experts, ("distill_high.safetensors", "distill_low.safetensors"))]
+        t0 = time.perf_counter()
+        run_ours(merged, embeds, latent, 4 if args.compile else 1, 1.0)  # merges both experts, compiles
+        warm = time.perf_counter() - t0
+        seconds, peak, _ = run_ours(merged, embeds, latent, 4, 1.0)
+        record("ours (cm) 4 steps CFG 1, rank-64 LoRA merged both experts (timed whole)", seconds=seconds,
+               peak_gib=peak, warm_up_with_merge_s=warm)
 
     if "speed" in args.rows:
         run_ours(resident, embeds, latent, 4, 1.0)  # warm-up (compiles)
@@ -319,23 +331,31 @@ def main() -> None:
             if args.profile:
                 report["rows"]["diffusers (a) one step, profiled"] = profile_forward(
                     lambda: run_peer(pipe, embeds, frames, height, width, 1, 4.0), out / "profile_peer_a_step.txt")
-    if not args.skip_peer and "c" in args.rows:
+    if not args.skip_peer and {"c", "cm"} & set(args.rows):
+        def timed_peer(name, note):
+            run_peer(pipe, embeds, frames, height, width, 4 if args.compile else 1, 1.0)
+            seconds, peak = run_peer(pipe, embeds, frames, height, width, 4, 1.0)
+            record(name, seconds=seconds, peak_gib=peak, note=note)
+
         try:
             t0 = time.perf_counter()
             for i, name in enumerate(("distill_high.safetensors", "distill_low.safetensors")):
                 pipe.load_lora_weights(str(out / "models" / "loras" / name), adapter_name=f"d{i}",
                                        load_into_transformer_2=i == 1)
-            pipe.fuse_lora(components=["transformer", "transformer_2"], lora_scale=1.0)
-            lora_note = f"LoRAs loaded and fused in {time.perf_counter() - t0:.1f} s (its fastest mode)"
+            loaded = f"LoRAs loaded in {time.perf_counter() - t0:.1f} s"
         except Exception as err:  # the peer's loader: say what failed, time its base speed instead
-            lora_note = f"diffusers could not load the LoRA pair ({type(err).__name__}: {err}); timed without it"
-        run_peer(pipe, embeds, frames, height, width, 4 if args.compile else 1, 1.0)
-        seconds, peak = run_peer(pipe, embeds, frames, height, width, 4, 1.0)
-        record("diffusers (c) 4 steps CFG 1 (timed whole)", seconds=seconds, peak_gib=peak, note=lora_note)
+            loaded = f"diffusers could not load the LoRA pair ({type(err).__name__}: {err}); timed without it"
+        if "c" in args.rows:
+            timed_peer("diffusers (c) 4 steps CFG 1, LoRA unfused (timed whole)", loaded + ", unfused (PEFT layers)")
+        if "cm" in args.rows:
+            t0 = time.perf_counter()
+            pipe.fuse_lora(components=["transformer", "transformer_2"], lora_scale=1.0)
+            timed_peer("diffusers (cm) 4 steps CFG 1, LoRA fused (timed whole)",
+                       f"{loaded}, fused in {time.perf_counter() - t0:.1f} s (its fastest mode)")
     print(json.dumps(report["rows"], indent=1))
 
 
-ROWS = ("a", "cache", "a24", "c", "speed")
+ROWS = ("a", "cache", "a24", "c", "cm", "speed")
 NEVER_SKIPS = 1e-9
 COMPILE = {}  # filled from the compile node's defaults below
 
