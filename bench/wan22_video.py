@@ -9,6 +9,9 @@ Configurations (480p × 81 frames, both experts, random weights of the real size
       experts), against diffusers' `fuse_lora` (its fastest mode). Merging and fusing happen before the timed runs.
   speed: 4 steps, CFG 1, exact bf16 against the fastest combination whose accuracy holds (OpenReel FP8 per channel
   with FP8 matmul, OpenReel Attention `speed`): seconds and the final latents' difference (issue 14). Ours only.
+  a24: (a) as OpenReel VRAM Budget plans it for a 24 GB card (blocks swapped, sequential CFG), against diffusers'
+      group offloading (one block at a time on a side stream); the peer's row runs alone (--skip-ours: a separate
+      process, so that its page-locked copies of both experts fit in host memory).
 Ours runs the nodes a user wires (OpenReel VRAM Budget for a 24 GB card or resident, OpenReel LoRA, OpenReel Step
 Cache, OpenReel Sampler), with the experts' modules put in the module cache instead of read from 28 GB files.
 
@@ -150,14 +153,21 @@ class Calls:
 
 
 # ----------------------------------------------------------------------------------------- the peer
-def peer_pipeline(modules, device: str):
+def peer_pipeline(modules, device: str, offload: bool = False):
     """diffusers' WanPipeline with both experts (bench/subjects.py's peer: our tensors in diffusers' names, moved to
-    the GPU with it) and the official boundary."""
+    the GPU with it) and the official boundary. `offload`: the experts stay on the host under diffusers' group
+    offloading (one block at a time, copies on a side stream from page-locked memory: its fastest low-VRAM mode)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
     from subjects import Wan
 
-    experts = [Wan.peer(ours, "cpu").to(device) for ours in modules]
+    experts = [Wan.peer(ours, "cpu") for ours in modules]
+    for e in experts:
+        if offload:
+            e.enable_group_offload(torch.device(device), torch.device("cpu"), "block_level", num_blocks_per_group=1,
+                                   use_stream=device == "cuda")
+        else:
+            e.to(device)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0)
     pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=scheduler, transformer=experts[0],
                        transformer_2=experts[1], boundary_ratio=0.875)
@@ -191,6 +201,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a CPU smoke test at tiny size")
     parser.add_argument("--compile", action="store_true", help="regional compile for ours and the peer")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--skip-ours", action="store_true", help="the peer's rows only (a24: host memory for its "
+                        "pinned copies is then free)")
     parser.add_argument("--layers", type=int, default=0, help="experts of fewer blocks, for a quick run (0: 40)")
     parser.add_argument("--profile", action="store_true", help="with (a): kernel time by kind against wall time of "
                         "one step (both guidance calls) of ours and of the peer")
@@ -201,6 +213,8 @@ def main() -> None:
                         "plan), c (the 4-step LoRA run), speed (4 steps exact vs the speed combination, on "
                         "FP8 copies of the experts built beside the bf16 ones); the peer runs (a) and (c) where asked")
     args = parser.parse_args()
+    if "a24" in args.rows and len(args.rows) > 1 and not args.skip_peer:
+        parser.error("the peer of a24 runs under group offloading: give a24 alone, or --skip-peer")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device, cfg, (frames, height, width), embeds = setting(args.tiny)
@@ -261,16 +275,17 @@ def main() -> None:
         seconds, peak, _ = run_ours(dits, embeds, latent, steps, 4.0)
         return seconds, peak
 
+    mine = set() if args.skip_ours else set(args.rows)
     # Warm-ups run at the real size and reach both experts (with shift 12 the third of 3 steps is below the
     # boundary), so compiling happens there and never inside a timed run.
-    if "a" in args.rows or "cache" in args.rows:
+    if "a" in mine or "cache" in mine:
         run_ours(resident, embeds, latent, 3, 4.0)
         a = per_video(ours, resident)
         record("ours (a) resident", **a)
         if args.profile:
             report["rows"]["ours (a) one step, profiled"] = profile_forward(
                 lambda: run_ours(resident, embeds, latent, 1, 4.0), out / "profile_ours_a_step.txt")
-    if "cache" in args.rows:
+    if "cache" in mine:
         zero = per_video(ours, mag_zero)
         record(f"ours (a) resident + MagCache at threshold {NEVER_SKIPS:g}: no skips (bookkeeping)", **zero,
                overhead_pct=100 * (zero["per_call_s"] / a["per_call_s"] - 1))
@@ -279,17 +294,17 @@ def main() -> None:
         counter.close()
         record("ours (b) MagCache 0.05 K2 (calls computed of 80 in a 40-step run)", calls=counter.count,
                video_s=zero["fixed_s"] + counter.count * zero["per_call_s"])
-    if "a24" in args.rows:
+    if "a24" in mine:
         run_ours(swapped, embeds, latent, 3, 4.0)  # also makes the swapped blocks' page-locked copies, once
         record("ours (a) 24 GB plan", **per_video(ours, swapped))
-    if "c" in args.rows:
+    if "c" in mine:
         run_ours(lora_dits, embeds, latent, 4 if args.compile else 1, 1.0)
         seconds, peak, _ = run_ours(lora_dits, embeds, latent, 4, 1.0)
         record("ours (c) 4 steps CFG 1, unmerged rank-64 LoRA both experts (timed whole)", seconds=seconds,
                peak_gib=peak)
-        if "a" in args.rows:
+        if "a" in mine:
             report["rows"]["ratio (c)/(a) ours"] = seconds / a["video_s"]
-    if "cm" in args.rows:
+    if "cm" in mine:
         merged = [tuned(OpenReelLoRA().apply(h, name, 1.0, "merged")["result"][0])
                   for h, name in zip(experts, ("distill_high.safetensors", "distill_low.safetensors"))]
         t0 = time.perf_counter()
@@ -299,7 +314,7 @@ def main() -> None:
         record("ours (cm) 4 steps CFG 1, rank-64 LoRA merged both experts (timed whole)", seconds=seconds,
                peak_gib=peak, warm_up_with_merge_s=warm)
 
-    if "speed" in args.rows:
+    if "speed" in mine:
         run_ours(resident, embeds, latent, 4, 1.0)  # warm-up (compiles)
         exact_s, exact_peak, exact = run_ours(resident, embeds, latent, 4, 1.0)
         record("ours speed: 4 steps CFG 1, exact bf16", seconds=exact_s, peak_gib=exact_peak)
@@ -318,12 +333,25 @@ def main() -> None:
         torch.cuda.empty_cache() if device == "cuda" else None
         from subjects import use_flash4
 
-        pipe, _ = peer_pipeline(modules, device)
+        offload = "a24" in args.rows
+        pipe, _ = peer_pipeline(modules, device, offload)
         for t in (pipe.transformer, pipe.transformer_2):
             if args.attention == "flash4":
                 use_flash4(t)
             if args.compile:
                 t.compile_repeated_blocks(fullgraph=True)
+        if offload:
+            try:
+                run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up, both experts
+                compiled_note = "compiled" if args.compile else "eager"
+            except Exception as err:  # fullgraph compile through the offload hooks: say so, compile what it can
+                compiled_note = f"fullgraph compile failed ({type(err).__name__}), compiled with graph breaks"
+                torch._dynamo.reset()
+                for t in (pipe.transformer, pipe.transformer_2):
+                    t.compile_repeated_blocks(fullgraph=False)
+                run_peer(pipe, embeds, frames, height, width, 3, 4.0)
+            record("diffusers (a) group offload (block level, streams)", note=compiled_note, **per_video(
+                lambda _, steps: run_peer(pipe, embeds, frames, height, width, steps, 4.0), None))
         if "a" in args.rows:
             run_peer(pipe, embeds, frames, height, width, 3, 4.0)  # warm-up at the real size, both experts
             record("diffusers (a) both experts resident", **per_video(
