@@ -308,6 +308,13 @@ class BlockSwapResidency(Wrapper):
             self._sync = _Sync(self.device, len(self.view.ring))
 
     def offload(self, module: nn.Module) -> None:
+        """The resident part back to the host. The ring's shells are emptied, not copied: each call refills them."""
+        if self._sync is not None:
+            self._sync.stream.synchronize()  # no copy may still write a shell that is about to be freed
+        host = runtime.offload_device()
+        for shell in self.view.ring:
+            if any(t.device != host for t in shell.parameters()):
+                shell.to_empty(device=host)
         runtime.offload_model(self.view)
 
     def release(self, module: nn.Module) -> None:

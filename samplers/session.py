@@ -149,13 +149,14 @@ class SamplingSession:
         """Offload the other loaded experts unless expert `index`, a batched call's activations and a margin fit
         beside them: a GPU that holds both experts of a pair keeps both, so nothing moves when the sampler
         switches (and a run that starts with the low-noise expert finds it there). Experts under block swap, or
-        any plan of the VRAM planner, are always offloaded: their plan assumed the GPU to themselves."""
-        others = self.loaded - {index}
-        if not others:
-            return
-        modules = [self.experts[i].module for i in others | {index}]
+        any plan of the VRAM planner, are always offloaded, also when an earlier run left them on the GPU: their
+        plan assumed the GPU to themselves (a 24 GB plan on a larger card stays within 24 GB)."""
+        modules = [expert.module for expert in self.experts]
         planned = any(getattr(m, "residency", None) is not None or getattr(m, "cfg_batching", None) is not None
                       for m in modules)
+        others = (set(range(len(self.experts))) if planned else self.loaded) - {index}
+        if not others:
+            return
         need = (0 if index in self.loaded else runtime.module_bytes(self.experts[index].module)) \
             + 2.2 * activations + (1 << 30)
         if planned or self.device.type == "cpu" or runtime.free_vram(self.device) < need:
