@@ -3,8 +3,9 @@ TFLOP/s and error against fp32 attention, side by side in one run.
 
 Run on a GPU machine from the repo root:  python bench/attention_kernels.py --out $OUT
 Kernels: PyTorch SDPA held to cuDNN and to flash, our INT8/FP8 kernel (speed/int8_attention.py, both P·V
-variants; its quantization prologue also timed alone), and
-FlashAttention 4 (flash_attn.cute) when it imports.
+variants; its quantization prologue also timed alone),
+FlashAttention 4 (flash_attn.cute) when it imports, and SageAttention 2's Hopper kernel (INT8 Q·Kᵀ, FP8 P·V with
+fp32 accumulation; not on PyPI, built from its sources) when it imports.
 Errors are measured on the first --check-heads heads (fp32 attention of all 40 at 75,600 tokens is slow).
 """
 from __future__ import annotations
@@ -47,6 +48,15 @@ def flash4():
     return run
 
 
+def sage2():
+    try:
+        from sageattention import sageattn_qk_int8_pv_fp8_cuda_sm90
+    except Exception as exc:  # noqa: BLE001
+        print(f"SageAttention 2 (sm90) does not import: {type(exc).__name__}: {exc}"[:400], flush=True)
+        return None
+    return lambda q, k, v: sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="NHD", pv_accum_dtype="fp32+fp32")
+
+
 def prologue(q, k, v):
     """The quantization passes of the fp8 variant alone."""
     ia._int8(q, 1.0, None, per_row=True)
@@ -84,6 +94,9 @@ def main() -> None:
     fa4 = flash4()
     if fa4 is not None:
         kernels["flash-attn 4"] = fa4
+    sage = sage2() if any("sage" in part for part in args.kernels) else None
+    if sage is not None:
+        kernels["sageattention 2 sm90"] = sage
     if args.kernels:
         kernels = {name: fn for name, fn in kernels.items() if any(part in name for part in args.kernels)}
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),

@@ -56,6 +56,16 @@ VARIANTS = {
         inductor=(("coordinate_descent_tuning", True),))}),
     "flash fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback", "fp8_matmul": "row",
                                                          "compile": CompileSettings()}),
+    # one activation scale per input instead of per token (fewer scale reads in the GEMM epilogue)
+    "flash fp8 matmul per-tensor compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback",
+                                                                    "fp8_matmul": "tensor",
+                                                                    "compile": CompileSettings()}),
+    # SageAttention 2's Hopper kernel where it is installed (built from its sources: not on PyPI)
+    "sage attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "sage:error", "fp8_matmul": "row",
+                                                                  "compile": CompileSettings()}),
+    "sage attention fp8 matmul per-tensor compiled": ("fp8_e4m3fn_channel", {"attention": "sage:error",
+                                                                             "fp8_matmul": "tensor",
+                                                                             "compile": CompileSettings()}),
     "int8+16bit attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "int8_16bit:error",
                                                                         "fp8_matmul": "row",
                                                                         "compile": CompileSettings()}),

@@ -1,0 +1,40 @@
+"""SageAttention 2's Hopper kernel (optional: not on PyPI, built from its sources) on a CUDA GPU against fp32
+attention, at the shapes our backend would give it: odd key counts (I2V's 257 CLIP keys, 1001), text keys, head
+dims 128 and 64, random and real-distribution inputs. What decides whether OpenReel's "sage" backend may take key
+counts that are not a multiple of 64 with SageAttention 2 (1.0.6 weighs the padding into the softmax).
+
+Skipped without a Hopper GPU or without SageAttention 2. Run: `python -m pytest tests/gpu/test_sage2_cuda.py -v -s`.
+"""
+import pytest
+import torch
+
+from attention_inputs import errors, inputs, reference
+
+try:
+    from sageattention import sageattn_qk_int8_pv_fp8_cuda_sm90
+except Exception:  # noqa: BLE001  (absent, or built for another GPU)
+    sageattn_qk_int8_pv_fp8_cuda_sm90 = None
+
+pytestmark = pytest.mark.skipif(
+    sageattn_qk_int8_pv_fp8_cuda_sm90 is None or not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() != (9, 0), reason="needs a Hopper GPU and SageAttention 2")
+
+BOUNDS = {"random": (4.5e-2, 0.999), "real": (3.5e-2, 0.9995)}   # as for our own INT8 + FP8 kernel
+SHAPES = {   # name: (batch, queries, keys, heads, dim)
+    "Wan 480p share": (1, 8190, 8190, 5, 128),
+    "I2V CLIP keys": (2, 1560, 257, 5, 128),
+    "text keys": (1, 4096, 512, 5, 128),
+    "odd keys": (1, 1000, 1001, 4, 128),
+    "head dim 64": (1, 3000, 3000, 4, 64),
+}
+
+
+@pytest.mark.parametrize("kind", ["random", "real"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_matches_fp32_attention(shape, kind):
+    q, k, v = inputs(*SHAPES[shape], kind, torch.bfloat16, "cuda")
+    out = sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="NHD", pv_accum_dtype="fp32+fp32")
+    e = errors(out, reference(q, k, v))
+    rel, cos = BOUNDS[kind]
+    print(f"\n{shape} {kind}: rel {e['rel']:.4f} cos {e['cos']:.6f}")
+    assert e["finite"] and e["rel"] <= rel and e["cos"] >= cos, e
