@@ -7,6 +7,15 @@ values with channel offsets, and sharper (lower-temperature) attention.
 import torch
 import torch.nn.functional as F
 
+# The shapes an attention kernel meets in the video DiTs, for the GPU kernel tests.
+SHAPES = {   # name: (batch, queries, keys, heads, dim)
+    "Wan 480p share": (1, 8190, 8190, 5, 128),
+    "I2V CLIP keys": (2, 1560, 257, 5, 128),
+    "text keys": (1, 4096, 512, 5, 128),
+    "odd keys": (1, 1000, 1001, 4, 128),
+    "head dim 64": (1, 3000, 3000, 4, 64),
+}
+
 
 def inputs(batch: int, queries: int, keys: int, heads: int, dim: int, kind: str = "random",
            dtype=torch.bfloat16, device="cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ Run: `python -m pytest tests/gpu/test_int8_attention_cuda.py -v -s` (-s prints t
 import pytest
 import torch
 
-from attention_inputs import block_causal, errors, inputs, reference
+from attention_inputs import SHAPES, block_causal, errors, inputs, reference
 from openreel.models.common import attention as attn
 from openreel.speed import attention_backends  # noqa: F401  (registers the backends)
 
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_
 # output a cancellation of thousands of values) is the worst case. "real": keys with channel offsets and outliers.
 BOUNDS = {"fp8": {"random": (4.5e-2, 0.999), "real": (3.5e-2, 0.9995)},
           "16bit": {"random": (1.5e-2, 0.9998), "real": (3e-2, 0.9995)}}
-SHAPES = {   # name: (batch, queries, keys, heads, dim)
-    "Wan 480p share": (1, 8190, 8190, 5, 128),
-    "I2V CLIP keys": (2, 1560, 257, 5, 128),
-    "text keys": (1, 4096, 512, 5, 128),
-    "odd keys": (1, 1000, 1001, 4, 128),
-    "head dim 64": (1, 3000, 3000, 4, 64),
-}
 
 
 def _check(name, out, ref, pv, kind):

@@ -8,7 +8,7 @@ Skipped without a Hopper GPU or without SageAttention 2. Run: `python -m pytest 
 import pytest
 import torch
 
-from attention_inputs import errors, inputs, reference
+from attention_inputs import SHAPES, errors, inputs, reference
 
 try:
     from sageattention import sageattn_qk_int8_pv_fp8_cuda_sm90
@@ -20,13 +20,6 @@ pytestmark = pytest.mark.skipif(
     or torch.cuda.get_device_capability() != (9, 0), reason="needs a Hopper GPU and SageAttention 2")
 
 BOUNDS = {"random": (4.5e-2, 0.999), "real": (3.5e-2, 0.9995)}   # as for our own INT8 + FP8 kernel
-SHAPES = {   # name: (batch, queries, keys, heads, dim)
-    "Wan 480p share": (1, 8190, 8190, 5, 128),
-    "I2V CLIP keys": (2, 1560, 257, 5, 128),
-    "text keys": (1, 4096, 512, 5, 128),
-    "odd keys": (1, 1000, 1001, 4, 128),
-    "head dim 64": (1, 3000, 3000, 4, 64),
-}
 
 
 @pytest.mark.parametrize("kind", ["random", "real"])
