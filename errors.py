@@ -3,6 +3,7 @@
 Nodes prefix the message with their display name (see `nodes/common.py`), so a user reads
 "OpenReel DiT Loader: <what was wrong>. <what to do>".
 """
+import torch
 
 
 class OpenReelError(Exception):
@@ -28,6 +29,11 @@ class DetectionError(OpenReelError):
 
 class InputError(OpenReelError):
     """A node input that does not fit (shapes, frame counts, mismatched models)."""
+
+
+class OutOfMemory(OpenReelError, torch.OutOfMemoryError):
+    """The GPU ran out of memory in a node, with that node's remedy. Still torch's OutOfMemoryError, so ComfyUI
+    unloads its models after it as after any other."""
 
 
 OpenReelError.__module__ = "openreel"

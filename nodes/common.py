@@ -4,7 +4,9 @@ from __future__ import annotations
 import functools
 import inspect
 
-from ..errors import OpenReelError
+import torch
+
+from ..errors import OpenReelError, OutOfMemory
 
 
 class OpenReelNode:
@@ -15,6 +17,9 @@ class OpenReelNode:
 
     NODE_ID: str = ""
     DISPLAY_NAME: str = ""
+    # what to do when the GPU runs out of memory in this node (nodes with a better remedy say theirs)
+    OUT_OF_MEMORY_TODO = ("free GPU memory (close other programs that use the GPU; inside ComfyUI, Unload Models), "
+                          "or lower the resolution or the frame count")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -32,9 +37,24 @@ def _naming_errors(fn, cls):
             return fn(*args, **kwargs)
         except OpenReelError as exc:
             raise type(exc)(f"{cls.DISPLAY_NAME}: {exc.what}", exc.todo) from exc
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(f"{cls.DISPLAY_NAME}: the GPU ran out of memory{_sizes(exc)}",
+                              cls.OUT_OF_MEMORY_TODO) from exc
     return wrapper
 
 
+def _sizes(exc: torch.OutOfMemoryError) -> str:
+    """The sizes torch's message gives ("Tried to allocate 2.10 GiB. GPU 0 has a total capacity of 23.64 GiB of
+    which 412.00 MiB is free. …"), as " (…)"; empty when it gives none."""
+    sentences = [s.strip() for s in str(exc).split(". ")]
+    sizes = [s for s in sentences if s.startswith("Tried to allocate") or "total capacity" in s]
+    return f" ({'; '.join(sizes)})" if sizes else ""
+
+
+SAMPLER_OUT_OF_MEMORY = ("put OpenReel VRAM Budget between the DiT loader and this sampler (budget_gb 0: what is "
+                         "free; where one is already there, lower its budget_gb or allow fp8): it plans block swap, "
+                         "fp8 weights and sequential CFG so that the run fits; or lower the resolution or the frame "
+                         "count")
 SIZE = {"min": 16, "max": 4096, "step": 16}  # width and height inputs (each model checks its own multiple)
 EMBEDS_INPUT = ("OPENREEL_EMBEDS", {"tooltip": "Prompt and negative prompt, from OpenReel Text Encode."})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 2**64 - 1, "control_after_generate": True,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..samplers.sample import JOINS, SOLVER_CHOICES, sample_diffusion_forcing
-from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
+from .common import EMBEDS_INPUT, SAMPLER_OUT_OF_MEMORY, SEED_INPUT, SIZE, OpenReelNode, mappings
 
 
 class OpenReelDiffusionForcingSampler(OpenReelNode):
@@ -16,6 +16,7 @@ class OpenReelDiffusionForcingSampler(OpenReelNode):
 
     NODE_ID = "OpenReelDiffusionForcingSampler"
     DISPLAY_NAME = "OpenReel Diffusion Forcing Sampler"
+    OUT_OF_MEMORY_TODO = SAMPLER_OUT_OF_MEMORY
     CATEGORY = "OpenReel/sampling"
     FUNCTION = "run"
     RETURN_TYPES = ("LATENT",)

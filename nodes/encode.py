@@ -18,6 +18,8 @@ WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，
 _TILING_TOOLTIP = ("Spatial tiles bound the VAE's memory. auto: whole frames when they fit in free VRAM, else the "
                    "largest tile that fits; off: whole frames; a number: tile size in pixels (tiles overlap by a "
                    "quarter and are blended).")
+_VAE_OUT_OF_MEMORY = ("choose a smaller tiling (384 or 256: smaller tiles need less memory), or free GPU memory "
+                      "(inside ComfyUI, Unload Models)")
 
 
 class OpenReelTextEncode(OpenReelNode):
@@ -36,6 +38,8 @@ class OpenReelTextEncode(OpenReelNode):
 
     NODE_ID = "OpenReelTextEncode"
     DISPLAY_NAME = "OpenReel Text Encode"
+    OUT_OF_MEMORY_TODO = ("load the text encoder with dtype fp8 (OpenReel Text Encoder Loader: half the memory), or "
+                          "free GPU memory (inside ComfyUI, Unload Models)")
     CATEGORY = "OpenReel/conditioning"
     FUNCTION = "encode"
     RETURN_TYPES = ("OPENREEL_EMBEDS",)
@@ -72,6 +76,7 @@ class OpenReelVAEDecode(OpenReelNode):
 
     NODE_ID = "OpenReelVAEDecode"
     DISPLAY_NAME = "OpenReel VAE Decode"
+    OUT_OF_MEMORY_TODO = _VAE_OUT_OF_MEMORY
     CATEGORY = "OpenReel/latent"
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)
@@ -101,6 +106,7 @@ class OpenReelVAEEncode(OpenReelNode):
 
     NODE_ID = "OpenReelVAEEncode"
     DISPLAY_NAME = "OpenReel VAE Encode"
+    OUT_OF_MEMORY_TODO = _VAE_OUT_OF_MEMORY
     CATEGORY = "OpenReel/latent"
     FUNCTION = "encode"
     RETURN_TYPES = ("LATENT",)

@@ -10,7 +10,7 @@ from ..models.registry import vae_family_of
 from ..samplers.batches import pair_images, stack_latents
 from ..samplers.sample import SOLVER_CHOICES, sample
 from ..samplers.schedules import linear_schedule, wan_unipc_schedule
-from .common import EMBEDS_INPUT, SEED_INPUT, SIZE, OpenReelNode, mappings
+from .common import EMBEDS_INPUT, SAMPLER_OUT_OF_MEMORY, SEED_INPUT, SIZE, OpenReelNode, mappings
 
 
 class OpenReelEmptyLatent(OpenReelNode):
@@ -113,6 +113,7 @@ class OpenReelSampler(OpenReelNode):
 
     NODE_ID = "OpenReelSampler"
     DISPLAY_NAME = "OpenReel Sampler"
+    OUT_OF_MEMORY_TODO = SAMPLER_OUT_OF_MEMORY
     CATEGORY = "OpenReel/sampling"
     FUNCTION = "run"
     RETURN_TYPES = ("LATENT",)

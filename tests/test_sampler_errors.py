@@ -185,3 +185,34 @@ def test_a_wan_model_refuses_embeddings_carrying_a_second_encoder(kit):
                        negative_pooled=torch.zeros(1, 8))
     with pytest.raises(InputError, match="second encoder's output .* umT5-XXL text encoder only"):
         OpenReelSampler().run(dit, wrong, latent, 0, 2, 0.0, 0.0, "unipc")
+
+
+TORCH_OOM = ("CUDA out of memory. Tried to allocate 2.10 GiB. GPU 0 has a total capacity of 23.64 GiB of which 412.00 "
+             "MiB is free. Including non-PyTorch memory, this process has 23.20 GiB memory in use. If reserved but "
+             "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError(TORCH_OOM)
+
+
+def test_running_out_of_gpu_memory_names_the_node_the_sizes_and_the_remedy(monkeypatch):
+    """A GPU out of memory in a node reaches the user as that node's error, with the sizes torch gave and what to do
+    there (the VRAM Budget node for a sampler, smaller tiles for the VAE). It stays torch's OutOfMemoryError, which
+    ComfyUI answers by unloading its models."""
+    import openreel.nodes.encode as encode_nodes
+    import openreel.nodes.sample as sample_nodes
+    from openreel.errors import OutOfMemory
+
+    monkeypatch.setattr(sample_nodes, "sample", _oom)
+    with pytest.raises(OutOfMemory) as caught:
+        OpenReelSampler().run(None, None, None, 0, 0, 0.0, 0.0, "official")
+    assert isinstance(caught.value, torch.OutOfMemoryError)
+    assert str(caught.value).startswith(
+        "OpenReel Sampler: the GPU ran out of memory (Tried to allocate 2.10 GiB; GPU 0 has a total capacity of "
+        "23.64 GiB of which 412.00 MiB is free). Put OpenReel VRAM Budget between the DiT loader and this sampler")
+    monkeypatch.setattr(encode_nodes, "check_latent_for", lambda *args: None)
+    monkeypatch.setattr(encode_nodes, "decode_latent", _oom)
+    with pytest.raises(OutOfMemory, match=r"^OpenReel VAE Decode: the GPU ran out of memory \(Tried .*\)\. Choose a "
+                                          r"smaller tiling"):
+        OpenReelVAEDecode().decode(None, {"samples": torch.zeros(1, 16, 2, 4, 4)}, "auto")
