@@ -56,14 +56,14 @@ VARIANTS = {
         inductor=(("coordinate_descent_tuning", True),))}),
     "flash fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback", "fp8_matmul": "row",
                                                          "compile": CompileSettings()}),
-    # one activation scale per input instead of per token (fewer scale reads in the GEMM epilogue)
-    "flash fp8 matmul per-tensor compiled": ("fp8_e4m3fn_channel", {"attention": "flash:fallback",
+    # one scale per weight and one per input: cuBLAS's tensor-wise FP8 GEMM instead of the row-wise recipe
+    "flash fp8 matmul per-tensor compiled": ("fp8_e4m3fn_scaled", {"attention": "flash:fallback",
                                                                     "fp8_matmul": "tensor",
                                                                     "compile": CompileSettings()}),
     # SageAttention 2's Hopper kernel where it is installed (built from its sources: not on PyPI)
     "sage attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "sage:error", "fp8_matmul": "row",
                                                                   "compile": CompileSettings()}),
-    "sage attention fp8 matmul per-tensor compiled": ("fp8_e4m3fn_channel", {"attention": "sage:error",
+    "sage attention fp8 matmul per-tensor compiled": ("fp8_e4m3fn_scaled", {"attention": "sage:error",
                                                                              "fp8_matmul": "tensor",
                                                                              "compile": CompileSettings()}),
     "int8+16bit attention fp8 matmul compiled": ("fp8_e4m3fn_channel", {"attention": "int8_16bit:error",
