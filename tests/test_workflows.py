@@ -36,7 +36,7 @@ def test_the_workflow_set_is_complete():
                             "hunyuan_video_t2v_544p_fast", "wan22_t2v_a14b_4step_lora",
                             "wan22_i2v_a14b_4step_lora", "wan21_t2v_teacache", "wan22_t2v_a14b_magcache",
                             "stepvideo_t2v_544p", "stepvideo_t2v_turbo", "stepvideo_t2v_24gb", "wan22_t2v_a14b_2gpu",
-                            "wan22_t2v_a14b_fast"])
+                            "wan22_t2v_a14b_fast", "wan22_t2v_a14b_24gb"])
     assert sorted(p.stem for p in WORKFLOWS.glob("*.json")) == NAMES
 
 
