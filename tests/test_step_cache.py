@@ -31,7 +31,7 @@ from openreel.models.common.family import ModelInputs, SamplingDefaults
 from openreel.models.common.step_cache import nearest
 from openreel.models.common.wrappers import Wrapper
 from openreel.models.hunyuan.family import HUNYUAN
-from openreel.models.common.norms import layer_norm, modulate
+from openreel.models.common.norms import layer_norm
 from openreel.models.hunyuan.model import HunyuanConfig, HunyuanDiT
 from openreel.models.wan import step_cache as wan_tables
 from openreel.models.wan.family import WAN
@@ -518,7 +518,8 @@ def test_hunyuan_teacache_uses_its_own_coefficients_and_input(guidance):
     x, inp = seen[0]
     block = model.double_blocks[0]
     shift, scale = block.img_mod(inp.vec)[:2]
-    assert torch.equal(signals[0], modulate(layer_norm(x[:, :inp.img_tokens], block.eps), shift, scale))
+    normed = layer_norm(x[:, :inp.img_tokens], block.eps)
+    assert torch.equal(signals[0], normed * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1))
     assert signals[0].shape[0] == (2 if guidance > 1 else 1)
     assert len(outer.calls[0]["lists"]) == 2   # double- and single-stream lists: one segment (chained)
     tea = HUNYUAN.step_cache_profile(s, LATENT).teacache[False]

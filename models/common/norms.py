@@ -1,4 +1,4 @@
-"""Norms the DiTs share, the adaptive-norm modulation, and the residual update fused with the next norm."""
+"""Norms the DiTs share, and the residual update fused with the next norm and its modulation."""
 from __future__ import annotations
 
 from typing import Callable
@@ -34,11 +34,6 @@ def layer_norm(x: torch.Tensor, eps: float, norm: nn.LayerNorm | None = None) ->
     if norm is None:
         return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
     return F.layer_norm(x.float(), x.shape[-1:], norm.weight.float(), norm.bias.float(), eps)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, L, D] with one shift/scale [B, D] per sample: x·(1 + scale) + shift."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 # (operation, device type) → a one-pass kernel for it (registered by speed/fused_norms.py): "residual_norm" and

@@ -29,6 +29,7 @@ must keep a copy.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ..common.attention import attention, self_attention
 from ..common.embeddings import axial_rope_angles, rope_cos_sin, timestep_sinusoid
-from ..common.norms import RMSNorm, layer_norm, modulate, residual_norm
+from ..common.norms import RMSNorm, layer_norm, residual_norm
 from ..common.ops import PLAIN, Ops
 from ..common.token_chunks import add_in_chunks, chunking, spans
 from ..common.wrappers import WrappedModel
@@ -374,9 +375,9 @@ class StepVideoDiT(WrappedModel):
         block = self.transformer_blocks[0]
         norm, table = block.norm1, block.scale_shift_table.to(x.device).float()
         shift, scale = (table[:2] + inp.mod[:, :2]).unbind(1)
-        normed = F.layer_norm(x.float(), x.shape[-1:], norm.weight.to(x.device).float(),
-                              norm.bias.to(x.device).float(), norm.eps)
-        return modulate(normed, shift, scale).to(inp.dtype)
+        if norm.weight.device != x.device:
+            norm = copy.deepcopy(norm).to(x.device)   # two vectors of the width
+        return residual_norm(x, eps=norm.eps, norm=norm, shift=shift, scale=scale, dtype=inp.dtype)[1]
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, p·p·C] (patch rows, patch columns, then channels within a token) → [B, C, F, H, W]."""
