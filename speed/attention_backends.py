@@ -2,8 +2,10 @@
 
 - "sdpa_cudnn", "sdpa_flash": PyTorch's SDPA held to one kernel (`torch.nn.attention.sdpa_kernel`), where
   plain "sdpa" lets PyTorch choose.
-- "sage": SageAttention (`sageattention.sageattn`; PyPI 1.0.6 is the Triton SageAttention 1: INT8 Q·Kᵀ, FP16
-  P·V). Registered only when it imports.
+- "sage": SageAttention (`sageattention.sageattn`), registered only when it imports. PyPI's 1.0.6 is the Triton
+  SageAttention 1 (INT8 Q·Kᵀ, FP16 P·V), slower than cuDNN on an H200. SageAttention 2 (built from its sources: INT8
+  Q·Kᵀ, FP8 P·V, one CUDA kernel per GPU generation) is the fastest attention we measured on an H200 (1.4x cuDNN),
+  so the "speed" preset takes it first where it is installed.
 - "flash": FlashAttention 4 (`flash_attn.cute`, PyPI `flash-attn-4`: Hopper and Blackwell), 3
   (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first. Exact attention (bf16/fp16).
 - "int8_fp8": our own 8-bit kernel (speed/int8_attention.py: INT8 Q·Kᵀ, FP8 P·V; Triton, FP8 GPUs: Ada, Hopper and
@@ -12,13 +14,13 @@
 - "flash4": FlashAttention 4 by that name, for the "speed" preset and for workflows that name it: registered
   everywhere, refusing every call (saying what to install) where it does not import.
 - "speed": a preset, the fastest kernel whose accuracy bound holds for each call where it runs (SPEED_ORDER):
-  FlashAttention 4 where it is installed (exact; on an H200 1.18-1.21x cuDNN's attention, ahead of our 8-bit kernel),
-  else "int8_fp8" on GPUs it serves (1.13x cuDNN, DiT output within 0.6% of exact attention), else SDPA; the text
+  SageAttention 2 where it is installed (8-bit, as accurate as our own kernel), then FlashAttention 4 (exact; on an
+  H200 1.18-1.21x cuDNN's attention, ahead of our 8-bit kernel), else "int8_fp8" on GPUs it serves (1.13x cuDNN, DiT output within 0.6% of exact attention), else SDPA; the text
   attention on FlashAttention 4 or SDPA (exact). Registered everywhere, so a workflow that names it runs anywhere.
 
 Each backend's refusal check names what it cannot honour: masks (block-causal attention: 1.0.6 would silently
 ignore one), head sizes, fp32, CPU tensors, older GPUs, and for Sage 1.0.6 short key sequences whose length is
-not a multiple of 64 (e.g. the 257 CLIP tokens of I2V; see SAGE_KEY_BLOCK). The dispatch then raises or falls
+not a multiple of 64 (e.g. the 257 CLIP tokens of I2V; see SAGE_KEY_BLOCK; SageAttention 2 masks them). The dispatch then raises or falls
 back to SDPA, by the policy in the backend name ("sage:fallback"), so no backend ever returns a silently
 different result.
 External kernels run as opaque custom ops, so a compiled block does not trace into their Triton/CUDA code.
@@ -100,6 +102,11 @@ def _sage_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False, smooth_k=False)
 
 
+def _sage2_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from sageattention import sageattn
+    return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)   # its key centring leaves k alone
+
+
 def _flash4_kernel(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     from flash_attn.cute import flash_attn_func
     return flash_attn_func(q, k, v, causal=False)[0]   # (output, log-sum-exp)
@@ -122,6 +129,7 @@ def _int8_kernel(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], pv: st
 
 
 _sage_op = _opaque("sageattn", _sage_kernel)
+_sage2_op = _opaque("sageattn2", _sage2_kernel)
 _flash4_op = _opaque("flash_attn4", _flash4_kernel)
 _flash3_op = _opaque("flash_attn3", _flash3_kernel)
 _flash2_op = _opaque("flash_attn2", _flash2_kernel)
@@ -143,6 +151,36 @@ def _sage_refusal(q, k, v, mask):
         return (f"{keys} keys, not a multiple of {SAGE_KEY_BLOCK}: sageattention 1.0.6 would weigh {padding} "
                 f"padding keys into the softmax (up to {padding / keys:.1%} error)")
     return reason
+
+
+# SageAttention 2's `sageattn` picks its kernel by compute capability; each CUDA kernel is an extension that a build
+# may leave out (a build compiles for the GPUs it was told of). 8.6 runs its Triton kernel, always there.
+SAGE2_KERNELS = {(8, 0): "SM80_ENABLED", (8, 6): None, (8, 9): "SM89_ENABLED", (9, 0): "SM90_ENABLED",
+                 (12, 0): "SM89_ENABLED", (12, 1): "SM89_ENABLED"}
+SAGE2_HEAD_DIMS = 128   # it pads smaller head sizes to 64 or 128
+
+
+def _sage2_built() -> frozenset[tuple[int, int]]:
+    """The compute capabilities the installed SageAttention 2 has a kernel for."""
+    core = importlib.import_module("sageattention.core")
+    return frozenset(cap for cap, flag in SAGE2_KERNELS.items() if flag is None or getattr(core, flag, False))
+
+
+def _sage2_refusal_with(built: frozenset[tuple[int, int]]):
+    def refuses(q, k, v, mask):
+        reason = _refusal(q, mask, max_head_dim=SAGE2_HEAD_DIMS)
+        have = None if reason else torch.cuda.get_device_capability(q.device)
+        if have is not None and have not in built:
+            listed = ", ".join(f"{a}.{b}" for a, b in sorted(built)) or "none"
+            known = have in SAGE2_KERNELS
+            return (f"a GPU of compute capability {have[0]}.{have[1]}; this SageAttention 2 has kernels for {listed}"
+                    + ("; rebuild it on this GPU" if known else ""))
+        return reason
+    return refuses
+
+
+def _sage2(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    return _sage2_op(q.contiguous(), k.contiguous(), v.contiguous()).flatten(2)
 
 
 def _flash_with(op: Callable):
@@ -202,7 +240,8 @@ def _int8_refusal_with(capability: tuple[int, int], triton_here: bool):
 
 
 # Fastest first, as measured on an H200 at Wan's shapes (bench/RESULTS.md, issue 14); each within its accuracy bound.
-SPEED_ORDER = ("flash4", "int8_fp8")
+# "sage" takes part only as SageAttention 2 (1.0.6 is slower than cuDNN).
+SPEED_ORDER = ("sage", "flash4", "int8_fp8")
 EXACT_ORDER = ("flash4",)
 
 
@@ -231,19 +270,30 @@ def _importable(module: str, attr: str) -> bool:
         return False
 
 
+def _sage_generation() -> int | None:
+    """1 for SageAttention 1 (PyPI's 1.0.6), 2 for SageAttention 2, None where it does not import."""
+    if not _importable("sageattention", "sageattn"):
+        return None
+    return 2 if hasattr(importlib.import_module("sageattention"), "sageattn_qk_int8_pv_fp8_cuda_sm90") else 1
+
+
 def register_installed() -> None:
     """Register the SDPA kernels, our 8-bit kernels (refusing every call where Triton does not import), and
     SageAttention / FlashAttention (4, then 3, then 2) where they import."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
-    register_backend("speed", _first_of(SPEED_ORDER), self_only=True, others=_first_of(EXACT_ORDER))
     triton_here = _importable("triton", "jit")
     fp8_refusal = _int8_refusal_with((8, 9), triton_here)
     register_backend("int8_fp8", _int8_with("fp8"), fp8_refusal, self_only=True)
     register_backend("int8_fp8_all", _int8_with("fp8"), fp8_refusal)
     register_backend("int8_16bit", _int8_with("16bit"), _int8_refusal_with((8, 0), triton_here), self_only=True)
-    if _importable("sageattention", "sageattn"):
+    sage = _sage_generation()
+    if sage == 1:
         register_backend("sage", _sage, _sage_refusal)
+    elif sage == 2:
+        register_backend("sage", _sage2, _sage2_refusal_with(_sage2_built()))
+    speed_order = tuple(name for name in SPEED_ORDER if name != "sage" or sage == 2)
+    register_backend("speed", _first_of(speed_order), self_only=True, others=_first_of(EXACT_ORDER))
     for module, op, refusal in (("flash_attn.cute", _flash4_op, _flash4_refusal),
                                 ("flash_attn_interface", _flash3_op, _flash3_refusal),
                                 ("flash_attn", _flash2_op, _flash2_refusal)):
