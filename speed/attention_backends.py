@@ -240,16 +240,20 @@ def _int8_refusal_with(capability: tuple[int, int], triton_here: bool):
 
 
 # Fastest first, as measured on an H200 at Wan's shapes (bench/RESULTS.md, issue 14); each within its accuracy bound.
-# "sage" takes part only as SageAttention 2 (1.0.6 is slower than cuDNN).
+# "sage" takes part only as SageAttention 2 (1.0.6 is slower than cuDNN), and only on the GPUs its accuracy was
+# measured on: it runs another kernel, with other accumulators, on each GPU generation.
 SPEED_ORDER = ("sage", "flash4", "int8_fp8")
 EXACT_ORDER = ("flash4",)
+SPEED_MEASURED_ON = {"sage": ((9, 0),)}
 
 
 def _first_of(order: tuple[str, ...]) -> Callable:
     def run(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         for name in order:
             backend = registered(name)
-            if backend is not None and backend.refuses(q, k, v, mask) is None:
+            if backend is None or backend.refuses(q, k, v, mask) is not None:
+                continue
+            if name not in SPEED_MEASURED_ON or torch.cuda.get_device_capability(q.device) in SPEED_MEASURED_ON[name]:
                 return backend.fn(q, k, v, mask)
         return registered("sdpa").fn(q, k, v, mask)
     return run

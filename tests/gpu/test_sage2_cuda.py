@@ -1,7 +1,8 @@
 """SageAttention 2's Hopper kernel (optional: not on PyPI, built from its sources) on a CUDA GPU against fp32
 attention, at the shapes our backend would give it: odd key counts (I2V's 257 CLIP keys, 1001), text keys, head
-dims 128 and 64, random and real-distribution inputs. What decides whether OpenReel's "sage" backend may take key
-counts that are not a multiple of 64 with SageAttention 2 (1.0.6 weighs the padding into the softmax).
+dims 128 and 64, random and real-distribution inputs. Odd key counts err no more than the others: SageAttention 2
+masks the last key block (1.0.6 weighs its padding into the softmax), so OpenReel's "sage" backend takes any key
+count from it.
 
 Skipped without a Hopper GPU or without SageAttention 2. Run: `python -m pytest tests/gpu/test_sage2_cuda.py -v -s`.
 """
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.skipif(
     sageattn_qk_int8_pv_fp8_cuda_sm90 is None or not torch.cuda.is_available()
     or torch.cuda.get_device_capability() != (9, 0), reason="needs a Hopper GPU and SageAttention 2")
 
-BOUNDS = {"random": (4.5e-2, 0.999), "real": (3.5e-2, 0.9995)}   # as for our own INT8 + FP8 kernel
+# Issue 14's cosine bound. Relative error: as for our own INT8 + FP8 kernel on random inputs; on real-distribution ones
+# SageAttention 2 errs up to 3.4% (H200, 2026-11-30) where ours errs up to 2.5% (its own test holds it to 3.5%).
+BOUNDS = {"random": (4.5e-2, 0.999), "real": (4e-2, 0.999)}
 
 
 @pytest.mark.parametrize("kind", ["random", "real"])
