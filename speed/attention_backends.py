@@ -2,7 +2,8 @@
 
 - "sdpa_cudnn", "sdpa_flash": PyTorch's SDPA held to one kernel (`torch.nn.attention.sdpa_kernel`), where
   plain "sdpa" lets PyTorch choose.
-- "sage": SageAttention (`sageattention.sageattn`), registered only when it imports. PyPI's 1.0.6 is the Triton
+- "sage": SageAttention (`sageattention.sageattn`), listed everywhere, refusing every call (saying what to
+  install) where it does not import. PyPI's 1.0.6 is the Triton
   SageAttention 1 (INT8 Q·Kᵀ, FP16 P·V), slower than cuDNN on an H200. SageAttention 2 (built from its sources: INT8
   Q·Kᵀ, FP8 P·V, one CUDA kernel per GPU generation) is the fastest attention we measured on an H200 (1.4x cuDNN),
   so the "speed" preset takes it first where it is installed.
@@ -205,8 +206,14 @@ def missing(name: str) -> str | None:
     return MISSING.get(name)
 
 
-def _flash4_missing(q, k, v, mask):
-    return FLASH4_MISSING
+SAGE_MISSING = ("SageAttention does not import here (not installed, or broken: the log says why). SageAttention 2 "
+                "is built from github.com/thu-ml/SageAttention (pip install . --no-build-isolation in its folder); "
+                "PyPI's sageattention 1.0.6 is slower than cuDNN on Hopper")
+
+
+def _refusing(why: str) -> Callable:
+    """The refusal of a backend listed where it cannot run: every call, saying what to install."""
+    return lambda q, k, v, mask: why
 
 
 def _flash3_refusal(q, k, v, mask):
@@ -282,8 +289,9 @@ def _sage_generation() -> int | None:
 
 
 def register_installed() -> None:
-    """Register the SDPA kernels, our 8-bit kernels (refusing every call where Triton does not import), and
-    SageAttention / FlashAttention (4, then 3, then 2) where they import."""
+    """Register the SDPA kernels, our 8-bit kernels (refusing every call where Triton does not import),
+    SageAttention and FlashAttention 4 by name (refusing every call where they do not import), and "flash": 4, then
+    3, then 2, where one imports."""
     register_backend("sdpa_cudnn", _sdpa_with(SDPBackend.CUDNN_ATTENTION), _cudnn_refusal)
     register_backend("sdpa_flash", _sdpa_with(SDPBackend.FLASH_ATTENTION), _flash_sdpa_refusal)
     triton_here = _importable("triton", "jit")
@@ -296,6 +304,8 @@ def register_installed() -> None:
         register_backend("sage", _sage, _sage_refusal)
     elif sage == 2:
         register_backend("sage", _sage2, _sage2_refusal_with(_sage2_built()))
+    else:   # listed all the same: a shared workflow that names it still loads
+        register_backend("sage", _sage, _refusing(SAGE_MISSING))
     speed_order = tuple(name for name in SPEED_ORDER if name != "sage" or sage == 2)
     register_backend("speed", _first_of(speed_order), self_only=True, others=_first_of(EXACT_ORDER))
     for module, op, refusal in (("flash_attn.cute", _flash4_op, _flash4_refusal),
@@ -305,10 +315,11 @@ def register_installed() -> None:
             register_backend("flash", _flash_with(op), refusal)
             break
     flash4_here = registered("flash") is not None and registered("flash").refuses is _flash4_refusal
-    register_backend("flash4", _flash_with(_flash4_op), _flash4_refusal if flash4_here else _flash4_missing)
+    register_backend("flash4", _flash_with(_flash4_op), _flash4_refusal if flash4_here else _refusing(FLASH4_MISSING))
     MISSING.clear()
     MISSING.update(dict.fromkeys(() if triton_here else ("int8_fp8", "int8_fp8_all", "int8_16bit"), TRITON_MISSING))
     MISSING.update({} if flash4_here else {"flash4": FLASH4_MISSING})
+    MISSING.update({} if sage else {"sage": SAGE_MISSING})
 
 
 register_installed()

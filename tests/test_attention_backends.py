@@ -48,9 +48,23 @@ def sdpa_nhd(q, k, v, **_):
 def test_sdpa_kernels_always_registered_and_missing_packages_are_not():
     names = available_backends()
     assert {"sdpa", "sdpa_cudnn", "sdpa_flash"} <= set(names)
-    for package, name in (("sageattention", "sage"), ("flash_attn", "flash")):
-        if package not in sys.modules and importlib.util.find_spec(package) is None:
-            assert name not in names
+    if "flash_attn" not in sys.modules and importlib.util.find_spec("flash_attn") is None:
+        assert "flash" not in names
+
+
+def test_sage_listed_where_missing_and_says_what_to_install(registry):
+    """Other packs' workflows name "sage" often: such a workflow loads, and runs on SDPA by its fallback policy."""
+    ab.register_installed()
+    if importlib.util.find_spec("sageattention") is not None:
+        pytest.skip("sageattention is installed here")
+    q, k, v = qkv(dtype=torch.bfloat16)
+    assert "sage" in available_backends() and "thu-ml/SageAttention" in ab.missing("sage")
+    with pytest.raises(InputError, match="'sage' attention backend cannot run this call: SageAttention does not"):
+        attention(q, k, v, backend="sage:error")
+    assert torch.equal(attention(q, k, v, backend="sage:fallback"), attention(q, k, v))
+    handle = SimpleNamespace(with_patch=lambda name, value: (name, value))
+    with pytest.raises(InputError, match="'sage' cannot run on this machine.*thu-ml/SageAttention.*fallback"):
+        OpenReelAttention().apply(handle, "sage", "error")
 
 
 def test_installed_packages_register(registry, monkeypatch):
@@ -136,7 +150,7 @@ def test_broken_install_is_reported_not_registered(registry, monkeypatch, caplog
     attn._BACKENDS.pop("sage", None)   # registered at import where sageattention really is installed
     with caplog.at_level(logging.WARNING, logger=ab.__name__):
         ab.register_installed()
-    assert "sage" not in available_backends()
+    assert attn._BACKENDS["sage"].refuses(*qkv(), None) == ab.SAGE_MISSING   # listed, refusing, as if missing
     assert "sageattention is installed but cannot be used" in caplog.text and "triton version mismatch" in caplog.text
 
 
@@ -322,7 +336,7 @@ def test_gpu_refusals_match_the_kernels(dtype, head_dim, masked, keys):
 @gpu
 def test_gpu_external_kernels_compile_as_opaque_ops():
     """Sage / Flash run inside a compiled region as one custom op each: no graph break into Triton/CUDA code."""
-    names = [n for n in ("sage", "flash") if n in available_backends()]
+    names = [n for n in ("sage", "flash") if n in available_backends() and ab.missing(n) is None]
     if not names:
         pytest.skip("neither sageattention nor flash-attn is installed")
     q, k, v = (t.cuda() for t in qkv(lq=256, lk=128, heads=4, head_dim=128, dtype=torch.bfloat16))
