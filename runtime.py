@@ -104,6 +104,17 @@ def empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def attention_flag() -> str | None:
+    """The attention ComfyUI was started with: "sage" (--use-sage-attention), "flash" (--use-flash-attention), or
+    None (its default; standalone)."""
+    if not IN_COMFYUI:
+        return None
+    for name, enabled in (("sage", "sage_attention_enabled"), ("flash", "flash_attention_enabled")):
+        if getattr(_mm, enabled, lambda: False)():
+            return name
+    return None
+
+
 def free_vram(device: torch.device) -> int:
     """Bytes free for new allocations on `device` (driver free + allocator cache)."""
     if IN_COMFYUI:

@@ -81,7 +81,8 @@ class OpenReelFP8(OpenReelNode):
 class OpenReelAttention(OpenReelNode):
     """Chooses the attention kernel of the DiT. Backends that cannot run a call (a mask, a head size, fp32,
     CPU) never compute it differently: the call falls back to PyTorch SDPA (logged once) or stops with an
-    error, as on_unsupported says."""
+    error, as on_unsupported says. Without this node a DiT uses SDPA, or the kernel ComfyUI was started with
+    (--use-sage-attention, --use-flash-attention), falling back as here."""
 
     NODE_ID = "OpenReelAttention"
     DISPLAY_NAME = "OpenReel Attention"

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .. import runtime
 from ..memory.patches import register_patch
 from .custom_ops import opaque
 from ..models.common.attention import register_backend, registered
@@ -329,5 +330,12 @@ def _set_attention(module, backend: str) -> None:
     module.attention_backend = backend
 
 
+def default_backend() -> str:
+    """A DiT's attention without an OpenReel Attention node: what ComfyUI was started with, as its own models do
+    (--use-sage-attention: "sage", --use-flash-attention: "flash"; policy fallback), else SDPA."""
+    flag = runtime.attention_flag()
+    return f"{flag}:fallback" if flag is not None and registered(flag) is not None else "sdpa"
+
+
 # Value: "<backend>" or "<backend>:<policy>" (models/common/attention.py).
-register_patch("attention", "sdpa", _set_attention)
+register_patch("attention", default_backend(), _set_attention)

@@ -294,6 +294,24 @@ def test_flash_wrappers(monkeypatch, module, op, result):
 
 
 # ------------------------------------------------------------------------------------------------ patch and node
+@pytest.mark.parametrize("enabled, registered_flash, expected", [
+    ({}, False, "sdpa"),
+    ({"sage_attention_enabled": True}, False, "sage:fallback"),   # listed everywhere: runs, or falls back and logs
+    ({"flash_attention_enabled": True}, True, "flash:fallback"),
+    ({"flash_attention_enabled": True}, False, "sdpa"),           # no FlashAttention that we can run
+])
+def test_default_backend_follows_comfyui_attention_flags(registry, monkeypatch, enabled, registered_flash, expected):
+    model_management = SimpleNamespace(**{name: (lambda value=value: value) for name, value in enabled.items()})
+    monkeypatch.setattr(ab.runtime, "IN_COMFYUI", True)
+    monkeypatch.setattr(ab.runtime, "_mm", model_management)
+    attn._BACKENDS.pop("flash", None)
+    if registered_flash:
+        register_backend("flash", ab._flash_with(ab._flash2_op), ab._flash2_refusal)
+    assert ab.default_backend() == expected
+
+
+def test_default_backend_standalone_is_sdpa():
+    assert ab.runtime.attention_flag() is None and ab.default_backend() == "sdpa"
 def test_node_sets_backend_and_policy():
     handle = SimpleNamespace(with_patch=lambda name, value: (name, value))
     assert OpenReelAttention().apply(handle, "sdpa_cudnn", "fallback") == (("attention", "sdpa_cudnn:fallback"),)

@@ -90,11 +90,14 @@ def write_models(models: Path) -> dict[str, str]:
 
 
 class Server:
-    """One ComfyUI process on 127.0.0.1:`port` with `base` as its base directory; `names`: write_models' labels."""
+    """One ComfyUI process on 127.0.0.1:`port` with `base` as its base directory; `names`: write_models' labels;
+    `extra_args` for main.py, `env` added to its environment."""
 
-    def __init__(self, base: Path, port: int, log_path: Path, names: dict[str, str] | None = None):
+    def __init__(self, base: Path, port: int, log_path: Path, names: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.base, self.port, self.log_path = base, port, log_path
         self.names = names or {}
+        self.extra_args, self.env = extra_args, env or {}
         self.url = f"http://{HOST}:{port}"
         self.proc: subprocess.Popen | None = None
 
@@ -106,8 +109,8 @@ class Server:
         """Start main.py and wait until /system_stats answers (or the process exits: then raise with its log)."""
         cmd = [comfy_python(), "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base),
-               "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+               "--database-url", "sqlite:///:memory:", "--disable-api-nodes", *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
