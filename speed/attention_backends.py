@@ -2,11 +2,10 @@
 
 - "sdpa_cudnn", "sdpa_flash": PyTorch's SDPA held to one kernel (`torch.nn.attention.sdpa_kernel`), where
   plain "sdpa" lets PyTorch choose.
-- "sage": SageAttention (`sageattention.sageattn`), listed everywhere, refusing every call (saying what to
-  install) where it does not import. PyPI's 1.0.6 is the Triton
-  SageAttention 1 (INT8 Q·Kᵀ, FP16 P·V), slower than cuDNN on an H200. SageAttention 2 (built from its sources: INT8
-  Q·Kᵀ, FP8 P·V, one CUDA kernel per GPU generation) is the fastest attention we measured on an H200 (1.4x cuDNN),
-  so the "speed" preset takes it first where it is installed.
+- "sage": SageAttention (`sageattention.sageattn`), listed everywhere, refusing every call (saying what to install)
+  where it does not import. PyPI's 1.0.6 is the Triton SageAttention 1 (INT8 Q·Kᵀ, FP16 P·V), slower than cuDNN on
+  an H200. SageAttention 2 (built from its sources: INT8 Q·Kᵀ, FP8 P·V, one CUDA kernel per GPU generation) is the
+  fastest attention we measured on an H200 (1.4x cuDNN).
 - "flash": FlashAttention 4 (`flash_attn.cute`, PyPI `flash-attn-4`: Hopper and Blackwell), 3
   (`flash_attn_interface`, Hopper) or 2 (`flash_attn`), whichever imports first. Exact attention (bf16/fp16).
 - "int8_fp8": our own 8-bit kernel (speed/int8_attention.py: INT8 Q·Kᵀ, FP8 P·V; Triton, FP8 GPUs: Ada, Hopper and
@@ -15,15 +14,16 @@
 - "flash4": FlashAttention 4 by that name, for the "speed" preset and for workflows that name it: registered
   everywhere, refusing every call (saying what to install) where it does not import.
 - "speed": a preset, the fastest kernel whose accuracy bound holds for each call where it runs (SPEED_ORDER):
-  SageAttention 2 where it is installed (8-bit, as accurate as our own kernel), then FlashAttention 4 (exact; on an
-  H200 1.18-1.21x cuDNN's attention, ahead of our 8-bit kernel), else "int8_fp8" on GPUs it serves (1.13x cuDNN, DiT output within 0.6% of exact attention), else SDPA; the text
-  attention on FlashAttention 4 or SDPA (exact). Registered everywhere, so a workflow that names it runs anywhere.
+  SageAttention 2 on Hopper where it is installed (as accurate as our own 8-bit kernel), then FlashAttention 4
+  (exact; on an H200 1.18-1.21x cuDNN's attention, ahead of our 8-bit kernel), else "int8_fp8" on GPUs it serves
+  (1.13x cuDNN, DiT output within 0.6% of exact attention), else SDPA; the text attention on FlashAttention 4 or
+  SDPA (exact). Registered everywhere, so a workflow that names it runs anywhere.
 
 Each backend's refusal check names what it cannot honour: masks (block-causal attention: 1.0.6 would silently
 ignore one), head sizes, fp32, CPU tensors, older GPUs, and for Sage 1.0.6 short key sequences whose length is
-not a multiple of 64 (e.g. the 257 CLIP tokens of I2V; see SAGE_KEY_BLOCK; SageAttention 2 masks them). The dispatch then raises or falls
-back to SDPA, by the policy in the backend name ("sage:fallback"), so no backend ever returns a silently
-different result.
+not a multiple of 64 (e.g. the 257 CLIP tokens of I2V; see SAGE_KEY_BLOCK; SageAttention 2 masks them). The
+dispatch then raises or falls back to SDPA, by the policy in the backend name ("sage:fallback"), so no backend ever
+returns a silently different result.
 External kernels run as opaque custom ops, so a compiled block does not trace into their Triton/CUDA code.
 """
 from __future__ import annotations
