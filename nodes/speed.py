@@ -98,20 +98,22 @@ class OpenReelAttention(OpenReelNode):
             "dit": _DIT_IN,
             "backend": (available_backends(), {
                 "default": "sdpa",
-                "tooltip": "Installed kernels. sdpa: PyTorch picks (cuDNN or flash on recent GPUs; exact, the "
+                "tooltip": "Kernels (sage, flash4 and the int8 ones are listed also where they cannot run: there they "
+                           "say what to install). sdpa: PyTorch picks (cuDNN or flash on recent GPUs; exact, the "
                            "right default). speed: a preset, the fastest kernel whose accuracy bound holds on this "
                            "GPU, else sdpa: SageAttention 2 where built from source (H100/H200: 1.4x cuDNN's speed, "
                            "2-4% error per call), else FlashAttention 4 where installed (exact; pip install "
-                           "flash-attn-4), else int8_fp8 on RTX 40xx / H100 / H200 and newer. flash4 / flash: FlashAttention 4 "
-                           "(Hopper, Blackwell; exact, 1.2x cuDNN's speed on an H200), flash: else flash-attn 3 "
-                           "(Hopper) or 2. int8_fp8: OpenReel's 8-bit kernel (INT8 Q·K, FP8 P·V; needs Triton) for "
-                           "the video self-attention, text attention stays exact: 1.13x cuDNN's speed on an H200, "
-                           "about 2-4% error per call, 0.5% on a whole DiT output. int8_fp8_all: the text attention "
+                           "flash-attn-4), else int8_fp8 on RTX 40xx / H100 / H200 and newer. flash4 / flash: "
+                           "FlashAttention 4 (Hopper, Blackwell; exact, 1.2x cuDNN's speed on an H200), flash: else "
+                           "flash-attn 3 (Hopper) or 2. int8_fp8: OpenReel's 8-bit kernel (INT8 Q·K, FP8 P·V; needs "
+                           "Triton) for the video self-attention, text attention stays exact: 1.13x cuDNN's speed "
+                           "on an H200, about 2-4% error per call, 0.5% on a whole DiT output. int8_fp8_all: the "
+                           "text attention "
                            "too. int8_16bit: INT8 Q·K with 16-bit P·V (more precise, slower than cuDNN on Hopper). "
                            "sdpa_cudnn / sdpa_flash: PyTorch's cuDNN / flash kernel only. sage: the installed "
                            "SageAttention, every call: 2 (built from source) or PyPI's 1.0.6 (slower than cuDNN on "
-                           "Hopper: 437 vs 582 TFLOP/s). Masks (block-causal "
-                           "diffusion forcing): sdpa, sdpa_cudnn and the int8 kernels."}),
+                           "Hopper: 437 vs 582 TFLOP/s). Masks (block-causal diffusion forcing): sdpa, sdpa_cudnn "
+                           "and the int8 kernels."}),
             "on_unsupported": (["fallback", "error"], {
                 "default": "fallback",
                 "tooltip": "When the backend cannot run a call: fallback runs that call with SDPA (logged "
